@@ -1,0 +1,58 @@
+"""Every Redis key this service uses, built by one class.
+
+All of a user's keys share the hash tag ``{u:<user_id>}`` so that they live on
+one Redis Cluster slot and one Lua script can update them atomically. User ids
+are validated before they get here (no braces, spaces or control characters),
+so an id can never end the hash tag early or reach another user's keys.
+
+Per user:
+- ``<p>:{u:<id>}:clicks``      sorted set, event id scored by event time (ms)
+- ``<p>:{u:<id>}:clicks:data`` hash, event id -> payload (item, action, session)
+- ``<p>:{u:<id>}:texts``       sorted set, event id scored by event time
+- ``<p>:{u:<id>}:texts:data``  hash, event id -> payload (kind, item, embedding)
+- ``<p>:{u:<id>}:meta``        hash: per-partition fences, applied counters, version
+- ``<p>:{u:<id>}:profile``     hash: interest vectors, latest recommendations
+Per topic:
+- ``<p>:offsets:<topic>``      hash, partition -> last applied offset (resume point)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["KeySpace", "UserKeys"]
+
+
+@dataclass(frozen=True, slots=True)
+class UserKeys:
+    clicks: str
+    clicks_data: str
+    texts: str
+    texts_data: str
+    meta: str
+    profile: str
+
+    def script_keys(self) -> list[str]:
+        """The keys in the order the apply script expects them."""
+        return [self.clicks, self.clicks_data, self.texts, self.texts_data, self.meta]
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    prefix: str = "iu"
+
+    def user(self, user_id: str) -> UserKeys:
+        base = f"{self.prefix}:{{u:{user_id}}}"
+        return UserKeys(
+            clicks=f"{base}:clicks", clicks_data=f"{base}:clicks:data",
+            texts=f"{base}:texts", texts_data=f"{base}:texts:data",
+            meta=f"{base}:meta", profile=f"{base}:profile",
+        )
+
+    def offsets(self, topic: str) -> str:
+        return f"{self.prefix}:offsets:{topic}"
+
+    @staticmethod
+    def fence_field(topic: str, partition: int) -> str:
+        """Field of a user's meta hash holding the last applied offset of that partition."""
+        return f"fence:{topic}:{partition}"

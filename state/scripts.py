@@ -1,0 +1,85 @@
+"""Lua scripts: each runs atomically on one user's keys (one Cluster slot).
+
+APPLY_EVENTS is the heart of exactly-once effects. Kafka delivers at least once:
+after a crash or rebalance a worker may see events it has already applied. Each
+user's meta hash stores, per source partition, the highest offset applied to that
+user (its *fence*), written in the same atomic script as the events themselves.
+An event at or below the fence is a replay and is skipped. Because a user's events
+all come from one partition of each topic (the key is the user id), the per-user
+fence orders them exactly as the partition does.
+
+Events are inserted in a sorted set scored by event time, so events arriving out
+of order within the lateness bound land in time order; older ones are refused as
+'late'. The sorted-set member is the event id, so the same event sent twice by a
+producer (a new offset, the same id) is recognised as a 'duplicate' while its id
+is still in the bounded history.
+
+KEYS: clicks set, clicks data, texts set, texts data, meta (one user).
+ARGV: [1] stream of this call ('c' clicks or 't' texts), [2] its fence field,
+[3] max entries kept for that stream, [4] lateness ms, then one group of four
+per event: offset, ts, event id, payload. Returns {outcomes, clicks, texts}:
+clicks and texts are flat [id, ts, payload, ...] histories, oldest first,
+present only when something was applied (they feed the refresh).
+"""
+
+from __future__ import annotations
+
+__all__ = ["APPLY_EVENTS", "ADVANCE_OFFSET", "OUTCOMES"]
+
+OUTCOMES = ("applied", "duplicate", "replay", "late")
+
+APPLY_EVENTS = r"""
+local s, fence_field = ARGV[1], ARGV[2]
+local set, data = KEYS[1], KEYS[2]
+if s == 't' then set, data = KEYS[3], KEYS[4] end
+local limit, lateness = tonumber(ARGV[3]), tonumber(ARGV[4])
+local fence = tonumber(redis.call('HGET', KEYS[5], fence_field) or '-1')
+local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
+local newest = last[2] and tonumber(last[2]) or nil
+local outcomes, applied = {}, 0
+for i = 5, #ARGV, 4 do
+  local offset, ts, id, payload = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+  local outcome
+  if offset <= fence then
+    outcome = 'replay'
+  elseif redis.call('ZSCORE', set, id) then
+    outcome = 'duplicate'
+  elseif newest and ts < newest - lateness then
+    outcome = 'late'
+  else
+    redis.call('ZADD', set, ts, id)
+    redis.call('HSET', data, id, payload)
+    applied = applied + 1
+    if not newest or ts > newest then newest = ts end
+    outcome = 'applied'
+  end
+  if offset > fence then fence = offset end
+  outcomes[#outcomes + 1] = outcome
+end
+redis.call('HSET', KEYS[5], fence_field, fence)
+if applied == 0 then return {outcomes, {}, {}} end
+redis.call('HINCRBY', KEYS[5], 'applied:' .. s, applied)
+local excess = redis.call('ZCARD', set) - limit
+if excess > 0 then
+  local old = redis.call('ZRANGE', set, 0, excess - 1)
+  redis.call('HDEL', data, unpack(old))
+  redis.call('ZREMRANGEBYRANK', set, 0, excess - 1)
+end
+local function history(hset, hdata)
+  local ids, out = redis.call('ZRANGE', hset, 0, -1, 'WITHSCORES'), {}
+  for j = 1, #ids, 2 do
+    out[#out + 1] = ids[j]
+    out[#out + 1] = ids[j + 1]
+    out[#out + 1] = redis.call('HGET', hdata, ids[j])
+  end
+  return out
+end
+return {outcomes, history(KEYS[1], KEYS[2]), history(KEYS[3], KEYS[4])}
+"""
+
+# KEYS[1] offsets hash; ARGV[1] partition, ARGV[2] offset. Never moves backwards.
+ADVANCE_OFFSET = r"""
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return current
+"""

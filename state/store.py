@@ -1,0 +1,221 @@
+"""The Redis store: one round trip to apply a micro-batch, one to write results.
+
+``apply`` sends, in one pipeline, one APPLY_EVENTS call per (user, stream) and
+then one ADVANCE_OFFSET per source partition. Redis runs a pipeline in order,
+so a partition's resume offset is written only after the events it covers; if
+the connection drops midway the resume offset lags, and the per-user fences
+make the replay harmless. On Redis Cluster the same calls go through a cluster
+pipeline: every script touches the keys of one user, hence one slot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import orjson
+import redis.asyncio as aioredis
+
+from state.keys import KeySpace
+from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS
+
+__all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredClick:
+    event_id: str
+    item_id: str
+    action: str
+    ts: int
+    session_id: str | None = None
+
+    def payload(self) -> bytes:
+        return orjson.dumps([self.item_id, self.action, self.session_id])
+
+    @classmethod
+    def parse(cls, event_id: bytes, ts: bytes, payload: bytes) -> "StoredClick":
+        item_id, action, session_id = orjson.loads(payload)
+        return cls(event_id.decode(), item_id, action, int(float(ts)), session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredText:
+    """A text event as kept: its embedding (float16 bytes), not its text."""
+
+    event_id: str
+    kind: str
+    ts: int
+    embedding: bytes
+    item_id: str | None = None
+
+    def payload(self) -> bytes:
+        # orjson never emits a raw newline, so the first one ends the header.
+        return orjson.dumps([self.kind, self.item_id]) + b"\n" + self.embedding
+
+    @classmethod
+    def parse(cls, event_id: bytes, ts: bytes, payload: bytes) -> "StoredText":
+        header, _, embedding = payload.partition(b"\n")
+        kind, item_id = orjson.loads(header)
+        return cls(event_id.decode(), kind, int(float(ts)), embedding, item_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event to apply, with the Kafka position that fences it."""
+
+    user_id: str
+    topic: str
+    partition: int
+    offset: int
+    record: StoredClick | StoredText
+
+    @property
+    def stream(self) -> str:
+        return "c" if isinstance(self.record, StoredClick) else "t"
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedUser:
+    """A user whose history changed in this batch, with the history after the change."""
+
+    user_id: str
+    clicks: tuple[StoredClick, ...]
+    texts: tuple[StoredText, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    outcomes: list[str]  # aligned with the entries given to apply()
+    users: list[AppliedUser]
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What a refresh writes for one user; vectors are float32 bytes by name."""
+
+    user_id: str
+    vectors: dict[str, bytes]
+    recommendations: bytes
+    model_version: str
+    last_event_ts: int
+    extra: dict[str, bytes | str | int | float] = field(default_factory=dict)
+
+
+class Store:
+    """Per-user histories, fences and profiles in Redis.
+
+    >>> store = Store.from_url("redis://127.0.0.1:6379/0")
+    >>> result = await store.apply(entries)          # doctest: +SKIP
+    """
+
+    def __init__(self, client: aioredis.Redis, keys: KeySpace = KeySpace(), *,
+                 max_clicks: int = 200, max_texts: int = 32, lateness_ms: int = 86_400_000) -> None:
+        self.client = client
+        self.keys = keys
+        self.max_clicks = max_clicks
+        self.max_texts = max_texts
+        self.lateness_ms = lateness_ms
+        self._apply = client.register_script(APPLY_EVENTS)
+        self._advance = client.register_script(ADVANCE_OFFSET)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs) -> "Store":
+        client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
+                                         health_check_interval=15)
+        return cls(client, kwargs.pop("keys", KeySpace()), **kwargs)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def apply(self, entries: Sequence[Entry]) -> ApplyResult:
+        """Apply events atomically per user and advance partition offsets; one round trip."""
+        groups = _group(entries)
+        pipe = self.client.pipeline(transaction=False)
+        for (user_id, stream, topic, partition), members in groups.items():
+            limit = self.max_clicks if stream == "c" else self.max_texts
+            args: list[bytes | str | int] = [stream, KeySpace.fence_field(topic, partition), limit, self.lateness_ms]
+            for _, entry in members:
+                args += [entry.offset, entry.record.ts, entry.record.event_id, entry.record.payload()]
+            await self._apply(keys=self.keys.user(user_id).script_keys(), args=args, client=pipe)
+        for (topic, partition), offset in _partition_ends(entries).items():
+            await self._advance(keys=[self.keys.offsets(topic)], args=[partition, offset], client=pipe)
+        replies = await pipe.execute()
+        return _collect(entries, groups, replies[: len(groups)])
+
+    async def write_profiles(self, profiles: Sequence[Profile]) -> list[int]:
+        """Store refreshed profiles and return each user's new version; one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        now = int(time.time() * 1000)
+        for profile in profiles:
+            keys = self.keys.user(profile.user_id)
+            mapping = {f"vector:{name}": value for name, value in profile.vectors.items()}
+            mapping.update(profile.extra)
+            mapping.update(recommendations=profile.recommendations, model_version=profile.model_version,
+                           last_event_ts=profile.last_event_ts, updated_at=now)
+            pipe.hset(keys.profile, mapping=mapping)
+            pipe.hincrby(keys.meta, "version", 1)
+        replies = await pipe.execute()
+        return [int(version) for version in replies[1::2]]
+
+    async def resume_offsets(self, topic: str) -> dict[int, int]:
+        """Last applied offset of each partition of ``topic`` (absent: nothing applied yet)."""
+        raw = await self.client.hgetall(self.keys.offsets(topic))
+        return {int(partition): int(offset) for partition, offset in raw.items()}
+
+    async def profile(self, user_id: str) -> dict[str, bytes]:
+        raw = await self.client.hgetall(self.keys.user(user_id).profile)
+        return {key.decode(): value for key, value in raw.items()}
+
+    async def meta(self, user_id: str) -> dict[str, int]:
+        raw = await self.client.hgetall(self.keys.user(user_id).meta)
+        return {key.decode(): int(value) for key, value in raw.items()}
+
+    async def history(self, user_id: str) -> AppliedUser:
+        """A user's stored clicks and texts, oldest first."""
+        keys = self.keys.user(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        for zset, data in ((keys.clicks, keys.clicks_data), (keys.texts, keys.texts_data)):
+            pipe.zrange(zset, 0, -1, withscores=True)
+            pipe.hgetall(data)
+        click_ids, click_data, text_ids, text_data = await pipe.execute()
+        clicks = tuple(StoredClick.parse(i, str(ts).encode(), click_data[i]) for i, ts in click_ids)
+        texts = tuple(StoredText.parse(i, str(ts).encode(), text_data[i]) for i, ts in text_ids)
+        return AppliedUser(user_id, clicks, texts)
+
+
+GroupKey = tuple[str, str, str, int]
+
+
+def _group(entries: Sequence[Entry]) -> dict[GroupKey, list[tuple[int, Entry]]]:
+    groups: dict[GroupKey, list[tuple[int, Entry]]] = defaultdict(list)
+    for index, entry in enumerate(entries):
+        groups[(entry.user_id, entry.stream, entry.topic, entry.partition)].append((index, entry))
+    return groups
+
+
+def _partition_ends(entries: Iterable[Entry]) -> dict[tuple[str, int], int]:
+    ends: dict[tuple[str, int], int] = {}
+    for entry in entries:
+        key = (entry.topic, entry.partition)
+        ends[key] = max(ends.get(key, -1), entry.offset)
+    return ends
+
+
+def _collect(entries: Sequence[Entry], groups: dict[GroupKey, list[tuple[int, Entry]]],
+             replies: list) -> ApplyResult:
+    outcomes = [""] * len(entries)
+    latest: dict[str, AppliedUser] = {}
+    for ((user_id, *_), members), (group_outcomes, clicks, texts) in zip(groups.items(), replies):
+        for (index, _), outcome in zip(members, group_outcomes):
+            outcomes[index] = outcome.decode()
+        if clicks or texts:
+            # Later groups of the same user ran later in the pipeline: their history is newer.
+            latest[user_id] = AppliedUser(user_id, _parse(StoredClick, clicks), _parse(StoredText, texts))
+    return ApplyResult(outcomes, list(latest.values()))
+
+
+def _parse(kind, flat: list[bytes]) -> tuple:
+    return tuple(kind.parse(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3))

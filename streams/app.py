@@ -1,0 +1,158 @@
+"""The Faust app: topics, the micro-batch agent and partition-assignment hooks.
+
+Faust gives us consumer groups, partition assignment and micro-batching; the
+state lives in Redis, not in Faust tables (the embedded broker's ListOffsets
+answer breaks changelog recovery, and Redis is where consumers read anyway).
+
+Resuming. Faust seeks each assigned partition to its committed offset. Kafka
+commits can run ahead of what was applied (Faust acks a batch before a crash
+finishes it) or behind it, so after Faust's seek we seek again to the offset
+after the last one Redis has applied for that partition. Events before it are
+never re-read; the per-user fences drop any replay that still gets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Sequence
+
+import faust
+from faust.types import TP
+
+from state import Store
+from state.keys import KeySpace
+from streams.events import DeadLetter, Limits, RecommendationEvent
+from streams.metrics import Metrics
+from streams.pipeline import Pipeline, RawRecord
+from streams.refresh import Refresher
+from streams.settings import Settings
+
+__all__ = ["build_app", "Worker"]
+
+log = logging.getLogger("interest_updater.worker")
+
+RETRY_MAX_SECONDS = 30.0
+
+
+class FaustPublisher:
+    """Publishes to the output topics and waits until the broker has the messages."""
+
+    def __init__(self, recs: faust.TopicT, dead: faust.TopicT) -> None:
+        self.recs = recs
+        self.dead = dead
+
+    async def publish_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        await self._send_all(self.dead, [(letter.key, letter.to_json()) for letter in letters])
+
+    async def publish_recommendations(self, events: Sequence[RecommendationEvent]) -> None:
+        await self._send_all(self.recs, [(event.user_id, event.to_json()) for event in events])
+
+    @staticmethod
+    async def _send_all(topic: faust.TopicT, messages: list[tuple[str | None, bytes]]) -> None:
+        pending = [await topic.send(key=key.encode() if key else None, value=value) for key, value in messages]
+        await asyncio.gather(*pending)
+
+
+class Worker:
+    """Everything one worker process holds: app, store, encoders, metrics."""
+
+    def __init__(self, settings: Settings, encoder, text_encoder=None, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store = Store.from_url(settings.redis_url, keys=KeySpace(settings.key_prefix),
+                                    max_clicks=settings.max_history, max_texts=settings.max_texts,
+                                    lateness_ms=int(settings.lateness * 1000))
+        self.app = _faust_app(settings)
+        topic = self.app.topic(settings.topic_clicks, settings.topic_texts, partitions=settings.partitions,
+                               key_serializer="raw", value_serializer="raw")
+        self.recs = self.app.topic(settings.topic_recs, partitions=settings.partitions,
+                                   key_serializer="raw", value_serializer="raw")
+        self.dead = self.app.topic(settings.topic_dead, partitions=settings.partitions,
+                                   key_serializer="raw", value_serializer="raw")
+        refresher = Refresher(encoder, text_encoder, top_k=settings.top_k, exclude_seen=settings.exclude_seen,
+                              session_gap_ms=int(settings.session_gap * 1000), metrics=self.metrics)
+        self.pipeline = Pipeline(
+            self.store, refresher, FaustPublisher(self.recs, self.dead), self.metrics,
+            click_topic=settings.topic_clicks,
+            limits=Limits(settings.max_text_chars, int(settings.max_future * 1000)),
+            known_items=getattr(encoder, "vocab", None))
+        self.metrics.model.labels(encoder.model_version).set(1)
+        self.app.agent(topic, name="refresh", concurrency=1)(self._consume)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+
+    async def _consume(self, stream) -> None:
+        async for events in stream.take_events(self.settings.batch_max, within=self.settings.batch_within):
+            records = [_raw(event) for event in events]
+            await self._process_until_done(records)
+            self._record_lag(records)
+
+    async def _process_until_done(self, records: list[RawRecord]) -> None:
+        """Retry a failed batch with backoff: fences make a retry safe, dropping it is not."""
+        delay = 0.5
+        while True:
+            try:
+                report = await self.pipeline.process(records)
+                log.debug("batch of %d: %s", len(records), report.outcomes)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (any failure: count, log, retry)
+                kind = type(exc).__name__
+                self.metrics.errors.labels(kind).inc()
+                log.warning("batch of %d failed (%s: %s); retrying in %.1fs", len(records), kind, exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    def _record_lag(self, records: list[RawRecord]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for record in records:
+            last[(record.topic, record.partition)] = record.offset
+        consumer = self.app.consumer
+        for (topic, partition), offset in last.items():
+            highwater = consumer.highwater(TP(topic, partition))
+            if highwater is not None:
+                self.metrics.lag.labels(topic, str(partition)).set(max(0, highwater - offset - 1))
+
+    async def _on_assigned(self, app, assigned, **kwargs) -> None:
+        consumer = app.consumer
+        if not getattr(consumer, "_iu_resume_wrapped", False):
+            original = consumer.perform_seek
+
+            async def perform_seek() -> None:
+                await original()
+                await self._seek_to_applied(consumer.assignment())
+
+            consumer.perform_seek = perform_seek
+            consumer._iu_resume_wrapped = True
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+    async def _seek_to_applied(self, assignment) -> None:
+        mine = {self.settings.topic_clicks, self.settings.topic_texts}
+        for topic in mine:
+            applied = await self.store.resume_offsets(topic)
+            for tp in assignment:
+                if tp.topic == topic and tp.partition in applied:
+                    await self.app.consumer.seek(tp, applied[tp.partition] + 1)
+                    log.info("resume %s[%d] at offset %d (from Redis)", topic, tp.partition,
+                             applied[tp.partition] + 1)
+
+
+def _raw(event) -> RawRecord:
+    message = event.message
+    return RawRecord(message.topic, message.partition, message.offset, message.key, message.value or b"",
+                     int(message.timestamp * 1000))
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    # Session timeout near 6 s: the embedded broker completes a group join only
+    # after about half of it. Idempotent/transactional producers fail there, so
+    # processing_guarantee stays at_least_once; Redis fences give exactly-once effects.
+    return faust.App(
+        settings.app_id, broker=[f"kafka://{host}" for host in settings.broker.split(",")],
+        store="memory://", topic_partitions=settings.partitions, topic_allow_declare=True,
+        broker_session_timeout=6, broker_heartbeat_interval=2, broker_rebalance_timeout=30,
+        consumer_auto_offset_reset="earliest", web_enabled=False, processing_guarantee="at_least_once",
+        producer_acks=-1, stream_buffer_maxsize=4 * settings.batch_max,
+    )

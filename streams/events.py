@@ -1,0 +1,199 @@
+"""Typed records on the topics, and the one place raw bytes become records.
+
+Every event is decoded once, here, with orjson, and validated against the same
+rules as the JSON Schema files in ``streams/schemas/`` that producers use.
+A failure raises :class:`InvalidEvent` with a stable reason code (used as a
+metric label and in the dead letter) and a one-line detail naming the field
+and the offending value.
+
+Rules beyond the schema, decided here and documented in the README:
+- the Kafka key, when present, must equal ``user_id`` (one worker owns a user);
+- ``ts`` must lie between 1990-01-01 and the worker's clock plus ``max_future``;
+- texts longer than ``max_text_chars`` are rejected, not truncated;
+- unknown items are accepted (the catalogue grows); the encoder maps them to
+  its unknown-item embedding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import orjson
+
+from streams.errors import InvalidEvent
+
+__all__ = [
+    "SCHEMA_VERSION", "ClickEvent", "TextEvent", "RecommendationEvent", "DeadLetter",
+    "Limits", "decode_click", "decode_text", "InvalidEvent",
+]
+
+SCHEMA_VERSION = 1
+MIN_TS_MS = 631_152_000_000  # 1990-01-01T00:00:00Z
+MAX_RAW_BYTES = 65_536
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=/\-]{1,128}")
+ACTION_PATTERN = re.compile(r"[a-z_]{1,32}")
+TEXT_KINDS = frozenset({"search", "review", "comment"})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Validation bounds that come from settings."""
+
+    max_text_chars: int = 2000
+    max_future_ms: int = 600_000
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    event_id: str
+    user_id: str
+    item_id: str
+    action: str
+    ts: int
+    session_id: str | None = None
+    context: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    event_id: str
+    user_id: str
+    kind: str
+    text: str
+    ts: int
+    item_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationEvent:
+    """Published per refreshed user; ``version`` increases by one per refresh of that user."""
+
+    user_id: str
+    version: int
+    items: tuple[tuple[str, float], ...]
+    interests: tuple[str, ...]
+    model_version: str
+    last_event_ts: int
+    published_at: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "schema": SCHEMA_VERSION, "user_id": self.user_id, "version": self.version,
+            "items": [{"item_id": item, "score": round(score, 6)} for item, score in self.items],
+            "interests": list(self.interests), "model_version": self.model_version,
+            "last_event_ts": self.last_event_ts, "published_at": self.published_at,
+        })
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected event with where it came from and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str
+    reason: str
+    error: str
+    at: int
+
+    RAW_KEEP = 1024
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({
+            "schema": SCHEMA_VERSION, "topic": self.topic, "partition": self.partition,
+            "offset": self.offset, "key": self.key, "value": self.value,
+            "reason": self.reason, "error": self.error, "at": self.at,
+        })
+
+
+def _load_object(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_RAW_BYTES:
+        raise InvalidEvent("too_large", f"event is {len(raw)} bytes, limit {MAX_RAW_BYTES}")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("bad_json", f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InvalidEvent("not_object", f"expected a JSON object, got {type(value).__name__}")
+    schema = value.get("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise InvalidEvent("schema_version", f"schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
+    return value
+
+
+def _field(value: Mapping[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
+    if name not in value or value[name] is None:
+        if required:
+            raise InvalidEvent("missing_field", f"field {name!r} is required")
+        return None
+    found = value[name]
+    # bool is an int in Python; a timestamp of `true` is still wrong.
+    if not isinstance(found, kind) or (kind is int and isinstance(found, bool)):
+        raise InvalidEvent("wrong_type",
+                           f"field {name!r} must be {kind.__name__}, got {type(found).__name__} {_short(found)}")
+    return found
+
+
+def _identifier(value: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    found = _field(value, name, str, required=required)
+    if found is not None and not ID_PATTERN.fullmatch(found):
+        raise InvalidEvent("bad_id", f"field {name!r} must be 1-128 of [A-Za-z0-9_.:@+=/-], got {_short(found)}")
+    return found
+
+
+def _timestamp(value: Mapping[str, Any], now_ms: int, limits: Limits) -> int:
+    ts = _field(value, "ts", int)
+    if ts < MIN_TS_MS or ts > now_ms + limits.max_future_ms:
+        raise InvalidEvent("ts_out_of_range",
+                           f"ts {ts} is outside [{MIN_TS_MS}, now + {limits.max_future_ms // 1000}s]")
+    return ts
+
+
+def _check_key(key: bytes | None, user_id: str) -> None:
+    if key is not None and key != user_id.encode():
+        raise InvalidEvent("key_mismatch", f"message key {_short(key)} differs from user_id {user_id!r}")
+
+
+def _short(value: Any, keep: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= keep else text[:keep] + "...'"
+
+
+def decode_click(raw: bytes, key: bytes | None, now_ms: int, limits: Limits = Limits()) -> ClickEvent:
+    """Decode and validate one click event, or raise InvalidEvent."""
+    value = _load_object(raw)
+    user_id = _identifier(value, "user_id")
+    _check_key(key, user_id)
+    action = _field(value, "action", str)
+    if not ACTION_PATTERN.fullmatch(action):
+        raise InvalidEvent("bad_action", f"field 'action' must be 1-32 of [a-z_], got {_short(action)}")
+    context = _field(value, "context", dict, required=False)
+    return ClickEvent(
+        event_id=_identifier(value, "event_id"), user_id=user_id,
+        item_id=_identifier(value, "item_id"), action=action,
+        ts=_timestamp(value, now_ms, limits),
+        session_id=_identifier(value, "session_id", required=False), context=context,
+    )
+
+
+def decode_text(raw: bytes, key: bytes | None, now_ms: int, limits: Limits = Limits()) -> TextEvent:
+    """Decode and validate one text event, or raise InvalidEvent."""
+    value = _load_object(raw)
+    user_id = _identifier(value, "user_id")
+    _check_key(key, user_id)
+    kind = _field(value, "kind", str)
+    if kind not in TEXT_KINDS:
+        raise InvalidEvent("bad_kind", f"field 'kind' must be one of {sorted(TEXT_KINDS)}, got {_short(kind)}")
+    text = _field(value, "text", str)
+    if not text.strip():
+        raise InvalidEvent("empty_text", "field 'text' is empty")
+    if len(text) > limits.max_text_chars:
+        raise InvalidEvent("text_too_long", f"text has {len(text)} characters, limit {limits.max_text_chars}")
+    return TextEvent(
+        event_id=_identifier(value, "event_id"), user_id=user_id, kind=kind, text=text,
+        ts=_timestamp(value, now_ms, limits), item_id=_identifier(value, "item_id", required=False),
+    )

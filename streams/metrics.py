@@ -1,0 +1,89 @@
+"""Prometheus metrics of a worker, on their own registry (one per worker or test)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Metrics"]
+
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+_FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_FRESHNESS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    """Every metric an operator needs; names start with ``iu_``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("iu_events", "Events consumed, by topic and outcome "
+                              "(applied, duplicate, replay, late, dead_letter).", ["topic", "outcome"], registry=r)
+        self.dead_letters = Counter("iu_dead_letters", "Events sent to the dead-letter topic, by reason.",
+                                    ["topic", "reason"], registry=r)
+        self.unknown_items = Counter("iu_unknown_items", "Applied click events whose item the model does not know.",
+                                     registry=r)
+        self.batch_size = Histogram("iu_batch_size", "Events per micro-batch.", buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("iu_batch_seconds", "Wall time to process one micro-batch.",
+                                       buckets=_FAST_BUCKETS, registry=r)
+        self.encoder_batch_size = Histogram("iu_encoder_batch_size", "Inputs per encoder call, by encoder.",
+                                            ["encoder"], buckets=_SIZE_BUCKETS, registry=r)
+        self.encoder_seconds = Histogram("iu_encoder_seconds", "Wall time of one encoder call, by encoder.",
+                                         ["encoder"], buckets=_FAST_BUCKETS, registry=r)
+        self.redis_seconds = Histogram("iu_redis_seconds", "Redis round-trip time, by operation.",
+                                       ["op"], buckets=_FAST_BUCKETS, registry=r)
+        self.users_refreshed = Counter("iu_users_refreshed", "Users whose interests were refreshed.", registry=r)
+        self.recommendations = Counter("iu_recommendations_published",
+                                       "Recommendation events published.", registry=r)
+        self.freshness = Histogram("iu_freshness_seconds", "Time from an event entering Kafka to the "
+                                   "recommendation it caused being published.", buckets=_FRESHNESS_BUCKETS,
+                                   registry=r)
+        self.lag = Gauge("iu_consumer_lag", "Messages behind the end of each assigned partition.",
+                         ["topic", "partition"], registry=r)
+        self.model = Gauge("iu_model_info", "The sequence-encoder checkpoint in use (value 1).",
+                           ["model_version"], registry=r)
+        self.errors = Counter("iu_errors", "Errors by kind; a failed batch is retried, never dropped.",
+                              ["kind"], registry=r)
+
+    def serve(self, port: int) -> None:
+        """Serve ``/metrics`` on all interfaces in a daemon thread."""
+        start_http_server(port, registry=self.registry)
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples of a /metrics endpoint by sample name: [(labels, value), ...]."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return samples
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """Sum of a sample's values over the series whose labels include ``labels``."""
+    return sum(value for found, value in samples.get(name, [])
+               if all(found.get(k) == v for k, v in labels.items()))
+
+
+def histogram_quantile(samples: dict, name: str, q: float) -> float | None:
+    """Upper-bound estimate of quantile ``q`` from a histogram's cumulative buckets."""
+    buckets = sorted((float(labels["le"]), value) for labels, value in samples.get(name + "_bucket", []))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    previous_bound, previous_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return previous_bound
+            # Linear within the bucket, as PromQL's histogram_quantile does.
+            share = (rank - previous_count) / max(count - previous_count, 1e-12)
+            return previous_bound + (bound - previous_bound) * share
+        previous_bound, previous_count = bound, count
+    return previous_bound

@@ -1,0 +1,188 @@
+"""One micro-batch, start to finish, as plain functions over typed records.
+
+The Faust agent only turns its events into :class:`RawRecord` and calls
+:meth:`Pipeline.process`; everything here can run without a broker.
+
+Order matters for "nothing lost, nothing applied twice":
+1. decode and validate every record (events older than the lateness bound are
+   found in step 4 and dead-lettered then, at most once);
+2. publish the dead letters and wait until the broker has them (if the worker
+   dies after this, a replay sends them again: dead letters are at least once);
+3. embed the texts (executor thread);
+4. apply all events to Redis in one round trip; fences skip replays;
+5. encode the changed users in one forward pass and score (executor thread);
+6. write profiles in one round trip, which also returns each user's new version;
+7. publish one recommendation event per refreshed user.
+A batch that fails at any step is retried whole: steps 4 and 6 are idempotent
+for the events (fences), and step 6 only bumps a version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from state import Entry, Store, StoredClick, StoredText
+from streams.events import (ClickEvent, DeadLetter, InvalidEvent, Limits, RecommendationEvent, TextEvent,
+                            decode_click, decode_text)
+from streams.metrics import Metrics
+from streams.refresh import Refresher
+
+__all__ = ["RawRecord", "Decoded", "decode_batch", "Pipeline", "Publisher", "BatchReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A message as consumed: where it came from and its undecoded bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    record: RawRecord
+    event: ClickEvent | TextEvent
+
+
+@dataclass
+class BatchReport:
+    outcomes: dict[str, int] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    recommendations: list[RecommendationEvent] = field(default_factory=list)
+
+
+class Publisher(Protocol):
+    async def publish_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    async def publish_recommendations(self, events: Sequence[RecommendationEvent]) -> None: ...
+
+
+def decode_batch(records: Sequence[RawRecord], click_topic: str, now_ms: int,
+                 limits: Limits) -> tuple[list[Decoded], list[DeadLetter]]:
+    """Split records into valid events and dead letters; never raises on bad input."""
+    valid: list[Decoded] = []
+    dead: list[DeadLetter] = []
+    for record in records:
+        decode = decode_click if record.topic == click_topic else decode_text
+        try:
+            valid.append(Decoded(record, decode(record.value, record.key, now_ms, limits)))
+        except InvalidEvent as exc:
+            dead.append(_dead_letter(record, exc, now_ms))
+    return valid, dead
+
+
+def _dead_letter(record: RawRecord, exc: InvalidEvent, now_ms: int) -> DeadLetter:
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    value = record.value[: DeadLetter.RAW_KEEP].decode("utf-8", "replace")
+    error = f"{record.topic}[{record.partition}]@{record.offset}: {exc}"
+    return DeadLetter(record.topic, record.partition, record.offset, key, value, exc.reason, error, now_ms)
+
+
+class Pipeline:
+    """Processes micro-batches; one instance per worker."""
+
+    def __init__(self, store: Store, refresher: Refresher, publisher: Publisher, metrics: Metrics, *,
+                 click_topic: str, limits: Limits = Limits(), known_items=None) -> None:
+        self.store = store
+        self.refresher = refresher
+        self.publisher = publisher
+        self.metrics = metrics
+        self.click_topic = click_topic
+        self.limits = limits
+        self.known_items = known_items
+        # One thread: the encoders are not re-entrant and a second core is better
+        # left to the event loop.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchReport:
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        valid, dead = decode_batch(records, self.click_topic, now_ms, self.limits)
+        report = BatchReport(dead_letters=dead)
+        if dead:
+            await self.publisher.publish_dead_letters(dead)
+        entries = await self._entries(valid)
+        valid_by_position = {(d.record.topic, d.record.partition, d.record.offset): d.record for d in valid}
+        with self.metrics.redis_seconds.labels("apply").time():
+            applied = await self.store.apply(entries)
+        late = [_late_letter(entry, valid_by_position, now_ms)
+                for entry, outcome in zip(entries, applied.outcomes) if outcome == "late"]
+        if late:
+            await self.publisher.publish_dead_letters(late)
+            report.dead_letters += late
+        changed_texts = {e.user_id for e, o in zip(entries, applied.outcomes) if o == "applied" and e.stream == "t"}
+        refreshed = await self._run(self.refresher.refresh, applied.users, changed_texts)
+        with self.metrics.redis_seconds.labels("write").time():
+            versions = await self.store.write_profiles([r.profile for r in refreshed])
+        newest = _newest_record_ms(valid)
+        report.recommendations = [self._event(r, v) for r, v in zip(refreshed, versions)]
+        await self.publisher.publish_recommendations(report.recommendations)
+        self._record(records, report.dead_letters, entries, applied.outcomes, report, newest, started)
+        return report
+
+    async def _entries(self, valid: Sequence[Decoded]) -> list[Entry]:
+        texts = [d.event.text for d in valid if isinstance(d.event, TextEvent)]
+        embeddings = iter(await self._run(self.refresher.embed_texts, texts))
+        return [Entry(d.event.user_id, d.record.topic, d.record.partition, d.record.offset,
+                      _stored(d.event, embeddings)) for d in valid]
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _event(self, refreshed, version: int) -> RecommendationEvent:
+        profile = refreshed.profile
+        return RecommendationEvent(profile.user_id, version, refreshed.items, refreshed.interests,
+                                   profile.model_version, profile.last_event_ts, int(time.time() * 1000))
+
+    def _record(self, records, dead, entries, outcomes, report, newest, started) -> None:
+        m = self.metrics
+        m.batch_size.observe(len(records))
+        for letter in dead:
+            m.events.labels(letter.topic, "dead_letter").inc()
+            m.dead_letters.labels(letter.topic, letter.reason).inc()
+        for entry, outcome in zip(entries, outcomes):
+            if outcome == "late":
+                continue  # counted above, as a dead letter
+            m.events.labels(entry.topic, outcome).inc()
+            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+            if (outcome == "applied" and self.known_items is not None and entry.stream == "c"
+                    and entry.record.item_id not in self.known_items):
+                m.unknown_items.inc()
+        report.outcomes["dead_letter"] = len(dead)
+        m.users_refreshed.inc(len(report.recommendations))
+        m.recommendations.inc(len(report.recommendations))
+        for event in report.recommendations:
+            m.freshness.observe(max(0.0, (event.published_at - newest[event.user_id]) / 1000))
+        m.batch_seconds.observe(time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _late_letter(entry: Entry, records: dict, now_ms: int) -> DeadLetter:
+    record = records[(entry.topic, entry.partition, entry.offset)]
+    error = InvalidEvent("late", f"event time {entry.record.ts} is more than the lateness bound older "
+                                 f"than user {entry.user_id!r}'s newest event")
+    return _dead_letter(record, error, now_ms)
+
+
+def _stored(event: ClickEvent | TextEvent, embeddings) -> StoredClick | StoredText:
+    if isinstance(event, ClickEvent):
+        return StoredClick(event.event_id, event.item_id, event.action, event.ts, event.session_id)
+    return StoredText(event.event_id, event.kind, event.ts, next(embeddings), event.item_id)
+
+
+def _newest_record_ms(valid: Sequence[Decoded]) -> dict[str, int]:
+    """Per user, when their newest event in this batch entered Kafka (the freshness clock)."""
+    newest: dict[str, int] = {}
+    for d in valid:
+        newest[d.event.user_id] = max(newest.get(d.event.user_id, 0), d.record.timestamp_ms)
+    return newest

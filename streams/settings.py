@@ -1,0 +1,134 @@
+"""Every option of the service in one place.
+
+Each option is a command-line flag with an environment-variable fallback
+(``IU_<NAME>``), typed, with a default that works on one machine. The settings
+object is built once at the entry point and passed down; nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Mapping
+
+__all__ = ["Settings", "add_arguments", "settings_from_args", "ENV_PREFIX"]
+
+ENV_PREFIX = "IU_"
+
+
+def _option(default: Any, help: str, *, flag: str | None = None) -> Any:
+    from dataclasses import field
+
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Worker and pipeline settings; see ``interest-updater worker --help``."""
+
+    broker: str | None = _option(None, "Kafka bootstrap servers, host:port[,host:port]. "
+                                       "Unset: start the embedded broker.")
+    redis_url: str | None = _option(None, "Redis URL, redis://[:password@]host:port/db (rediss:// for TLS). "
+                                          "Unset: start the embedded Redis-compatible server.",
+                                    flag="--redis")
+    app_id: str = _option("interest-updater", "Consumer group and Faust app id.")
+    key_prefix: str = _option("iu", "Prefix of every Redis key this service writes.")
+    topic_clicks: str = _option("clicks", "Topic of click events.")
+    topic_texts: str = _option("texts", "Topic of text events.")
+    topic_recs: str = _option("recommendations", "Topic recommendation events are published to.")
+    topic_dead: str = _option("dead-letters", "Topic bad events go to, with a reason.")
+    partitions: int = _option(4, "Partitions of every topic (clicks and texts must match).")
+    batch_max: int = _option(256, "Most events in one micro-batch.")
+    batch_within: float = _option(0.2, "Seconds to wait for a micro-batch to fill.")
+    checkpoint: str | None = _option(None, "Sequence-encoder checkpoint directory (from `train`).")
+    device: str = _option("auto", "Torch device for the encoders: auto, cpu or cuda.")
+    text_encoder: bool = _option(True, "Embed text events with all-MiniLM-L6-v2 (false: store texts unembedded).")
+    top_k: int = _option(10, "Recommendations per user.")
+    exclude_seen: bool = _option(True, "Leave items already in the user's history out of recommendations.")
+    session_gap: float = _option(1800.0, "Seconds of inactivity that end a session.")
+    max_history: int = _option(200, "Click events kept per user (oldest dropped first).")
+    max_texts: int = _option(32, "Text events kept per user (oldest dropped first).")
+    max_text_chars: int = _option(2000, "Longest accepted text; longer texts are dead-lettered.")
+    lateness: float = _option(86400.0, "Seconds an event may be older than the user's newest event "
+                                       "and still be inserted in time order; older ones are dead-lettered.")
+    max_future: float = _option(600.0, "Seconds an event time may lie ahead of the worker's clock.")
+    metrics_port: int = _option(9464, "Port of the Prometheus /metrics endpoint (0: off).")
+    log_level: str = _option("info", "Log level: debug, info, warn or error.")
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parser_for(annotation: str) -> Callable[[str], Any]:
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    if annotation.startswith("bool"):
+        return _parse_bool
+    return str
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> None:
+    """Add one flag per setting; the help names its environment variable and default."""
+    group = parser.add_argument_group("service settings (flag, else environment variable, else default)")
+    for spec in fields(Settings):
+        flag = spec.metadata["flag"] or "--" + spec.name.replace("_", "-")
+        env = _env_name(spec.name)
+        convert = _parser_for(str(spec.type))
+        default = spec.default
+        if env in environ:
+            try:
+                default = convert(environ[env])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"environment variable {env}={environ[env]!r} is not valid: {exc}")
+        shown = "unset" if spec.default is None else spec.default
+        group.add_argument(flag, dest=spec.name, type=convert, default=default,
+                           metavar=spec.name.split("_")[-1].upper(),
+                           help=f"{spec.metadata['help']} [env: {env}] [default: {shown}]")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Build the settings from parsed arguments, checking the values that can be wrong."""
+    values = {spec.name: getattr(args, spec.name) for spec in fields(Settings)}
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    positive = ("partitions", "batch_max", "top_k", "max_history", "max_texts", "max_text_chars")
+    for name in positive:
+        if getattr(settings, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
+    if settings.batch_within <= 0:
+        raise ValueError(f"--batch-within must be positive, got {settings.batch_within}")
+    if settings.device not in {"auto", "cpu", "cuda"} and not settings.device.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {settings.device!r}")
+
+
+def settings_argv(settings: Settings) -> list[str]:
+    """Command-line flags that reproduce ``settings`` (for starting a worker process)."""
+    argv: list[str] = []
+    for spec in fields(Settings):
+        value = getattr(settings, spec.name)
+        if value is None:
+            continue
+        flag = spec.metadata["flag"] or "--" + spec.name.replace("_", "-")
+        argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
+    return argv

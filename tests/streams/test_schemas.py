@@ -1,0 +1,52 @@
+"""The JSON Schema files producers use agree with the worker's own validation."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from streams.events import InvalidEvent, decode_click, decode_text
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "streams" / "schemas"
+NOW = 1_800_000_000_000
+
+
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads((SCHEMAS / name).read_text()))
+
+
+@pytest.mark.parametrize("value", [
+    {"event_id": "e", "user_id": "u", "item_id": "i", "action": "buy", "ts": NOW},
+    {"event_id": "e", "user_id": "u", "item_id": "i", "action": "view", "ts": NOW, "session_id": "s", "context": {}},
+    {"event_id": "e", "user_id": "u b", "item_id": "i", "action": "view", "ts": NOW},
+    {"event_id": "e", "user_id": "u", "item_id": "i", "action": "Buy", "ts": NOW},
+    {"event_id": "e", "user_id": "u", "item_id": "i", "action": "buy", "ts": 5},
+    {"event_id": "e", "user_id": "u", "item_id": "i", "action": "buy", "ts": "5"},
+    {"user_id": "u", "item_id": "i", "action": "buy", "ts": NOW},
+])
+def test_click_schema_and_decoder_agree(value):
+    schema_ok = validator("click.schema.json").is_valid(value)
+    try:
+        decode_click(orjson.dumps(value), None, NOW)
+        decoder_ok = True
+    except InvalidEvent:
+        decoder_ok = False
+    assert schema_ok == decoder_ok
+
+
+@pytest.mark.parametrize("value", [
+    {"event_id": "e", "user_id": "u", "kind": "review", "text": "great strings", "ts": NOW},
+    {"event_id": "e", "user_id": "u", "kind": "tweet", "text": "great strings", "ts": NOW},
+    {"event_id": "e", "user_id": "u", "kind": "search", "text": "x" * 2001, "ts": NOW},
+    {"event_id": "e", "user_id": "u", "kind": "search", "text": "  ", "ts": NOW},
+])
+def test_text_schema_and_decoder_agree(value):
+    schema_ok = validator("text.schema.json").is_valid(value)
+    try:
+        decode_text(orjson.dumps(value), None, NOW)
+        decoder_ok = True
+    except InvalidEvent:
+        decoder_ok = False
+    assert schema_ok == decoder_ok
