@@ -1,0 +1,152 @@
+"""End to end on real servers: Tansu, Valkey and a worker process.
+
+A slice of MovieLens latest-small (ratings as clicks, tags as texts) is replayed
+with planted bad events, duplicates and a replay of already-sent events. Then:
+every valid event is in Redis exactly once, every bad one is in the dead-letter
+topic with a reason, every touched user got recommendation events with versions
+1..n, and the worker's metrics agree with those counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+
+import orjson
+import pytest
+
+from encoders.datasets import load_movielens_small
+from state import Store
+from streams.demo import wait_until_applied, worker_process
+from streams.embedded import free_port
+from streams.metrics import scrape, total
+from streams.replay import Producer, ensure_topics, replay_events
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+SLICE = 1500
+NOW = int(time.time() * 1000)
+
+
+def bad_events(click_topic: str, text_topic: str) -> list[tuple[str, bytes | None, bytes, str]]:
+    """(topic, key, value, expected reason) of each planted bad event."""
+    good = {"event_id": "bad-0", "user_id": "1", "item_id": "31", "action": "view", "ts": NOW - 1000}
+
+    def with_(**changes) -> bytes:
+        return orjson.dumps({**good, **changes})
+
+    return [
+        (click_topic, b"1", b"{broken json", "bad_json"),
+        (click_topic, b"1", b"\xff\xfe\x00", "bad_json"),
+        (click_topic, b"1", b"[1,2,3]", "not_object"),
+        (click_topic, b"1", with_(ts="noon"), "wrong_type"),
+        (click_topic, b"1", with_(item_id=None), "missing_field"),
+        (click_topic, b"1", with_(user_id="1 OR 1=1"), "bad_id"),
+        (click_topic, b"1", with_(ts=NOW + 86_400_000 * 365), "ts_out_of_range"),
+        (click_topic, b"2", with_(user_id="1"), "key_mismatch"),
+        (text_topic, b"1", orjson.dumps({"event_id": "bad-t", "user_id": "1", "kind": "review",
+                                         "text": "x" * 5000, "ts": NOW - 1000}), "text_too_long"),
+        (text_topic, b"1", orjson.dumps({"event_id": "bad-t2", "user_id": "1", "kind": "poem",
+                                         "text": "hi", "ts": NOW - 1000}), "bad_kind"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def movielens_checkpoint(data_dir, tmp_path_factory):
+    from encoders.train import train
+
+    dataset = load_movielens_small(data_dir / "ml-latest-small")
+    return train(dataset, tmp_path_factory.mktemp("ml") / "ckpt", d_model=32, n_layers=1, n_heads=2,
+                 max_len=50, epochs=1, progress=False)
+
+
+def consume_all(broker: str, topic: str, expected: int, timeout: float = 60.0) -> list[dict]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker, group_id=None, auto_offset_reset="earliest",
+                             consumer_timeout_ms=1000)
+    found: list[dict] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            found += [orjson.loads(m.value) for m in consumer]
+        time.sleep(1.0)  # anything beyond the expected count would show up now
+        found += [orjson.loads(m.value) for m in consumer]
+    finally:
+        consumer.close()
+    return found
+
+
+def test_replay_with_bad_events_lands_exactly_once(broker_url, redis_url, data_dir, movielens_checkpoint, tmp_path):
+    settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
+                        topic_clicks="it-clicks", topic_texts="it-texts", topic_recs="it-recs",
+                        topic_dead="it-dead", app_id="it-worker", key_prefix="it", metrics_port=free_port(),
+                        max_history=5000, batch_max=128, batch_within=0.1)
+    dataset = load_movielens_small(data_dir / "ml-latest-small")
+    good = replay_events(dataset, settings.topic_clicks, settings.topic_texts, limit=SLICE)
+    bad = bad_events(settings.topic_clicks, settings.topic_texts)
+    ensure_topics(broker_url, ["it-clicks", "it-texts", "it-recs", "it-dead"], settings.partitions)
+
+    producer = Producer(broker_url)
+    with worker_process(settings, tmp_path / "worker.log") as worker:
+        ends = producer.send_all(good[: SLICE // 2])
+        for topic, key, value, _ in bad:
+            producer.send_raw(topic, key, value)
+        # The second half, then the first 100 again: a producer retry storm.
+        ends2 = producer.send_all(good[SLICE // 2:] + good[:100])
+        producer.close()
+        ends = {tp: max(ends.get(tp, -1), ends2.get(tp, -1)) for tp in ends | ends2}
+        wait_until_applied(settings, ends, worker, timeout=240)
+        time.sleep(1.5)
+        metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+        assert worker.poll() is None, "the worker must not exit on bad input"
+
+    expected_clicks, expected_texts = defaultdict(set), defaultdict(set)
+    for event in good:
+        body = orjson.loads(event.value)
+        (expected_clicks if event.topic == "it-clicks" else expected_texts)[body["user_id"]].add(body["event_id"])
+
+    # Every valid event is in Redis exactly once.
+    store = Store.from_url(redis_url, keys=__import__("state").KeySpace("it"))
+
+    async def read_all():
+        users = sorted(set(expected_clicks) | set(expected_texts))
+        return {u: (await store.history(u), await store.meta(u)) for u in users}
+
+    stored = asyncio.run(read_all())
+    for user, (history, meta) in stored.items():
+        assert {c.event_id for c in history.clicks} == expected_clicks[user]
+        assert {t.event_id for t in history.texts} == expected_texts[user]
+        assert meta.get("applied:c", 0) == len(expected_clicks[user])
+        assert meta.get("applied:t", 0) == len(expected_texts[user])
+        assert [c.ts for c in history.clicks] == sorted(c.ts for c in history.clicks)
+        assert all(len(t.embedding) == 384 * 2 for t in history.texts)
+
+    # Every bad event is dead-lettered once, with its reason.
+    letters = consume_all(broker_url, "it-dead", len(bad))
+    assert sorted(letter["reason"] for letter in letters) == sorted(reason for *_, reason in bad)
+    assert all(letter["topic"] in {"it-clicks", "it-texts"} and letter["error"] for letter in letters)
+
+    # Every touched user got recommendation events, versions 1..n without gaps or repeats.
+    recs = consume_all(broker_url, "it-recs", len(stored))
+    versions = defaultdict(list)
+    for rec in recs:
+        versions[rec["user_id"]].append(rec["version"])
+        assert len(rec["items"]) == settings.top_k
+    assert set(versions) == set(stored)
+    for user, seen in versions.items():
+        assert seen == list(range(1, len(seen) + 1)), user
+
+    # The metrics agree.
+    n_valid = sum(map(len, expected_clicks.values())) + sum(map(len, expected_texts.values()))
+    assert total(metrics, "iu_events_total", outcome="applied") == n_valid
+    assert total(metrics, "iu_events_total", outcome="duplicate") + total(
+        metrics, "iu_events_total", outcome="replay") == 100
+    assert total(metrics, "iu_dead_letters_total") == len(bad)
+    reasons = Counter(reason for *_, reason in bad)
+    for reason, count in reasons.items():
+        assert total(metrics, "iu_dead_letters_total", reason=reason) == count
+    assert total(metrics, "iu_recommendations_published_total") == len(recs)
+    assert total(metrics, "iu_freshness_seconds_count") == len(recs)

@@ -1,0 +1,40 @@
+"""CLI errors are one clear line and exit status 2, not a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streams", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env=env)
+
+
+def test_unknown_data_is_one_line():
+    result = cli("evaluate", "--data", "/no/such/folder", "--checkpoint", "/tmp/none")
+    assert result.returncode == 2
+    assert result.stderr.startswith("interest-updater: error:") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_worker_without_checkpoint_says_what_to_do():
+    result = cli("worker", "--broker", "127.0.0.1:1", "--redis", "redis://127.0.0.1:1/0")
+    assert result.returncode == 2 and "--checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_environment_value_is_reported():
+    import os
+
+    result = cli("worker", "--help", env={**os.environ, "IU_BATCH_MAX": "many"})
+    assert result.returncode == 2 and "IU_BATCH_MAX" in result.stderr
+
+
+def test_help_names_environment_variables_and_hides_secrets():
+    import os
+
+    result = cli("worker", "--help", env={**os.environ, "IU_REDIS_URL": "redis://:hunter2@db:6379/0"})
+    assert result.returncode == 0
+    assert "[env: IU_BATCH_MAX]" in result.stdout and "hunter2" not in result.stdout

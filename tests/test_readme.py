@@ -1,0 +1,33 @@
+"""The README's two commands are the project's front door: keep them true."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_starts_with_the_demo_and_the_test_command():
+    assert readme_commands() == ["make demo", "make test"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "interest-updater demo" in makefile and "-m pytest" in makefile
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_demo_command_runs_and_stops_cleanly():
+    # `make demo` is `interest-updater demo` after the install step CI has just run.
+    result = subprocess.run([sys.executable, "-m", "streams", "demo"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "training a small model" in out and "metrics: http://127.0.0.1:" in out
+    assert len(re.findall(r"^user .* -> ", out, re.M)) == 12
+    applied = re.search(r"applied (\d+) events in \d+ micro-batches, dead-lettered 0", out)
+    assert applied and int(applied.group(1)) > 10_000
+    assert "stopped: worker, broker and Redis are down" in out
