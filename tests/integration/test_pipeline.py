@@ -150,3 +150,29 @@ def test_replay_with_bad_events_lands_exactly_once(broker_url, redis_url, data_d
         assert total(metrics, "iu_dead_letters_total", reason=reason) == count
     assert total(metrics, "iu_recommendations_published_total") == len(recs)
     assert total(metrics, "iu_freshness_seconds_count") == len(recs)
+    assert total(metrics, "iu_errors_total") == 0
+
+
+def test_a_new_consumer_group_resumes_from_the_offsets_in_redis(broker_url, redis_url, data_dir,
+                                                                movielens_checkpoint, tmp_path):
+    """Kafka knows nothing of a new group's position; Redis does, and the worker must use it."""
+    settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
+                        topic_clicks="rs-clicks", topic_texts="rs-texts", topic_recs="rs-recs",
+                        topic_dead="rs-dead", app_id="rs-first", key_prefix="rs", metrics_port=free_port(),
+                        text_encoder=False, batch_within=0.1)
+    dataset = load_movielens_small(data_dir / "ml-latest-small")
+    events = replay_events(dataset, settings.topic_clicks, settings.topic_texts, limit=600)
+    ensure_topics(broker_url, ["rs-clicks", "rs-texts", "rs-recs", "rs-dead"], settings.partitions)
+    producer = Producer(broker_url)
+    with worker_process(settings, tmp_path / "first.log") as worker:
+        wait_until_applied(settings, producer.send_all(events[:500]), worker, timeout=180)
+
+    second = settings.with_overrides(app_id="rs-second", metrics_port=free_port())
+    with worker_process(second, tmp_path / "second.log") as worker:
+        wait_until_applied(second, producer.send_all(events[500:]), worker, timeout=180)
+        metrics = scrape(f"http://127.0.0.1:{second.metrics_port}/metrics")
+    producer.close()
+    # Without the seek to Redis's offsets the new group would start at the beginning
+    # and see the first 500 events again (as fenced replays).
+    assert total(metrics, "iu_events_total", outcome="replay") == 0
+    assert total(metrics, "iu_events_total", outcome="applied") == 100
