@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from encoders.datasets import load_dataset  # noqa: E402
 from streams.demo import wait_until_applied, worker_process  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
-from streams.metrics import histogram_quantile, scrape  # noqa: E402
+from streams.metrics import histogram_quantile, scrape, since  # noqa: E402
 from streams.replay import Producer, ensure_topics, replay_events  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
@@ -40,12 +40,15 @@ def run_mode(stack, checkpoint: str, events_of, batch_max: int, run: int, workdi
     with worker_process(settings, workdir / f"{name}.log") as worker:
         # Warm up: the worker has joined its group and loaded its models once this is applied.
         wait_until_applied(settings, producer.send_all(events[:1]), worker, timeout=180)
+        time.sleep(0.5)
+        metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        before = scrape(metrics_url)  # the warm-up's freshness includes start-up: leave it out
         started = time.monotonic()
         ends = producer.send_all(events[1:])
         wait_until_applied(settings, ends, worker, timeout=1800)
         elapsed = time.monotonic() - started
         time.sleep(1.0)
-        samples = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+        samples = since(scrape(metrics_url), before)
     producer.close()
     return {"events_per_s": (len(events) - 1) / elapsed,
             "p50_ms": 1000 * histogram_quantile(samples, "iu_freshness_seconds", 0.5),

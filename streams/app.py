@@ -29,7 +29,7 @@ from streams.pipeline import Pipeline, RawRecord
 from streams.refresh import Refresher
 from streams.settings import Settings
 
-__all__ = ["build_app", "Worker"]
+__all__ = ["Worker", "FaustPublisher"]
 
 log = logging.getLogger("interest_updater.worker")
 

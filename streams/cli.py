@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from streams.errors import ConfigurationError, InterestUpdaterError
-from streams.settings import Settings, add_arguments, settings_from_args
+from streams.errors import InterestUpdaterError
+from streams.settings import add_arguments, settings_from_args
 
 __all__ = ["main"]
 

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import orjson

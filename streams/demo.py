@@ -24,8 +24,8 @@ from typing import Iterator
 import orjson
 
 from streams.commands import format_recommendation
-from streams.embedded import embedded_stack, free_port
-from streams.metrics import histogram_quantile, scrape, total
+from streams.embedded import die_with_parent, embedded_stack, free_port
+from streams.metrics import histogram_quantile, scrape, since, total
 from streams.settings import Settings, settings_argv
 
 __all__ = ["demo", "worker_process", "wait_until_applied"]
@@ -76,6 +76,8 @@ def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen
         # so that the replay below measures the pipeline, not the start-up.
         wait_until_applied(settings, producer.send_all(events[:1]), worker)
         print("worker ready; replaying", flush=True)
+        time.sleep(0.5)
+        warm_up = scrape(_metrics_url(settings))
         with tqdm(total=len(events) - 1, unit="ev", desc="replay", file=sys.stderr) as bar:
             ends = producer.send_all(events[1:], rate=args.rate, progress=bar)
     finally:
@@ -83,7 +85,7 @@ def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen
     wait_until_applied(settings, ends, worker)
     time.sleep(1.0)  # the last batch's recommendations are published just after its offsets
     printer.stop()
-    _summary(settings, printer.seen)
+    _summary(settings, printer.seen, warm_up)
     if args.linger > 0:
         print(f"serving metrics for {args.linger:.0f}s more (Ctrl-C stops)")
         time.sleep(args.linger)
@@ -123,7 +125,7 @@ def worker_process(settings: Settings, log_path: Path, extra_env: dict | None = 
     env = {**os.environ, **(extra_env or {})}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                   cwd=Path(__file__).resolve().parents[1])
+                                   cwd=Path(__file__).resolve().parents[1], preexec_fn=die_with_parent)
     try:
         yield process
     finally:
@@ -173,13 +175,19 @@ class _RecommendationPrinter(threading.Thread):
         self.join(10)
 
 
-def _summary(settings: Settings, received: int) -> None:
-    samples = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+def _metrics_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.metrics_port}/metrics"
+
+
+def _summary(settings: Settings, received: int, warm_up: dict) -> None:
+    """Counts from the worker's metrics; freshness over the replay, without the warm-up event."""
+    samples = scrape(_metrics_url(settings))
+    replay = since(samples, warm_up)
     applied = total(samples, "iu_events_total", outcome="applied")
     dead = total(samples, "iu_dead_letters_total")
     published = total(samples, "iu_recommendations_published_total")
-    p50 = histogram_quantile(samples, "iu_freshness_seconds", 0.5)
-    p99 = histogram_quantile(samples, "iu_freshness_seconds", 0.99)
+    p50 = histogram_quantile(replay, "iu_freshness_seconds", 0.5)
+    p99 = histogram_quantile(replay, "iu_freshness_seconds", 0.99)
     batches = total(samples, "iu_batch_size_count")
     print(f"applied {applied:.0f} events in {batches:.0f} micro-batches, dead-lettered {dead:.0f}; "
           f"published {published:.0f} recommendation events (printer saw {received})")

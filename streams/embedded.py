@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["EmbeddedStack", "ManagedProcess", "free_port", "start_broker", "start_redis"]
+__all__ = ["EmbeddedStack", "ManagedProcess", "die_with_parent", "free_port", "start_broker", "start_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec (Linux): SIGTERM it when the parent dies.
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -77,7 +76,7 @@ def _spawn(name: str, argv: list[str], port: int, log_dir: Path) -> ManagedProce
     with open(log_path, "wb") as out:
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     return ManagedProcess(name, port, process, log_path)
 

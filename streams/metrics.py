@@ -8,7 +8,7 @@ __all__ = ["Metrics"]
 
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_FRESHNESS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
+_FRESHNESS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 300)
 
 
 class Metrics:
@@ -87,3 +87,15 @@ def histogram_quantile(samples: dict, name: str, q: float) -> float | None:
             return previous_bound + (bound - previous_bound) * share
         previous_bound, previous_count = bound, count
     return previous_bound
+
+
+def since(after: dict, before: dict) -> dict:
+    """Samples of ``after`` minus ``before`` (counters and histograms over an interval)."""
+    def key(labels: dict[str, str]) -> tuple:
+        return tuple(sorted(labels.items()))
+
+    delta = {}
+    for name, series in after.items():
+        earlier = {key(labels): value for labels, value in before.get(name, [])}
+        delta[name] = [(labels, value - earlier.get(key(labels), 0.0)) for labels, value in series]
+    return delta

@@ -54,7 +54,7 @@ class Decoded:
 
 @dataclass
 class BatchReport:
-    outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int]
     dead_letters: list[DeadLetter] = field(default_factory=list)
     recommendations: list[RecommendationEvent] = field(default_factory=list)
 
@@ -106,27 +106,27 @@ class Pipeline:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         valid, dead = decode_batch(records, self.click_topic, now_ms, self.limits)
-        report = BatchReport(dead_letters=dead)
-        if dead:
-            await self.publisher.publish_dead_letters(dead)
+        await self._publish_dead_letters(dead)
         entries = await self._entries(valid)
-        valid_by_position = {(d.record.topic, d.record.partition, d.record.offset): d.record for d in valid}
         with self.metrics.redis_seconds.labels("apply").time():
             applied = await self.store.apply(entries)
-        late = [_late_letter(entry, valid_by_position, now_ms)
-                for entry, outcome in zip(entries, applied.outcomes) if outcome == "late"]
-        if late:
-            await self.publisher.publish_dead_letters(late)
-            report.dead_letters += late
+        late = _late_letters(valid, entries, applied.outcomes, now_ms)
+        await self._publish_dead_letters(late)
+        report = BatchReport(self._count_events(entries, applied.outcomes, dead + late), dead + late)
         changed_texts = {e.user_id for e, o in zip(entries, applied.outcomes) if o == "applied" and e.stream == "t"}
         refreshed = await self._run(self.refresher.refresh, applied.users, changed_texts)
         with self.metrics.redis_seconds.labels("write").time():
             versions = await self.store.write_profiles([r.profile for r in refreshed])
-        newest = _newest_record_ms(valid)
         report.recommendations = [self._event(r, v) for r, v in zip(refreshed, versions)]
         await self.publisher.publish_recommendations(report.recommendations)
-        self._record(records, report.dead_letters, entries, applied.outcomes, report, newest, started)
+        self._count_published(report.recommendations, valid)
+        self.metrics.batch_size.observe(len(records))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return report
+
+    async def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
+        if letters:
+            await self.publisher.publish_dead_letters(letters)
 
     async def _entries(self, valid: Sequence[Decoded]) -> list[Entry]:
         texts = [d.event.text for d in valid if isinstance(d.event, TextEvent)]
@@ -142,36 +142,45 @@ class Pipeline:
         return RecommendationEvent(profile.user_id, version, refreshed.items, refreshed.interests,
                                    profile.model_version, profile.last_event_ts, int(time.time() * 1000))
 
-    def _record(self, records, dead, entries, outcomes, report, newest, started) -> None:
+    def _count_events(self, entries: Sequence[Entry], outcomes: Sequence[str],
+                      dead: Sequence[DeadLetter]) -> dict[str, int]:
+        """Count outcomes as soon as Redis has them, so /metrics never lags the store."""
         m = self.metrics
-        m.batch_size.observe(len(records))
+        counts: dict[str, int] = {"dead_letter": len(dead)}
         for letter in dead:
             m.events.labels(letter.topic, "dead_letter").inc()
             m.dead_letters.labels(letter.topic, letter.reason).inc()
         for entry, outcome in zip(entries, outcomes):
             if outcome == "late":
-                continue  # counted above, as a dead letter
+                continue  # a dead letter, counted above
             m.events.labels(entry.topic, outcome).inc()
-            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+            counts[outcome] = counts.get(outcome, 0) + 1
             if (outcome == "applied" and self.known_items is not None and entry.stream == "c"
                     and entry.record.item_id not in self.known_items):
                 m.unknown_items.inc()
-        report.outcomes["dead_letter"] = len(dead)
-        m.users_refreshed.inc(len(report.recommendations))
-        m.recommendations.inc(len(report.recommendations))
-        for event in report.recommendations:
-            m.freshness.observe(max(0.0, (event.published_at - newest[event.user_id]) / 1000))
-        m.batch_seconds.observe(time.perf_counter() - started)
+        return counts
+
+    def _count_published(self, events: Sequence[RecommendationEvent], valid: Sequence[Decoded]) -> None:
+        newest = _newest_record_ms(valid)
+        self.metrics.users_refreshed.inc(len(events))
+        self.metrics.recommendations.inc(len(events))
+        for event in events:
+            self.metrics.freshness.observe(max(0.0, (event.published_at - newest[event.user_id]) / 1000))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _late_letter(entry: Entry, records: dict, now_ms: int) -> DeadLetter:
-    record = records[(entry.topic, entry.partition, entry.offset)]
-    error = InvalidEvent("late", f"event time {entry.record.ts} is more than the lateness bound older "
-                                 f"than user {entry.user_id!r}'s newest event")
-    return _dead_letter(record, error, now_ms)
+def _late_letters(valid: Sequence[Decoded], entries: Sequence[Entry], outcomes: Sequence[str],
+                  now_ms: int) -> list[DeadLetter]:
+    records = {(d.record.topic, d.record.partition, d.record.offset): d.record for d in valid}
+    letters = []
+    for entry, outcome in zip(entries, outcomes):
+        if outcome == "late":
+            error = InvalidEvent("late", f"event time {entry.record.ts} is more than the lateness bound older "
+                                         f"than user {entry.user_id!r}'s newest event")
+            letters.append(_dead_letter(records[(entry.topic, entry.partition, entry.offset)], error, now_ms))
+    return letters
 
 
 def _stored(event: ClickEvent | TextEvent, embeddings) -> StoredClick | StoredText:

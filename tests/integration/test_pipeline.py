@@ -170,6 +170,7 @@ def test_a_new_consumer_group_resumes_from_the_offsets_in_redis(broker_url, redi
     second = settings.with_overrides(app_id="rs-second", metrics_port=free_port())
     with worker_process(second, tmp_path / "second.log") as worker:
         wait_until_applied(second, producer.send_all(events[500:]), worker, timeout=180)
+        time.sleep(1.0)  # Redis has the offsets a moment before the worker reads the reply
         metrics = scrape(f"http://127.0.0.1:{second.metrics_port}/metrics")
     producer.close()
     # Without the seek to Redis's offsets the new group would start at the beginning
