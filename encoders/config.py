@@ -1,0 +1,55 @@
+"""Sequence-encoder hyper-parameters, stored beside the weights as config.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["EncoderConfig"]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of a `SequenceEncoder`; ``n_items`` counts padding and unknown too.
+
+    >>> EncoderConfig.from_dict({"n_items": 10}).d_model
+    64
+    """
+
+    n_items: int
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    max_len: int = 200
+    dropout: float = 0.2
+    n_actions: int = 8
+    n_time_buckets: int = 32
+
+    def __post_init__(self) -> None:
+        # Validate eagerly: a bad config should fail here, not deep inside torch.
+        if self.n_items < 3:
+            raise ConfigError("values", f"n_items={self.n_items} must be >= 3 (pad, unknown, one item)")
+        for name in ("d_model", "n_layers", "n_heads", "max_len", "n_actions", "n_time_buckets"):
+            if getattr(self, name) < 1:
+                raise ConfigError("values", f"{name}={getattr(self, name)} must be >= 1")
+        if self.d_model % self.n_heads:
+            raise ConfigError("values", f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("values", f"dropout={self.dropout} must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "dict") -> EncoderConfig:
+        """Build from a dict; unknown keys are an error (a misspelt key must not be ignored)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(source, f"unknown keys {unknown}; expected a subset of {sorted(known)}")
+        if "n_items" not in d:
+            raise ConfigError(source, "missing required key 'n_items'")
+        return cls(**d)

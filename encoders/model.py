@@ -1,0 +1,113 @@
+"""SASRec-style causal Transformer over a user's recent events.
+
+Each position's input is item + action + time-gap embeddings; GPT-2 (from
+`transformers`) adds learned position embeddings and runs causal
+self-attention.  The item embedding table is tied: it embeds inputs and
+scores every catalogue item against a hidden state.
+
+Padding is on the RIGHT: a sequence of n events sits at positions 0..n-1 and
+padding follows.  With causal attention a valid position attends only to
+itself and earlier positions, all of them real events, so no attention mask
+is needed and a user's vector does not depend on how far the batch was
+padded.  Inference relies on this to pad users to a few length buckets;
+tests/encoders check it.  Keep it that way: a left-padded or masked variant
+would make results depend on the batch's padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2Model
+
+from .config import EncoderConfig
+
+__all__ = ["SequenceEncoder", "resolve_device", "time_buckets"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else is passed to torch."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def time_buckets(items: torch.Tensor, gaps: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """Log2-bucketed gap (ms) to the previous event.
+
+    0 = padding, 1 = no previous event (gap -1), then 2 + floor(log2(1 + seconds)),
+    capped at ``n_buckets - 1`` (32 buckets reach ~17 years).
+    """
+    seconds = gaps.clamp(min=0).to(torch.float32) / 1000.0
+    buckets = (2 + torch.floor(torch.log2(1.0 + seconds))).to(torch.long).clamp(max=n_buckets - 1)
+    buckets = torch.where(gaps < 0, torch.ones_like(buckets), buckets)
+    return torch.where(items == 0, torch.zeros_like(buckets), buckets)
+
+
+def _gpt2_config(config: EncoderConfig) -> GPT2Config:
+    gpt = GPT2Config(
+        vocab_size=1,  # token embeddings are unused: we pass inputs_embeds
+        n_embd=config.d_model,
+        n_layer=config.n_layers,
+        n_head=config.n_heads,
+        n_positions=config.max_len,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=False,
+    )
+    # Scaled-dot-product attention (flash / memory-efficient kernels) where torch has it.
+    gpt._attn_implementation = "sdpa"
+    return gpt
+
+
+class SequenceEncoder(nn.Module):
+    """Causal Transformer encoder; its last hidden state is the user's interest.
+
+    >>> m = SequenceEncoder(EncoderConfig(n_items=10, max_len=8))
+    >>> items = torch.tensor([[2, 3, 4, 0]]); acts = torch.tensor([[3, 3, 5, 0]])
+    >>> gaps = torch.tensor([[-1, 5000, 60000, 0]])
+    >>> m.user_vectors(items, acts, gaps, torch.tensor([3])).shape
+    torch.Size([1, 64])
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.item_emb = nn.Embedding(config.n_items, d, padding_idx=0)
+        self.action_emb = nn.Embedding(config.n_actions, d, padding_idx=0)
+        self.time_emb = nn.Embedding(config.n_time_buckets, d, padding_idx=0)
+        self.gpt = GPT2Model(_gpt2_config(config))
+        for emb in (self.item_emb, self.action_emb, self.time_emb):
+            # GPT-2's own init scale; N(0, 1) would drown the position embeddings.
+            nn.init.normal_(emb.weight, std=0.02)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+
+    def forward(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, d] (after GPT-2's final layer norm) of right-padded inputs.
+
+        ``items``/``actions`` are vocabulary indices, ``gaps`` the ms since the
+        previous event (-1 for none); all int64 [B, L] with L <= max_len.
+        """
+        if items.shape[1] > self.config.max_len:
+            raise ValueError(f"sequence length {items.shape[1]} exceeds max_len={self.config.max_len}")
+        x = self.item_emb(items) + self.action_emb(actions)
+        x = x + self.time_emb(time_buckets(items, gaps, self.config.n_time_buckets))
+        # No attention_mask on purpose: right padding + causal attention (module docstring).
+        return self.gpt(inputs_embeds=x, use_cache=False).last_hidden_state
+
+    def item_table(self) -> torch.Tensor:
+        """Tied item embeddings [n_items, d]; rows 0 (pad) and 1 (unknown) are not items."""
+        return self.item_emb.weight
+
+    def user_vectors(
+        self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Interest vectors [B, d]: the hidden state at each sequence's last event."""
+        hidden = self.forward(items, actions, gaps)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, lengths.to(hidden.device) - 1]
