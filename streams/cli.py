@@ -57,10 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--heads", type=int, default=2)
     train.add_argument("--max-len", type=int, default=200, help="events per user the model reads")
     train.add_argument("--dropout", type=float, default=0.2)
-    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-seconds", type=float, default=None,
+                       help="stop after this much training time, keeping the best weights so far")
 
     evaluate = commands.add_parser("evaluate", help="HR@10 and NDCG@10, leave-one-out, full ranking")
     evaluate.add_argument("--data", required=True, help=DATA_HELP)

@@ -34,7 +34,7 @@ def train(args: argparse.Namespace) -> int:
     out = train_encoder(dataset, args.out, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                         max_len=args.max_len, dropout=args.dropout, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-                        patience=args.patience)
+                        patience=args.patience, max_seconds=args.max_seconds)
     print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s")
     return 0
 
