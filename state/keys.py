@@ -14,6 +14,8 @@ Per user:
 - ``<p>:{u:<id>}:profile``     hash: interest vectors, latest recommendations
 Per topic:
 - ``<p>:offsets:<topic>``      hash, partition -> last applied offset (resume point)
+- ``<p>:pending:<topic>:<n>``  set of users marked before their events are applied
+                               and cleared once their recommendations are published
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class KeySpace:
 
     def offsets(self, topic: str) -> str:
         return f"{self.prefix}:offsets:{topic}"
+
+    def pending(self, topic: str, partition: int) -> str:
+        """Set of users of one partition whose latest events may not have been published yet."""
+        return f"{self.prefix}:pending:{topic}:{partition}"
 
     @staticmethod
     def fence_field(topic: str, partition: int) -> str:

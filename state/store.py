@@ -1,7 +1,10 @@
 """The Redis store: one round trip to apply a micro-batch, one to write results.
 
-``apply`` sends, in one pipeline, one APPLY_EVENTS call per (user, stream) and
-then one ADVANCE_OFFSET per source partition. Redis runs a pipeline in order,
+``apply`` sends, in one pipeline, the pending marks of the batch's users, one
+APPLY_EVENTS call per (user, stream) and then one ADVANCE_OFFSET per source
+partition. The pending marks come first: a worker that dies after applying
+events but before publishing their recommendations leaves the users marked, and
+whoever owns the partition next refreshes them (``pending_users``). Redis runs a pipeline in order,
 so a partition's resume offset is written only after the events it covers; if
 the connection drops midway the resume offset lags, and the per-user fences
 make the replay harmless. On Redis Cluster the same calls go through a cluster
@@ -21,7 +24,7 @@ import redis.asyncio as aioredis
 from state.keys import KeySpace
 from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS
 
-__all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult"]
+__all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "pending_marks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,9 @@ class Store:
         """Apply events atomically per user and advance partition offsets; one round trip."""
         groups = _group(entries)
         pipe = self.client.pipeline(transaction=False)
+        marks = pending_marks(entries)
+        for (topic, partition), users in marks.items():
+            pipe.sadd(self.keys.pending(topic, partition), *users)
         for (user_id, stream, topic, partition), members in groups.items():
             limit = self.max_clicks if stream == "c" else self.max_texts
             args: list[bytes | str | int] = [stream, KeySpace.fence_field(topic, partition), limit, self.lateness_ms]
@@ -143,7 +149,36 @@ class Store:
         for (topic, partition), offset in _partition_ends(entries).items():
             await self._advance(keys=[self.keys.offsets(topic)], args=[partition, offset], client=pipe)
         replies = await pipe.execute()
-        return _collect(entries, groups, replies[: len(groups)])
+        return _collect(entries, groups, replies[len(marks): len(marks) + len(groups)])
+
+    async def clear_pending(self, marks: dict[tuple[str, int], set[str]]) -> None:
+        """Unmark users whose recommendations are published (see ``pending_marks``)."""
+        if not marks:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for (topic, partition), users in marks.items():
+            pipe.srem(self.keys.pending(topic, partition), *users)
+        await pipe.execute()
+
+    async def pending_users(self, topic: str, partitions: Iterable[int]) -> dict[int, set[str]]:
+        """Users left marked on these partitions by a worker that stopped mid-batch."""
+        pipe = self.client.pipeline(transaction=False)
+        partitions = list(partitions)
+        for partition in partitions:
+            pipe.smembers(self.keys.pending(topic, partition))
+        replies = await pipe.execute()
+        return {p: {u.decode() for u in users} for p, users in zip(partitions, replies) if users}
+
+    async def histories(self, user_ids: Sequence[str]) -> list[AppliedUser]:
+        """Stored clicks and texts of several users, oldest first; one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            keys = self.keys.user(user_id)
+            for zset, data in ((keys.clicks, keys.clicks_data), (keys.texts, keys.texts_data)):
+                pipe.zrange(zset, 0, -1, withscores=True)
+                pipe.hgetall(data)
+        replies = await pipe.execute()
+        return [_history(user_id, *replies[4 * i: 4 * i + 4]) for i, user_id in enumerate(user_ids)]
 
     async def write_profiles(self, profiles: Sequence[Profile]) -> list[int]:
         """Store refreshed profiles and return each user's new version; one round trip."""
@@ -175,15 +210,21 @@ class Store:
 
     async def history(self, user_id: str) -> AppliedUser:
         """A user's stored clicks and texts, oldest first."""
-        keys = self.keys.user(user_id)
-        pipe = self.client.pipeline(transaction=False)
-        for zset, data in ((keys.clicks, keys.clicks_data), (keys.texts, keys.texts_data)):
-            pipe.zrange(zset, 0, -1, withscores=True)
-            pipe.hgetall(data)
-        click_ids, click_data, text_ids, text_data = await pipe.execute()
-        clicks = tuple(StoredClick.parse(i, str(ts).encode(), click_data[i]) for i, ts in click_ids)
-        texts = tuple(StoredText.parse(i, str(ts).encode(), text_data[i]) for i, ts in text_ids)
-        return AppliedUser(user_id, clicks, texts)
+        return (await self.histories([user_id]))[0]
+
+
+def _history(user_id: str, click_ids, click_data, text_ids, text_data) -> AppliedUser:
+    clicks = tuple(StoredClick.parse(i, str(ts).encode(), click_data[i]) for i, ts in click_ids)
+    texts = tuple(StoredText.parse(i, str(ts).encode(), text_data[i]) for i, ts in text_ids)
+    return AppliedUser(user_id, clicks, texts)
+
+
+def pending_marks(entries: Iterable[Entry]) -> dict[tuple[str, int], set[str]]:
+    """The users of a batch by the (topic, partition) their events came from."""
+    marks: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for entry in entries:
+        marks[(entry.topic, entry.partition)].add(entry.user_id)
+    return marks
 
 
 GroupKey = tuple[str, str, str, int]

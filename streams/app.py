@@ -9,6 +9,8 @@ commits can run ahead of what was applied (Faust acks a batch before a crash
 finishes it) or behind it, so after Faust's seek we seek again to the offset
 after the last one Redis has applied for that partition. Events before it are
 never re-read; the per-user fences drop any replay that still gets through.
+Users whose events were applied but whose recommendations a stopped worker
+never published are left marked pending in Redis; a timer refreshes them.
 """
 
 from __future__ import annotations
@@ -79,7 +81,11 @@ class Worker:
             limits=Limits(settings.max_text_chars, int(settings.max_future * 1000)),
             known_items=getattr(encoder, "vocab", None))
         self.metrics.model.labels(encoder.model_version).set(1)
+        # Batches and recoveries take turns: both bump versions and publish.
+        self._turn = asyncio.Lock()
+        self._to_recover: dict[tuple[str, int], set[str]] = {}
         self.app.agent(topic, name="refresh", concurrency=1)(self._consume)
+        self.app.timer(1.0, name="recover-pending")(self._recover_pending)
         self.app.on_partitions_assigned.connect(self._on_assigned)
 
     async def _consume(self, stream) -> None:
@@ -93,7 +99,8 @@ class Worker:
         delay = 0.5
         while True:
             try:
-                report = await self.pipeline.process(records)
+                async with self._turn:
+                    report = await self.pipeline.process(records)
                 log.debug("batch of %d: %s", len(records), report.outcomes)
                 return
             except asyncio.CancelledError:
@@ -104,6 +111,21 @@ class Worker:
                 log.warning("batch of %d failed (%s: %s); retrying in %.1fs", len(records), kind, exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _recover_pending(self) -> None:
+        """Publish users a stopped worker applied events for but never published (see state.store)."""
+        if not self._to_recover:
+            return
+        marks, self._to_recover = self._to_recover, {}
+        try:
+            async with self._turn:
+                events = await self.pipeline.recover(marks)
+            log.info("recovered %d users left unpublished by a stopped worker", len(events))
+        except Exception as exc:  # noqa: BLE001  (retried on the next tick)
+            self.metrics.errors.labels(type(exc).__name__).inc()
+            log.warning("recovering %d pending users failed (%s); retrying", sum(map(len, marks.values())), exc)
+            for key, users in marks.items():
+                self._to_recover.setdefault(key, set()).update(users)
 
     def _record_lag(self, records: list[RawRecord]) -> None:
         last: dict[tuple[str, int], int] = {}
@@ -129,14 +151,16 @@ class Worker:
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     async def _seek_to_applied(self, assignment) -> None:
-        mine = {self.settings.topic_clicks, self.settings.topic_texts}
-        for topic in mine:
+        """Seek to Redis's resume offsets and queue the users left pending on these partitions."""
+        for topic in (self.settings.topic_clicks, self.settings.topic_texts):
+            partitions = [tp.partition for tp in assignment if tp.topic == topic]
             applied = await self.store.resume_offsets(topic)
-            for tp in assignment:
-                if tp.topic == topic and tp.partition in applied:
-                    await self.app.consumer.seek(tp, applied[tp.partition] + 1)
-                    log.info("resume %s[%d] at offset %d (from Redis)", topic, tp.partition,
-                             applied[tp.partition] + 1)
+            for partition in partitions:
+                if partition in applied:
+                    await self.app.consumer.seek(TP(topic, partition), applied[partition] + 1)
+                    log.info("resume %s[%d] at offset %d (from Redis)", topic, partition, applied[partition] + 1)
+            for partition, users in (await self.store.pending_users(topic, partitions)).items():
+                self._to_recover.setdefault((topic, partition), set()).update(users)
 
 
 def _raw(event) -> RawRecord:

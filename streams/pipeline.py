@@ -12,7 +12,9 @@ Order matters for "nothing lost, nothing applied twice":
 4. apply all events to Redis in one round trip; fences skip replays;
 5. encode the changed users in one forward pass and score (executor thread);
 6. write profiles in one round trip, which also returns each user's new version;
-7. publish one recommendation event per refreshed user.
+7. publish one recommendation event per refreshed user, then clear the users'
+   pending marks (set in step 4's round trip). A worker that dies between 4 and
+   7 leaves them marked; the next owner of the partition calls ``recover``.
 A batch that fails at any step is retried whole: steps 4 and 6 are idempotent
 for the events (fences), and step 6 only bumps a version.
 """
@@ -25,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-from state import Entry, Store, StoredClick, StoredText
+from state import AppliedUser, Entry, Store, StoredClick, StoredText
+from state.store import pending_marks
 from streams.events import (ClickEvent, DeadLetter, InvalidEvent, Limits, RecommendationEvent, TextEvent,
                             decode_click, decode_text)
 from streams.metrics import Metrics
@@ -114,15 +117,33 @@ class Pipeline:
         await self._publish_dead_letters(late)
         report = BatchReport(self._count_events(entries, applied.outcomes, dead + late), dead + late)
         changed_texts = {e.user_id for e, o in zip(entries, applied.outcomes) if o == "applied" and e.stream == "t"}
-        refreshed = await self._run(self.refresher.refresh, applied.users, changed_texts)
-        with self.metrics.redis_seconds.labels("write").time():
-            versions = await self.store.write_profiles([r.profile for r in refreshed])
-        report.recommendations = [self._event(r, v) for r, v in zip(refreshed, versions)]
-        await self.publisher.publish_recommendations(report.recommendations)
-        self._count_published(report.recommendations, valid)
+        report.recommendations = await self._refresh_and_publish(applied.users, changed_texts)
+        self._count_freshness(report.recommendations, valid)
+        await self.store.clear_pending(pending_marks(entries))
         self.metrics.batch_size.observe(len(records))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return report
+
+    async def recover(self, marks: dict[tuple[str, int], set[str]]) -> list[RecommendationEvent]:
+        """Refresh and publish users a stopped worker applied events for but never published."""
+        users = sorted(set().union(*marks.values())) if marks else []
+        with self.metrics.redis_seconds.labels("read").time():
+            histories = await self.store.histories(users)
+        events = await self._refresh_and_publish([h for h in histories if h.clicks or h.texts], set())
+        await self.store.clear_pending(marks)
+        return events
+
+    async def _refresh_and_publish(self, users: Sequence[AppliedUser],
+                                   changed_texts: set[str]) -> list[RecommendationEvent]:
+        """One forward pass for all users, one round trip to store, one event per user."""
+        refreshed = await self._run(self.refresher.refresh, users, changed_texts)
+        with self.metrics.redis_seconds.labels("write").time():
+            versions = await self.store.write_profiles([r.profile for r in refreshed])
+        events = [self._event(r, v) for r, v in zip(refreshed, versions)]
+        await self.publisher.publish_recommendations(events)
+        self.metrics.users_refreshed.inc(len(events))
+        self.metrics.recommendations.inc(len(events))
+        return events
 
     async def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         if letters:
@@ -160,10 +181,8 @@ class Pipeline:
                 m.unknown_items.inc()
         return counts
 
-    def _count_published(self, events: Sequence[RecommendationEvent], valid: Sequence[Decoded]) -> None:
+    def _count_freshness(self, events: Sequence[RecommendationEvent], valid: Sequence[Decoded]) -> None:
         newest = _newest_record_ms(valid)
-        self.metrics.users_refreshed.inc(len(events))
-        self.metrics.recommendations.inc(len(events))
         for event in events:
             self.metrics.freshness.observe(max(0.0, (event.published_at - newest[event.user_id]) / 1000))
 

@@ -177,3 +177,31 @@ def test_a_new_consumer_group_resumes_from_the_offsets_in_redis(broker_url, redi
     # and see the first 500 events again (as fenced replays).
     assert total(metrics, "iu_events_total", outcome="replay") == 0
     assert total(metrics, "iu_events_total", outcome="applied") == 100
+
+
+def test_users_applied_but_never_published_are_recovered(broker_url, redis_url, movielens_checkpoint, tmp_path):
+    """A worker that died between the Redis step and publishing leaves its users pending;
+    the next owner of the partition publishes them without any new event."""
+    from state import Entry, KeySpace, StoredClick
+
+    settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
+                        topic_clicks="rc-clicks", topic_texts="rc-texts", topic_recs="rc-recs",
+                        topic_dead="rc-dead", app_id="rc-worker", key_prefix="rc", metrics_port=free_port(),
+                        text_encoder=False)
+    ensure_topics(broker_url, ["rc-clicks", "rc-texts", "rc-recs", "rc-dead"], settings.partitions)
+    store = Store.from_url(redis_url, keys=KeySpace("rc"))
+    crashed_batch = [Entry(user, "rc-clicks", partition, 0, StoredClick(f"{user}-e", "31", "click", NOW - 5000))
+                     for partition, user in enumerate(["7", "8", "9"])]
+    asyncio.run(store.apply(crashed_batch))
+
+    with worker_process(settings, tmp_path / "worker.log"):
+        recs = consume_all(broker_url, "rc-recs", 3, timeout=90)
+
+    assert sorted(r["user_id"] for r in recs) == ["7", "8", "9"]
+    assert all(r["version"] == 1 for r in recs)
+
+    async def still_pending():
+        fresh = Store.from_url(redis_url, keys=KeySpace("rc"))  # a new loop needs a new client
+        return await fresh.pending_users("rc-clicks", range(settings.partitions))
+
+    assert asyncio.run(still_pending()) == {}
