@@ -11,7 +11,8 @@ Per user:
 - ``<p>:{u:<id>}:texts``       sorted set, event id scored by event time
 - ``<p>:{u:<id>}:texts:data``  hash, event id -> payload (kind, item, embedding)
 - ``<p>:{u:<id>}:meta``        hash: per-partition fences, applied counters, version
-- ``<p>:{u:<id>}:profile``     hash: interest vectors, latest recommendations
+- ``<p>:{u:<id>}:profile``     hash: interest vectors, latest recommendations (JSON with
+                               scores, and ``rec_items``: the ids alone for the apply script)
 Per topic:
 - ``<p>:offsets:<topic>``      hash, partition -> last applied offset (resume point)
 - ``<p>:pending:<topic>:<n>``  set of users marked before their events are applied
@@ -36,7 +37,7 @@ class UserKeys:
 
     def script_keys(self) -> list[str]:
         """The keys in the order the apply script expects them."""
-        return [self.clicks, self.clicks_data, self.texts, self.texts_data, self.meta]
+        return [self.clicks, self.clicks_data, self.texts, self.texts_data, self.meta, self.profile]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,19 @@ of order within the lateness bound land in time order; older ones are refused as
 producer (a new offset, the same id) is recognised as a 'duplicate' while its id
 is still in the bounded history.
 
-KEYS: clicks set, clicks data, texts set, texts data, meta (one user).
+The script also scores the recommendations live: for each applied click it
+returns the rank of the clicked item in the list last published for the user
+(``rec_items`` in the profile, "\n"-delimited), 0 when absent, -1 when there was
+no list. That is online HR@K and NDCG@K, computed where the click and the list
+meet, atomically, with nothing extra to store.
+
+KEYS: clicks set, clicks data, texts set, texts data, meta, profile (one user).
 ARGV: [1] stream of this call ('c' clicks or 't' texts), [2] its fence field,
-[3] max entries kept for that stream, [4] lateness ms, then one group of four
-per event: offset, ts, event id, payload. Returns {outcomes, clicks, texts}:
-clicks and texts are flat [id, ts, payload, ...] histories, oldest first,
-present only when something was applied (they feed the refresh).
+[3] max entries kept for that stream, [4] lateness ms, then one group of five
+per event: offset, ts, event id, item id ('' for texts), payload.
+Returns {outcomes, ranks, clicks, texts, clicks applied ever}: clicks and texts
+are flat [id, ts, payload, ...] histories, oldest first, present only when
+something was applied (they feed the refresh).
 """
 
 from __future__ import annotations
@@ -36,10 +43,11 @@ local limit, lateness = tonumber(ARGV[3]), tonumber(ARGV[4])
 local fence = tonumber(redis.call('HGET', KEYS[5], fence_field) or '-1')
 local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
 local newest = last[2] and tonumber(last[2]) or nil
-local outcomes, applied = {}, 0
-for i = 5, #ARGV, 4 do
-  local offset, ts, id, payload = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
-  local outcome
+local recs = s == 'c' and redis.call('HGET', KEYS[6], 'rec_items')
+local outcomes, ranks, applied = {}, {}, 0
+for i = 5, #ARGV, 5 do
+  local offset, ts, id, item, payload = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local outcome, rank = nil, -1
   if offset <= fence then
     outcome = 'replay'
   elseif redis.call('ZSCORE', set, id) then
@@ -52,12 +60,18 @@ for i = 5, #ARGV, 4 do
     applied = applied + 1
     if not newest or ts > newest then newest = ts end
     outcome = 'applied'
+    if recs then
+      local at = string.find(recs, '\n' .. item .. '\n', 1, true)
+      rank = 0
+      if at then rank = select(2, string.gsub(string.sub(recs, 1, at), '\n', '')) end
+    end
   end
   if offset > fence then fence = offset end
   outcomes[#outcomes + 1] = outcome
+  ranks[#ranks + 1] = rank
 end
 redis.call('HSET', KEYS[5], fence_field, fence)
-if applied == 0 then return {outcomes, {}, {}} end
+if applied == 0 then return {outcomes, ranks, {}, {}, 0} end
 redis.call('HINCRBY', KEYS[5], 'applied:' .. s, applied)
 local excess = redis.call('ZCARD', set) - limit
 if excess > 0 then
@@ -74,7 +88,8 @@ local function history(hset, hdata)
   end
   return out
 end
-return {outcomes, history(KEYS[1], KEYS[2]), history(KEYS[3], KEYS[4])}
+local clicks_applied = tonumber(redis.call('HGET', KEYS[5], 'applied:c') or '0')
+return {outcomes, ranks, history(KEYS[1], KEYS[2]), history(KEYS[3], KEYS[4]), clicks_applied}
 """
 
 # KEYS[1] offsets hash; ARGV[1] partition, ARGV[2] offset. Never moves backwards.

@@ -87,11 +87,13 @@ class AppliedUser:
     user_id: str
     clicks: tuple[StoredClick, ...]
     texts: tuple[StoredText, ...]
+    clicks_applied: int = 0  # ever, unlike ``clicks``, which is bounded
 
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     outcomes: list[str]  # aligned with the entries given to apply()
+    ranks: list[int]  # per entry: rank of an applied click in the user's last published list, 0 absent, -1 n/a
     users: list[AppliedUser]
 
 
@@ -102,6 +104,7 @@ class Profile:
     user_id: str
     vectors: dict[str, bytes]
     recommendations: bytes
+    rec_items: tuple[str, ...]
     model_version: str
     last_event_ts: int
     extra: dict[str, bytes | str | int | float] = field(default_factory=dict)
@@ -144,7 +147,8 @@ class Store:
             limit = self.max_clicks if stream == "c" else self.max_texts
             args: list[bytes | str | int] = [stream, KeySpace.fence_field(topic, partition), limit, self.lateness_ms]
             for _, entry in members:
-                args += [entry.offset, entry.record.ts, entry.record.event_id, entry.record.payload()]
+                item = entry.record.item_id if stream == "c" else ""
+                args += [entry.offset, entry.record.ts, entry.record.event_id, item, entry.record.payload()]
             await self._apply(keys=self.keys.user(user_id).script_keys(), args=args, client=pipe)
         for (topic, partition), offset in _partition_ends(entries).items():
             await self._advance(keys=[self.keys.offsets(topic)], args=[partition, offset], client=pipe)
@@ -177,8 +181,9 @@ class Store:
             for zset, data in ((keys.clicks, keys.clicks_data), (keys.texts, keys.texts_data)):
                 pipe.zrange(zset, 0, -1, withscores=True)
                 pipe.hgetall(data)
+            pipe.hget(keys.meta, "applied:c")
         replies = await pipe.execute()
-        return [_history(user_id, *replies[4 * i: 4 * i + 4]) for i, user_id in enumerate(user_ids)]
+        return [_history(user_id, *replies[5 * i: 5 * i + 5]) for i, user_id in enumerate(user_ids)]
 
     async def write_profiles(self, profiles: Sequence[Profile]) -> list[int]:
         """Store refreshed profiles and return each user's new version; one round trip."""
@@ -189,6 +194,7 @@ class Store:
             mapping = {f"vector:{name}": value for name, value in profile.vectors.items()}
             mapping.update(profile.extra)
             mapping.update(recommendations=profile.recommendations, model_version=profile.model_version,
+                           rec_items="\n" + "\n".join(profile.rec_items) + "\n",
                            last_event_ts=profile.last_event_ts, updated_at=now)
             pipe.hset(keys.profile, mapping=mapping)
             pipe.hincrby(keys.meta, "version", 1)
@@ -213,10 +219,10 @@ class Store:
         return (await self.histories([user_id]))[0]
 
 
-def _history(user_id: str, click_ids, click_data, text_ids, text_data) -> AppliedUser:
+def _history(user_id: str, click_ids, click_data, text_ids, text_data, clicks_applied) -> AppliedUser:
     clicks = tuple(StoredClick.parse(i, str(ts).encode(), click_data[i]) for i, ts in click_ids)
     texts = tuple(StoredText.parse(i, str(ts).encode(), text_data[i]) for i, ts in text_ids)
-    return AppliedUser(user_id, clicks, texts)
+    return AppliedUser(user_id, clicks, texts, int(clicks_applied or 0))
 
 
 def pending_marks(entries: Iterable[Entry]) -> dict[tuple[str, int], set[str]]:
@@ -248,14 +254,18 @@ def _partition_ends(entries: Iterable[Entry]) -> dict[tuple[str, int], int]:
 def _collect(entries: Sequence[Entry], groups: dict[GroupKey, list[tuple[int, Entry]]],
              replies: list) -> ApplyResult:
     outcomes = [""] * len(entries)
+    ranks = [-1] * len(entries)
     latest: dict[str, AppliedUser] = {}
-    for ((user_id, *_), members), (group_outcomes, clicks, texts) in zip(groups.items(), replies):
-        for (index, _), outcome in zip(members, group_outcomes):
+    for ((user_id, *_), members), reply in zip(groups.items(), replies):
+        group_outcomes, group_ranks, clicks, texts, clicks_applied = reply
+        for (index, _), outcome, rank in zip(members, group_outcomes, group_ranks):
             outcomes[index] = outcome.decode()
+            ranks[index] = int(rank)
         if clicks or texts:
             # Later groups of the same user ran later in the pipeline: their history is newer.
-            latest[user_id] = AppliedUser(user_id, _parse(StoredClick, clicks), _parse(StoredText, texts))
-    return ApplyResult(outcomes, list(latest.values()))
+            latest[user_id] = AppliedUser(user_id, _parse(StoredClick, clicks), _parse(StoredText, texts),
+                                          int(clicks_applied))
+    return ApplyResult(outcomes, ranks, list(latest.values()))
 
 
 def _parse(kind, flat: list[bytes]) -> tuple:

@@ -165,10 +165,20 @@ class _RecommendationPrinter(threading.Thread):
                     if self._halt.is_set():
                         break
                 if time.monotonic() - last_report > 5 and self.seen > self.show:
-                    print(f"... {self.seen} recommendation events so far", flush=True)
+                    print(f"... {self.seen} recommendation events so far{self._online()}", flush=True)
                     last_report = time.monotonic()
         finally:
             consumer.close()
+
+    def _online(self) -> str:
+        try:
+            samples = scrape(_metrics_url(self.settings), timeout=1.0)
+        except OSError:
+            return ""
+        scored = total(samples, "iu_online_clicks_total")
+        if not scored:
+            return ""
+        return f"; online HR@{self.settings.top_k} {total(samples, 'iu_online_hits_total') / scored:.3f}"
 
     def stop(self) -> None:
         self._halt.set()
@@ -191,6 +201,12 @@ def _summary(settings: Settings, received: int, warm_up: dict) -> None:
     batches = total(samples, "iu_batch_size_count")
     print(f"applied {applied:.0f} events in {batches:.0f} micro-batches, dead-lettered {dead:.0f}; "
           f"published {published:.0f} recommendation events (printer saw {received})")
+    scored = total(replay, "iu_online_clicks_total")
+    if scored:
+        hr = total(replay, "iu_online_hits_total") / scored
+        ndcg = total(replay, "iu_online_ndcg_gain_total") / scored
+        print(f"online quality over {scored:.0f} clicks of users who had a list: "
+              f"HR@{settings.top_k} {hr:.4f}, NDCG@{settings.top_k} {ndcg:.4f}")
     if p50 is not None:
         print(f"freshness (event in Kafka -> recommendation published): p50 {p50 * 1000:.0f} ms, "
               f"p99 {p99 * 1000:.0f} ms")

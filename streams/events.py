@@ -77,13 +77,15 @@ class RecommendationEvent:
     model_version: str
     last_event_ts: int
     published_at: int
+    clicks_applied: int = 0
 
     def to_json(self) -> bytes:
         return orjson.dumps({
             "schema": SCHEMA_VERSION, "user_id": self.user_id, "version": self.version,
             "items": [{"item_id": item, "score": round(score, 6)} for item, score in self.items],
             "interests": list(self.interests), "model_version": self.model_version,
-            "last_event_ts": self.last_event_ts, "published_at": self.published_at,
+            "last_event_ts": self.last_event_ts, "clicks_applied": self.clicks_applied,
+            "published_at": self.published_at,
         })
 
 

@@ -42,6 +42,12 @@ class Metrics:
                          ["topic", "partition"], registry=r)
         self.model = Gauge("iu_model_info", "The sequence-encoder checkpoint in use (value 1).",
                            ["model_version"], registry=r)
+        self.online_clicks = Counter("iu_online_clicks", "Applied clicks of users who had a recommendation "
+                                     "list: the denominator of online HR@K and NDCG@K.", registry=r)
+        self.online_hits = Counter("iu_online_hits", "Clicks on an item in the user's last published top K.",
+                                   registry=r)
+        self.online_gain = Counter("iu_online_ndcg_gain", "Sum of 1/log2(rank+1) over those hits; divided by "
+                                   "iu_online_clicks_total it is online NDCG@K.", registry=r)
         self.errors = Counter("iu_errors", "Errors by kind; a failed batch is retried, never dropped.",
                               ["kind"], registry=r)
 

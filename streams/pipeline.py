@@ -22,6 +22,7 @@ for the events (fences), and step 6 only bumps a version.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ class Pipeline:
         late = _late_letters(valid, entries, applied.outcomes, now_ms)
         await self._publish_dead_letters(late)
         report = BatchReport(self._count_events(entries, applied.outcomes, dead + late), dead + late)
+        self._count_online_quality(applied.ranks)
         changed_texts = {e.user_id for e, o in zip(entries, applied.outcomes) if o == "applied" and e.stream == "t"}
         report.recommendations = await self._refresh_and_publish(applied.users, changed_texts)
         self._count_freshness(report.recommendations, valid)
@@ -161,7 +163,8 @@ class Pipeline:
     def _event(self, refreshed, version: int) -> RecommendationEvent:
         profile = refreshed.profile
         return RecommendationEvent(profile.user_id, version, refreshed.items, refreshed.interests,
-                                   profile.model_version, profile.last_event_ts, int(time.time() * 1000))
+                                   profile.model_version, profile.last_event_ts, int(time.time() * 1000),
+                                   refreshed.clicks_applied)
 
     def _count_events(self, entries: Sequence[Entry], outcomes: Sequence[str],
                       dead: Sequence[DeadLetter]) -> dict[str, int]:
@@ -180,6 +183,17 @@ class Pipeline:
                     and entry.record.item_id not in self.known_items):
                 m.unknown_items.inc()
         return counts
+
+    def _count_online_quality(self, ranks: Sequence[int]) -> None:
+        """Online HR@K / NDCG@K: each applied click against the list the user last saw."""
+        k = self.refresher.top_k
+        for rank in ranks:
+            if rank < 0:
+                continue  # not an applied click, or the user had no list yet
+            self.metrics.online_clicks.inc()
+            if 0 < rank <= k:
+                self.metrics.online_hits.inc()
+                self.metrics.online_gain.inc(1.0 / math.log2(rank + 1))
 
     def _count_freshness(self, events: Sequence[RecommendationEvent], valid: Sequence[Decoded]) -> None:
         newest = _newest_record_ms(valid)

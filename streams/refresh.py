@@ -38,6 +38,7 @@ class Refreshed:
     profile: Profile
     items: tuple[tuple[str, float], ...]
     interests: tuple[str, ...]
+    clicks_applied: int
 
 
 class Refresher:
@@ -93,8 +94,8 @@ class Refresher:
         last_ts = max([c.ts for c in user.clicks[-1:]] + [t.ts for t in user.texts[-1:]])
         items = tuple((item, float(score)) for item, score in items)
         profile = Profile(user.user_id, vectors, orjson.dumps([[i, s] for i, s in items]),
-                          self.encoder.model_version, last_ts)
-        return Refreshed(profile, items, tuple(interests))
+                          tuple(item for item, _ in items), self.encoder.model_version, last_ts)
+        return Refreshed(profile, items, tuple(interests), user.clicks_applied)
 
     def _timed(self, encoder: str, size: int):
         return _Timer(self.metrics, encoder, size)

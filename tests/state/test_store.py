@@ -56,9 +56,9 @@ def test_clicks_and_texts_fence_separately_and_return_both_histories(store, run)
 def test_write_profiles_returns_increasing_versions(store, run):
     from state import Profile
 
-    profile = Profile("u1", {"sequence": b"\x00" * 8}, b"[]", "m1", 1000)
+    profile = Profile("u1", {"sequence": b"\x00" * 8}, b"[]", (), "m1", 1000)
     assert run(store.write_profiles([profile])) == [1]
-    assert run(store.write_profiles([profile, Profile("u2", {}, b"[]", "m1", 5)])) == [2, 1]
+    assert run(store.write_profiles([profile, Profile("u2", {}, b"[]", (), "m1", 5)])) == [2, 1]
     assert run(store.profile("u1"))["model_version"] == b"m1"
 
 
@@ -78,3 +78,19 @@ def test_a_resent_old_event_is_a_duplicate_not_late(store, run):
     store.lateness_ms = 10
     run(store.apply([click("u1", 0, 1000, event_id="old"), click("u1", 1, 9000)]))
     assert run(store.apply([click("u1", 2, 1000, event_id="old")])).outcomes == ["duplicate"]
+
+
+def test_applied_clicks_are_ranked_against_the_last_published_list(store, run):
+    from state import Profile
+
+    run(store.apply([click("u1", 0, 1000)]))
+    run(store.write_profiles([Profile("u1", {}, b"[]", ("a", "item5", "b"), "m1", 1000)]))
+    result = run(store.apply([click("u1", 5, 2000), click("u1", 6, 3000, item="b"),
+                              click("u1", 7, 4000, item="zz"), click("u1", 6, 5000, item="b")]))
+    assert result.outcomes == ["applied", "applied", "applied", "replay"]
+    assert result.ranks == [2, 3, 0, -1]
+    assert result.users[0].clicks_applied == 4
+
+
+def test_a_user_without_a_list_is_not_ranked(store, run):
+    assert run(store.apply([click("u9", 0, 1000)])).ranks == [-1]
