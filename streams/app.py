@@ -26,7 +26,7 @@ from faust.types import TP
 from state import Store
 from state.keys import KeySpace
 from streams.events import DeadLetter, Limits, RecommendationEvent
-from streams.metrics import Metrics
+from streams.metrics import Health, Metrics
 from streams.pipeline import Pipeline, RawRecord
 from streams.refresh import Refresher
 from streams.settings import Settings
@@ -36,6 +36,7 @@ __all__ = ["Worker", "FaustPublisher"]
 log = logging.getLogger("interest_updater.worker")
 
 RETRY_MAX_SECONDS = 30.0
+SHUTDOWN_GRACE_SECONDS = 30.0
 
 
 class FaustPublisher:
@@ -84,15 +85,37 @@ class Worker:
         # Batches and recoveries take turns: both bump versions and publish.
         self._turn = asyncio.Lock()
         self._to_recover: dict[tuple[str, int], set[str]] = {}
+        self._in_flight: asyncio.Future | None = None
+        self._stopping = False
+        self.health = Health()
         self.app.agent(topic, name="refresh", concurrency=1)(self._consume)
         self.app.timer(1.0, name="recover-pending")(self._recover_pending)
+        self.app.timer(1.0, name="heartbeat")(self._beat)
         self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.on_before_shutdown.connect(self._finish_in_flight)
 
     async def _consume(self, stream) -> None:
         async for events in stream.take_events(self.settings.batch_max, within=self.settings.batch_within):
             records = [_raw(event) for event in events]
-            await self._process_until_done(records)
+            # Shielded: a shutdown cancels this agent, but the batch in flight finishes
+            # (see _finish_in_flight) instead of stopping between Redis and the broker.
+            self._in_flight = asyncio.ensure_future(self._process_until_done(records))
+            await asyncio.shield(self._in_flight)
             self._record_lag(records)
+
+    async def _finish_in_flight(self, app, **kwargs) -> None:
+        self._stopping = True
+        self.health.ready = False
+        if self._in_flight is not None and not self._in_flight.done():
+            log.info("shutting down: finishing the micro-batch in flight")
+            try:
+                await asyncio.wait_for(asyncio.shield(self._in_flight), SHUTDOWN_GRACE_SECONDS)
+            except asyncio.TimeoutError:
+                log.warning("the batch in flight did not finish in %ss; the next owner of its "
+                            "partitions recovers it", SHUTDOWN_GRACE_SECONDS)
+
+    async def _beat(self) -> None:
+        self.health.beat()
 
     async def _process_until_done(self, records: list[RawRecord]) -> None:
         """Retry a failed batch with backoff: fences make a retry safe, dropping it is not."""
@@ -108,6 +131,9 @@ class Worker:
             except Exception as exc:  # noqa: BLE001  (any failure: count, log, retry)
                 kind = type(exc).__name__
                 self.metrics.errors.labels(kind).inc()
+                if self._stopping:
+                    log.warning("batch of %d failed while stopping (%s); left to the next owner", len(records), kind)
+                    return
                 log.warning("batch of %d failed (%s: %s); retrying in %.1fs", len(records), kind, exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
@@ -148,6 +174,7 @@ class Worker:
 
             consumer.perform_seek = perform_seek
             consumer._iu_resume_wrapped = True
+        self.health.ready = True
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     async def _seek_to_applied(self, assignment) -> None:

@@ -115,20 +115,28 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from streams.logs import setup_logging
-    setup_logging(getattr(args, "log_level", "info"))
+    setup_logging(getattr(args, "log_level", "info"), json=getattr(args, "log_format", "plain") == "json")
     try:
         return _run(args)
     except KeyboardInterrupt:
         print("interest-updater: interrupted", file=sys.stderr)
         return 130
-    except (InterestUpdaterError, ValueError, OSError) as exc:
-        print(f"interest-updater: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if not _is_operator_error(exc):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"interest-updater: error: {message}", file=sys.stderr)
         return 2
-    except Exception as exc:  # errors from the encoders package have their own root
-        if type(exc).__module__.startswith("encoders"):
-            print(f"interest-updater: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+
+# Failures an operator fixes (a path, a flag, an unreachable server) get one line, not a traceback.
+_OPERATOR_ERROR_MODULES = ("encoders", "kafka", "redis", "streams", "state")
+
+
+def _is_operator_error(exc: Exception) -> bool:
+    if isinstance(exc, (InterestUpdaterError, ValueError, OSError, TimeoutError)):
+        return True
+    return type(exc).__module__.split(".")[0] in _OPERATOR_ERROR_MODULES
 
 
 if __name__ == "__main__":

@@ -89,11 +89,12 @@ def worker(settings: Settings) -> int:
 
     encoder, text_encoder = load_encoders(settings)
     with running_stack(settings) as settings:
+        _check_redis(settings.redis_url)
         ensure_topics(settings.broker, _topics(settings), settings.partitions)
         service = Worker(settings, encoder, text_encoder)
         if settings.metrics_port:
-            service.metrics.serve(settings.metrics_port)
-            log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+            service.metrics.serve(settings.metrics_port, service.health)
+            log.info("metrics on http://127.0.0.1:%d/metrics (also /healthz, /readyz)", settings.metrics_port)
         log.info("worker %s: broker %s, redis %s, model %s", settings.app_id, settings.broker,
                  redact_url(settings.redis_url), encoder.model_version)
         faust_worker = faust.Worker(service.app, loglevel=settings.log_level if settings.log_level != "warning"
@@ -105,6 +106,18 @@ def worker(settings: Settings) -> int:
         finally:
             service.pipeline.close()
     return 0
+
+
+def _check_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ConfigurationError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+    finally:
+        client.close()
 
 
 def _topics(settings: Settings) -> list[str]:

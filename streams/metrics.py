@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["Metrics"]
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics", "Health", "serve_http", "scrape", "total", "histogram_quantile", "since"]
 
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -51,9 +55,56 @@ class Metrics:
         self.errors = Counter("iu_errors", "Errors by kind; a failed batch is retried, never dropped.",
                               ["kind"], registry=r)
 
-    def serve(self, port: int) -> None:
-        """Serve ``/metrics`` on all interfaces in a daemon thread."""
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, health: "Health | None" = None) -> None:
+        """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on all interfaces in a daemon thread."""
+        serve_http(port, self.registry, health or Health())
+
+
+class Health:
+    """Liveness (the event loop beats) and readiness (partitions assigned, not stopping)."""
+
+    STALE_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.last_beat = time.monotonic()
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return time.monotonic() - self.last_beat < self.STALE_SECONDS
+
+
+def serve_http(port: int, registry: CollectorRegistry, health: Health) -> ThreadingHTTPServer:
+    """The operations endpoints, on their own thread so a busy event loop cannot starve them."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802  (the http.server API)
+            if self.path.startswith("/metrics"):
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                self._reply(200 if health.alive else 503, b"ok\n" if health.alive else b"event loop stalled\n")
+            elif self.path == "/readyz":
+                self._reply(200 if health.ready else 503, b"ready\n" if health.ready else b"not ready\n")
+            else:
+                self._reply(404, b"try /metrics, /healthz or /readyz\n")
+
+        def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # scrapes every few seconds would flood the log
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="ops-http", daemon=True).start()
+    return server
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict[str, list[tuple[dict[str, str], float]]]:

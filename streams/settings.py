@@ -56,6 +56,7 @@ class Settings:
     max_future: float = _option(600.0, "Seconds an event time may lie ahead of the worker's clock.")
     metrics_port: int = _option(9464, "Port of the Prometheus /metrics endpoint (0: off).")
     log_level: str = _option("info", "Log level: debug, info, warn or error.")
+    log_format: str = _option("plain", "Log lines as plain text or one JSON object each (json).")
 
     def with_overrides(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
@@ -118,6 +119,8 @@ def _check(settings: Settings) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
     if settings.batch_within <= 0:
         raise ValueError(f"--batch-within must be positive, got {settings.batch_within}")
+    if settings.log_format not in {"plain", "json"}:
+        raise ValueError(f"--log-format must be plain or json, got {settings.log_format!r}")
     if settings.device not in {"auto", "cpu", "cuda"} and not settings.device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda, got {settings.device!r}")
 

@@ -13,6 +13,7 @@ import asyncio
 import math
 import time
 from collections import Counter, defaultdict
+from urllib.request import urlopen
 
 import orjson
 import pytest
@@ -199,6 +200,9 @@ def test_a_new_consumer_group_resumes_from_the_offsets_in_redis(broker_url, redi
         wait_until_applied(second, producer.send_all(events[500:]), worker, timeout=180)
         time.sleep(1.0)  # Redis has the offsets a moment before the worker reads the reply
         metrics = scrape(f"http://127.0.0.1:{second.metrics_port}/metrics")
+        for path in ("healthz", "readyz"):
+            with urlopen(f"http://127.0.0.1:{second.metrics_port}/{path}", timeout=5) as reply:
+                assert reply.status == 200
     producer.close()
     # Without the seek to Redis's offsets the new group would start at the beginning
     # and see the first 500 events again (as fenced replays).
@@ -232,3 +236,39 @@ def test_users_applied_but_never_published_are_recovered(broker_url, redis_url, 
         return await fresh.pending_users("rc-clicks", range(settings.partitions))
 
     assert asyncio.run(still_pending()) == {}
+
+
+def wait_ready(port: int, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"worker on metrics port {port} not ready in {timeout:.0f}s")
+
+
+def test_two_workers_split_the_partitions_and_apply_each_event_once(broker_url, redis_url, data_dir,
+                                                                    movielens_checkpoint, tmp_path):
+    base = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
+                    topic_clicks="so-clicks", topic_texts="so-texts", topic_recs="so-recs", topic_dead="so-dead",
+                    app_id="so-group", key_prefix="so", text_encoder=False, batch_within=0.1)
+    first, second = (base.with_overrides(metrics_port=free_port()) for _ in range(2))
+    events = replay_events(load_movielens_small(data_dir / "ml-latest-small"), "so-clicks", "so-texts", limit=1200)
+    ensure_topics(broker_url, ["so-clicks", "so-texts", "so-recs", "so-dead"], base.partitions)
+    producer = Producer(broker_url)
+    with worker_process(first, tmp_path / "a.log") as a, worker_process(second, tmp_path / "b.log") as b:
+        wait_ready(first.metrics_port)
+        wait_ready(second.metrics_port)
+        ends = producer.send_all(events)
+        wait_until_applied(base, ends, a, timeout=240)
+        time.sleep(1.0)
+        assert b.poll() is None
+        samples = [scrape(f"http://127.0.0.1:{s.metrics_port}/metrics") for s in (first, second)]
+    producer.close()
+    applied = [total(m, "iu_events_total", outcome="applied") for m in samples]
+    assert all(count > 0 for count in applied), applied
+    assert sum(applied) == len(events)
