@@ -8,7 +8,8 @@ whoever owns the partition next refreshes them (``pending_users``). Redis runs a
 so a partition's resume offset is written only after the events it covers; if
 the connection drops midway the resume offset lags, and the per-user fences
 make the replay harmless. On Redis Cluster the same calls go through a cluster
-pipeline: every script touches the keys of one user, hence one slot.
+pipeline: every script touches the keys of one user, hence one slot. (A cluster
+pipeline is one round trip per node, sent concurrently.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Iterable, Sequence
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from state.keys import KeySpace
 from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS
@@ -124,14 +126,29 @@ class Store:
         self.max_clicks = max_clicks
         self.max_texts = max_texts
         self.lateness_ms = lateness_ms
-        self._apply = client.register_script(APPLY_EVENTS)
-        self._advance = client.register_script(ADVANCE_OFFSET)
+        # redis-py refuses EVALSHA in a Redis Cluster pipeline; EVAL with the body works.
+        self._cluster = isinstance(client, RedisCluster)
+        self._scripts = {text: client.register_script(text) for text in (APPLY_EVENTS, ADVANCE_OFFSET)}
 
     @classmethod
-    def from_url(cls, url: str, **kwargs) -> "Store":
-        client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                         health_check_interval=15)
+    def from_url(cls, url: str, *, cluster: bool = False, **kwargs) -> "Store":
+        """A store on ``url``; ``cluster`` for Redis Cluster (any node's URL)."""
+        options = dict(socket_timeout=10, socket_connect_timeout=5)
+        if cluster:
+            client = RedisCluster.from_url(url, **options)
+        else:
+            client = aioredis.Redis.from_url(url, health_check_interval=15, **options)
         return cls(client, kwargs.pop("keys", KeySpace()), **kwargs)
+
+    def _pipeline(self):
+        # Not a MULTI transaction: atomicity is per user, in the scripts.
+        return self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
+
+    async def _script(self, pipe, text: str, keys: list[str], args: list) -> None:
+        if self._cluster:
+            pipe.eval(text, len(keys), *keys, *args)
+        else:
+            await self._scripts[text](keys=keys, args=args, client=pipe)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -139,7 +156,7 @@ class Store:
     async def apply(self, entries: Sequence[Entry]) -> ApplyResult:
         """Apply events atomically per user and advance partition offsets; one round trip."""
         groups = _group(entries)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         marks = pending_marks(entries)
         for (topic, partition), users in marks.items():
             pipe.sadd(self.keys.pending(topic, partition), *users)
@@ -149,9 +166,9 @@ class Store:
             for _, entry in members:
                 item = entry.record.item_id if stream == "c" else ""
                 args += [entry.offset, entry.record.ts, entry.record.event_id, item, entry.record.payload()]
-            await self._apply(keys=self.keys.user(user_id).script_keys(), args=args, client=pipe)
+            await self._script(pipe, APPLY_EVENTS, self.keys.user(user_id).script_keys(), args)
         for (topic, partition), offset in _partition_ends(entries).items():
-            await self._advance(keys=[self.keys.offsets(topic)], args=[partition, offset], client=pipe)
+            await self._script(pipe, ADVANCE_OFFSET, [self.keys.offsets(topic)], [partition, offset])
         replies = await pipe.execute()
         return _collect(entries, groups, replies[len(marks): len(marks) + len(groups)])
 
@@ -159,14 +176,14 @@ class Store:
         """Unmark users whose recommendations are published (see ``pending_marks``)."""
         if not marks:
             return
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for (topic, partition), users in marks.items():
             pipe.srem(self.keys.pending(topic, partition), *users)
         await pipe.execute()
 
     async def pending_users(self, topic: str, partitions: Iterable[int]) -> dict[int, set[str]]:
         """Users left marked on these partitions by a worker that stopped mid-batch."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         partitions = list(partitions)
         for partition in partitions:
             pipe.smembers(self.keys.pending(topic, partition))
@@ -175,7 +192,7 @@ class Store:
 
     async def histories(self, user_ids: Sequence[str]) -> list[AppliedUser]:
         """Stored clicks and texts of several users, oldest first; one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         for user_id in user_ids:
             keys = self.keys.user(user_id)
             for zset, data in ((keys.clicks, keys.clicks_data), (keys.texts, keys.texts_data)):
@@ -187,7 +204,7 @@ class Store:
 
     async def write_profiles(self, profiles: Sequence[Profile]) -> list[int]:
         """Store refreshed profiles and return each user's new version; one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._pipeline()
         now = int(time.time() * 1000)
         for profile in profiles:
             keys = self.keys.user(profile.user_id)

@@ -64,7 +64,8 @@ class Worker:
     def __init__(self, settings: Settings, encoder, text_encoder=None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.store = Store.from_url(settings.redis_url, keys=KeySpace(settings.key_prefix),
+        self.store = Store.from_url(settings.redis_url, cluster=settings.redis_cluster,
+                                    keys=KeySpace(settings.key_prefix),
                                     max_clicks=settings.max_history, max_texts=settings.max_texts,
                                     lateness_ms=int(settings.lateness * 1000))
         self.app = _faust_app(settings)

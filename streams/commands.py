@@ -89,7 +89,7 @@ def worker(settings: Settings) -> int:
 
     encoder, text_encoder = load_encoders(settings)
     with running_stack(settings) as settings:
-        _check_redis(settings.redis_url)
+        _check_redis(settings.redis_url, settings.redis_cluster)
         ensure_topics(settings.broker, _topics(settings), settings.partitions)
         service = Worker(settings, encoder, text_encoder)
         if settings.metrics_port:
@@ -108,10 +108,15 @@ def worker(settings: Settings) -> int:
     return 0
 
 
-def _check_redis(url: str) -> None:
+def _check_redis(url: str, cluster: bool) -> None:
     import redis
+    from redis.cluster import RedisCluster
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    client_class = RedisCluster if cluster else redis.Redis
+    try:
+        client = client_class.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    except redis.RedisError as exc:
+        raise ConfigurationError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     try:
         client.ping()
     except redis.RedisError as exc:

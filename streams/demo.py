@@ -100,7 +100,7 @@ def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], wor
     from state.keys import KeySpace
 
     async def applied() -> dict[tuple[str, int], int]:
-        store = Store.from_url(settings.redis_url, keys=KeySpace(settings.key_prefix))
+        store = Store.from_url(settings.redis_url, cluster=settings.redis_cluster, keys=KeySpace(settings.key_prefix))
         try:
             return {(topic, p): o for topic in {t for t, _ in ends}
                     for p, o in (await store.resume_offsets(topic)).items()}

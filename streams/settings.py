@@ -33,6 +33,7 @@ class Settings:
     redis_url: str | None = _option(None, "Redis URL, redis://[:password@]host:port/db (rediss:// for TLS). "
                                           "Unset: start the embedded Redis-compatible server.",
                                     flag="--redis")
+    redis_cluster: bool = _option(False, "Treat --redis as one node of a Redis Cluster.")
     app_id: str = _option("interest-updater", "Consumer group and Faust app id.")
     key_prefix: str = _option("iu", "Prefix of every Redis key this service writes.")
     topic_clicks: str = _option("clicks", "Topic of click events.")

@@ -35,15 +35,35 @@ def broker_url(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture()
-def store(redis_url):
-    """A Store on a freshly flushed database; use with ``run``."""
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory):
+    """A three-primary Redis Cluster (Valkey), the production layout for scale-out."""
+    from streams.embedded import start_redis_cluster
+
+    nodes = start_redis_cluster(tmp_path_factory.mktemp("valkey-cluster"))
+    yield f"redis://127.0.0.1:{nodes[0].port}/0"
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def store(request):
+    """A Store on freshly flushed Redis, a single server or a Cluster; use with ``run``."""
     import redis
+    from redis.cluster import RedisCluster
 
     from state import Store
 
-    redis.Redis.from_url(redis_url).flushdb()
-    return Store.from_url(redis_url)
+    cluster = request.param == "cluster"
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    if cluster:
+        client = RedisCluster.from_url(url)
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+    client.close()
+    return Store.from_url(url, cluster=cluster)
 
 
 @pytest.fixture()

@@ -251,9 +251,10 @@ def wait_ready(port: int, timeout: float = 90.0) -> None:
     raise TimeoutError(f"worker on metrics port {port} not ready in {timeout:.0f}s")
 
 
-def test_two_workers_split_the_partitions_and_apply_each_event_once(broker_url, redis_url, data_dir,
-                                                                    movielens_checkpoint, tmp_path):
-    base = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
+def test_two_workers_on_a_redis_cluster_split_the_partitions_and_apply_each_event_once(
+        broker_url, redis_cluster_url, data_dir, movielens_checkpoint, tmp_path):
+    base = Settings(broker=broker_url, redis_url=redis_cluster_url, redis_cluster=True,
+                    checkpoint=str(movielens_checkpoint),
                     topic_clicks="so-clicks", topic_texts="so-texts", topic_recs="so-recs", topic_dead="so-dead",
                     app_id="so-group", key_prefix="so", text_encoder=False, batch_within=0.1)
     first, second = (base.with_overrides(metrics_port=free_port()) for _ in range(2))
