@@ -36,7 +36,6 @@ __all__ = ["Worker", "FaustPublisher"]
 log = logging.getLogger("interest_updater.worker")
 
 RETRY_MAX_SECONDS = 30.0
-SHUTDOWN_GRACE_SECONDS = 30.0
 
 
 class FaustPublisher:
@@ -86,34 +85,24 @@ class Worker:
         # Batches and recoveries take turns: both bump versions and publish.
         self._turn = asyncio.Lock()
         self._to_recover: dict[tuple[str, int], set[str]] = {}
-        self._in_flight: asyncio.Future | None = None
-        self._stopping = False
         self.health = Health()
         self.app.agent(topic, name="refresh", concurrency=1)(self._consume)
         self.app.timer(1.0, name="recover-pending")(self._recover_pending)
         self.app.timer(1.0, name="heartbeat")(self._beat)
         self.app.on_partitions_assigned.connect(self._on_assigned)
-        self.app.on_before_shutdown.connect(self._finish_in_flight)
+        self.app.on_before_shutdown.connect(self._on_shutdown)
 
     async def _consume(self, stream) -> None:
         async for events in stream.take_events(self.settings.batch_max, within=self.settings.batch_within):
             records = [_raw(event) for event in events]
-            # Shielded: a shutdown cancels this agent, but the batch in flight finishes
-            # (see _finish_in_flight) instead of stopping between Redis and the broker.
-            self._in_flight = asyncio.ensure_future(self._process_until_done(records))
-            await asyncio.shield(self._in_flight)
+            await self._process_until_done(records)
             self._record_lag(records)
 
-    async def _finish_in_flight(self, app, **kwargs) -> None:
-        self._stopping = True
+    async def _on_shutdown(self, app, **kwargs) -> None:
+        # No need to wait for the batch in flight here: take_events acknowledges a
+        # batch only once processed, and Faust's consumer waits for unacknowledged
+        # events before it stops (tested: SIGTERM during a long batch loses nothing).
         self.health.ready = False
-        if self._in_flight is not None and not self._in_flight.done():
-            log.info("shutting down: finishing the micro-batch in flight")
-            try:
-                await asyncio.wait_for(asyncio.shield(self._in_flight), SHUTDOWN_GRACE_SECONDS)
-            except asyncio.TimeoutError:
-                log.warning("the batch in flight did not finish in %ss; the next owner of its "
-                            "partitions recovers it", SHUTDOWN_GRACE_SECONDS)
 
     async def _beat(self) -> None:
         self.health.beat()
@@ -132,9 +121,6 @@ class Worker:
             except Exception as exc:  # noqa: BLE001  (any failure: count, log, retry)
                 kind = type(exc).__name__
                 self.metrics.errors.labels(kind).inc()
-                if self._stopping:
-                    log.warning("batch of %d failed while stopping (%s); left to the next owner", len(records), kind)
-                    return
                 log.warning("batch of %d failed (%s: %s); retrying in %.1fs", len(records), kind, exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
