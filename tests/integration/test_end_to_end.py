@@ -311,3 +311,52 @@ def test_sigterm_finishes_the_micro_batch_in_flight(broker_url, redis_url, movie
 
     applied, pending = asyncio.run(check())
     assert applied == len(texts) and pending == {}
+
+
+def test_a_redis_outage_of_ten_seconds_loses_nothing(broker_url, movielens_checkpoint, data_dir, tmp_path):
+    """Redis (with an append-only file) is stopped for 10 s mid-stream and restarted on the
+    same port: the worker retries with backoff, reports the outage, and applies every event once."""
+    import threading
+
+    from state import KeySpace
+    from streams.embedded import start_redis
+
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    server = start_redis(redis_dir, persistent=True)
+    url = f"redis://127.0.0.1:{server.port}/0"
+    settings = Settings(broker=broker_url, redis_url=url, checkpoint=str(movielens_checkpoint),
+                        topic_clicks="ro-clicks", topic_texts="ro-texts", topic_recs="ro-recs", topic_dead="ro-dead",
+                        app_id="ro-worker", key_prefix="ro", metrics_port=free_port(), text_encoder=False,
+                        batch_within=0.1)
+    events = replay_events(load_movielens_small(data_dir / "ml-latest-small"), "ro-clicks", "ro-texts", limit=1500)
+    ensure_topics(broker_url, ["ro-clicks", "ro-texts", "ro-recs", "ro-dead"], settings.partitions)
+    producer = Producer(broker_url)
+    ends: dict = {}
+    try:
+        with worker_process(settings, tmp_path / "worker.log") as worker:
+            wait_ready(settings.metrics_port)
+            sender = threading.Thread(target=lambda: ends.update(producer.send_all(events, rate=150)))
+            sender.start()
+            time.sleep(2.0)
+            server.stop()
+            time.sleep(10.0)
+            server = start_redis(redis_dir, port=server.port, persistent=True)
+            sender.join()
+            wait_until_applied(settings, ends, worker, timeout=240)
+            time.sleep(1.0)
+            metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+            assert worker.poll() is None
+        producer.close()
+
+        async def counts():
+            store = Store.from_url(url, keys=KeySpace("ro"))
+            users = {orjson.loads(e.value)["user_id"] for e in events}
+            return {u: (await store.meta(u)).get("applied:c", 0) for u in users}
+
+        expected = Counter(orjson.loads(e.value)["user_id"] for e in events)
+        assert asyncio.run(counts()) == dict(expected)
+        assert total(metrics, "iu_errors_total") > 0  # the outage was reported
+        assert total(metrics, "iu_events_total", outcome="applied") == len(events)
+    finally:
+        server.stop()
