@@ -153,8 +153,12 @@ class Store:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def apply(self, entries: Sequence[Entry]) -> ApplyResult:
-        """Apply events atomically per user and advance partition offsets; one round trip."""
+    async def apply(self, entries: Sequence[Entry], ends: dict[tuple[str, int], int] | None = None) -> ApplyResult:
+        """Apply events atomically per user and advance partition offsets; one round trip.
+
+        ``ends`` is the last offset consumed per (topic, partition), dead letters
+        included; it defaults to the entries' own offsets.
+        """
         groups = _group(entries)
         pipe = self._pipeline()
         marks = pending_marks(entries)
@@ -167,7 +171,7 @@ class Store:
                 item = entry.record.item_id if stream == "c" else ""
                 args += [entry.offset, entry.record.ts, entry.record.event_id, item, entry.record.payload()]
             await self._script(pipe, APPLY_EVENTS, self.keys.user(user_id).script_keys(), args)
-        for (topic, partition), offset in _partition_ends(entries).items():
+        for (topic, partition), offset in (ends or _partition_ends(entries)).items():
             await self._script(pipe, ADVANCE_OFFSET, [self.keys.offsets(topic)], [partition, offset])
         replies = await pipe.execute()
         return _collect(entries, groups, replies[len(marks): len(marks) + len(groups)])

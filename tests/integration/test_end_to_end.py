@@ -360,3 +360,90 @@ def test_a_redis_outage_of_ten_seconds_loses_nothing(broker_url, movielens_check
         assert total(metrics, "iu_events_total", outcome="applied") == len(events)
     finally:
         server.stop()
+
+
+def without(body: dict, field: str) -> dict:
+    return {k: v for k, v in body.items() if k != field}
+
+
+def malformed_events(n: int, topic_clicks: str, topic_texts: str, seed: int = 7):
+    """(topic, key, value, expected reason) for n bad events of every kind, seeded."""
+    import random
+
+    rng = random.Random(seed)
+    good = {"event_id": "x", "user_id": "u1", "item_id": "31", "action": "view", "ts": NOW - 1000}
+    makers = [
+        lambda i: (b"{\"event_id\": \"b%d\", \"user_id\": " % i, "bad_json"),
+        lambda i: (orjson.dumps({**good, "event_id": f"b{i}"})[: rng.randint(1, 40)], "bad_json"),
+        lambda i: (b"\xff\xfe" + bytes(rng.randrange(256) for _ in range(20)), "bad_json"),
+        lambda i: (orjson.dumps([i, "list"]), "not_object"),
+        lambda i: (orjson.dumps({**good, "event_id": f"b{i}", "ts": str(NOW)}), "wrong_type"),
+        lambda i: (orjson.dumps({**good, "event_id": f"b{i}", "item_id": i}), "wrong_type"),
+        lambda i: (orjson.dumps(without({**good, "event_id": f"b{i}"}, rng.choice(["item_id", "action", "ts"]))),
+                   "missing_field"),
+        lambda i: (orjson.dumps({**good, "event_id": f"b{i}", "item_id": "x" * 500}), "bad_id"),
+        lambda i: (orjson.dumps({**good, "event_id": f"b{i}", "item_id": rng.choice(["a b", "{u}", "*", "a\nb",
+                                                                                   "\x00", "é"])}), "bad_id"),
+        lambda i: (orjson.dumps({**good, "event_id": f"b{i}", "action": "DROP TABLE"}), "bad_action"),
+        lambda i: (orjson.dumps({**good, "event_id": f"b{i}", "ts": rng.choice([1, NOW * 1000])}), "ts_out_of_range"),
+        lambda i: (b" " * 70_000, "too_large"),
+    ]
+    texts = [
+        lambda i: (orjson.dumps({"event_id": f"t{i}", "user_id": "u1", "kind": "review", "text": "y" * 3000,
+                                 "ts": NOW}), "text_too_long"),
+        lambda i: (orjson.dumps({"event_id": f"t{i}", "user_id": "u1", "kind": "review", "text": "\t\n ",
+                                 "ts": NOW}), "empty_text"),
+    ]
+    out = []
+    for i in range(n):
+        if i % 10 == 0:
+            value, reason = rng.choice(texts)(i)
+            out.append((topic_texts, b"u1", value, reason))
+        else:
+            value, reason = rng.choice(makers)(i)
+            out.append((topic_clicks, b"u1", value, reason))
+    return out
+
+
+def test_ten_thousand_malformed_events_are_dead_lettered_and_good_ones_all_applied(
+        broker_url, redis_url, data_dir, movielens_checkpoint, tmp_path):
+    from state import KeySpace
+    from streams.replay import OutgoingEvent
+
+    settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
+                        topic_clicks="fz-clicks", topic_texts="fz-texts", topic_recs="fz-recs", topic_dead="fz-dead",
+                        app_id="fz-worker", key_prefix="fz", metrics_port=free_port(), text_encoder=False,
+                        max_history=5000)
+    good = replay_events(load_movielens_small(data_dir / "ml-latest-small"), "fz-clicks", "fz-texts", limit=2000)
+    bad = malformed_events(10_000, "fz-clicks", "fz-texts")
+    ensure_topics(broker_url, ["fz-clicks", "fz-texts", "fz-recs", "fz-dead"], settings.partitions)
+    producer = Producer(broker_url)
+    stream = []
+    for i, (topic, key, value, _) in enumerate(bad):
+        stream.append(OutgoingEvent(topic, key.decode(), value))
+        if i % 5 == 0:  # good events interleaved with the bad ones
+            stream.append(good[i // 5])
+    stream += good[len(bad) // 5:] + good[:200]  # the rest, then 200 resent (duplicates)
+    with worker_process(settings, tmp_path / "worker.log") as worker:
+        ends = producer.send_all(stream)
+        producer.close()
+        wait_until_applied(settings, ends, worker, timeout=300)
+        time.sleep(1.0)
+        metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+        assert worker.poll() is None
+
+    expected = Counter(reason for *_, reason in bad)
+    for reason, count in expected.items():
+        assert total(metrics, "iu_dead_letters_total", reason=reason) == count, reason
+    assert total(metrics, "iu_dead_letters_total") == len(bad)
+    assert total(metrics, "iu_events_total", outcome="applied") == len(good)
+    assert total(metrics, "iu_events_total", outcome="duplicate") == 200
+    letters = consume_all(broker_url, "fz-dead", len(bad), timeout=120)
+    assert len(letters) == len(bad) and all(letter["reason"] and letter["error"] for letter in letters)
+
+    async def applied():
+        store = Store.from_url(redis_url, keys=KeySpace("fz"))
+        users = {orjson.loads(e.value)["user_id"] for e in good}
+        return sum([(await store.meta(u)).get("applied:c", 0) for u in users])
+
+    assert asyncio.run(applied()) == len(good)

@@ -72,3 +72,8 @@ def test_a_late_event_is_dead_lettered_after_the_store_decides(pipeline, run):
     run(pipeline.process([click(0, "u1", "i1", NOW - 1000)]))
     report = run(pipeline.process([click(1, "u1", "i3", NOW - 3_600_000)]))
     assert report.outcomes == {"dead_letter": 1} and report.dead_letters[0].reason == "late"
+
+
+def test_a_batch_ending_in_dead_letters_still_advances_the_resume_offset(pipeline, run):
+    run(pipeline.process([click(0, "u1", "i1", NOW - 1000), RawRecord("clicks", 0, 1, b"u1", b"{", NOW)]))
+    assert run(pipeline.store.resume_offsets("clicks")) == {0: 1}
