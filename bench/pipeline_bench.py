@@ -4,8 +4,11 @@ Replays the same events through the embedded stack (Tansu + Valkey + a worker
 process) in both modes, in one run, and prints events/s and freshness p50/p99
 (event entering Kafka -> its recommendation published) for each, as medians
 over --repeats runs. The only difference between modes is --batch-max.
+Throughput is measured with a burst (--rate 0); latency is fairest at a steady
+rate both modes sustain (--rate 150).
 
     python bench/pipeline_bench.py --data ../shared/data/ml-latest-small --events 3000
+    python bench/pipeline_bench.py --data ../shared/data/ml-latest-small --events 3000 --rate 150
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from streams.replay import Producer, ensure_topics, replay_events  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 
-def run_mode(stack, checkpoint: str, events_of, batch_max: int, run: int, workdir: Path) -> dict:
+def run_mode(stack, checkpoint: str, events_of, batch_max: int, run: int, workdir: Path, rate: float) -> dict:
     name = f"b{batch_max}-r{run}"
     settings = Settings(broker=stack.broker_url, redis_url=stack.redis_url, checkpoint=checkpoint,
                         topic_clicks=f"{name}-clicks", topic_texts=f"{name}-texts", topic_recs=f"{name}-recs",
@@ -44,7 +47,7 @@ def run_mode(stack, checkpoint: str, events_of, batch_max: int, run: int, workdi
         metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         before = scrape(metrics_url)  # the warm-up's freshness includes start-up: leave it out
         started = time.monotonic()
-        ends = producer.send_all(events[1:])
+        ends = producer.send_all(events[1:], rate=rate)
         wait_until_applied(settings, ends, worker, timeout=1800)
         elapsed = time.monotonic() - started
         time.sleep(1.0)
@@ -61,6 +64,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=3000, help="events replayed per run")
     parser.add_argument("--batch-max", type=int, default=256, help="micro-batch size of the batched mode")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="events/s to send (0: a burst, as fast as the producer can); freshness at a "
+                             "steady rate both modes sustain is the fair comparison of latency")
     parser.add_argument("--checkpoint", default=None, help="model to use (default: train a small one)")
     args = parser.parse_args()
 
@@ -80,11 +86,12 @@ def main() -> None:
         with embedded_stack() as stack:
             for run in range(args.repeats):
                 for batch_max in results:  # alternate modes so drift on a shared machine hits both
-                    result = run_mode(stack, checkpoint, events_of, batch_max, run, workdir)
+                    result = run_mode(stack, checkpoint, events_of, batch_max, run, workdir, args.rate)
                     results[batch_max].append(result)
                     print(f"run {run} batch-max {batch_max}: {result['events_per_s']:.0f} ev/s, "
                           f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms", flush=True)
-    print(f"\n{args.events} events of {dataset.name}, medians of {args.repeats} runs")
+    sent = f"at {args.rate:.0f} events/s" if args.rate else "as one burst"
+    print(f"\n{args.events} events of {dataset.name} sent {sent}, medians of {args.repeats} runs")
     print(f"{'mode':<22} {'events/s':>9} {'fresh p50':>10} {'fresh p99':>10}")
     for batch_max, runs in results.items():
         label = f"micro-batch {batch_max}" if batch_max > 1 else "one event at a time"
