@@ -28,7 +28,7 @@ from streams.embedded import die_with_parent, embedded_stack, free_port
 from streams.metrics import histogram_quantile, scrape, since, total
 from streams.settings import Settings, settings_argv
 
-__all__ = ["demo", "worker_process", "wait_until_applied"]
+__all__ = ["demo", "worker_process", "wait_until_applied", "wait_ready", "stop_process"]
 
 DEMO_EPOCHS = 15
 
@@ -116,6 +116,22 @@ def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], wor
             raise RuntimeError(f"the worker exited with code {worker.returncode} before applying the replay")
         time.sleep(0.5)
     raise TimeoutError(f"the worker did not apply the replay within {timeout:.0f}s")
+
+
+def wait_ready(metrics_port: int, timeout: float = 90.0) -> None:
+    """Block until the worker serving ``metrics_port`` answers /readyz with 200 (partitions assigned)."""
+    from urllib.request import urlopen
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the worker on metrics port {metrics_port} was not ready within {timeout:.0f}s")
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import pytest
 
 from encoders.datasets import load_movielens_small
 from state import KeySpace, Store
-from streams.demo import stop_process, wait_until_applied, worker_process
+from streams.demo import stop_process, wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
 from streams.replay import Producer, ensure_topics, replay_events
 from streams.settings import Settings
@@ -38,21 +38,6 @@ def checkpoint(data_dir, tmp_path_factory):
     dataset = load_movielens_small(data_dir / "ml-latest-small")
     return train(dataset, tmp_path_factory.mktemp("crash") / "ckpt", d_model=32, n_layers=1, n_heads=2,
                  max_len=50, epochs=1, progress=False)
-
-
-def wait_ready(port: int, timeout: float = 90.0) -> None:
-    from urllib.request import urlopen
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"worker on port {port} not ready")
 
 
 def read_recommendations(broker: str, topic: str) -> list[dict]:

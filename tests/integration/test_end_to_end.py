@@ -20,7 +20,7 @@ import pytest
 
 from encoders.datasets import load_movielens_small
 from state import Store
-from streams.demo import wait_until_applied, worker_process
+from streams.demo import wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
 from streams.metrics import scrape, total
 from streams.replay import Producer, ensure_topics, replay_events
@@ -236,19 +236,6 @@ def test_users_applied_but_never_published_are_recovered(broker_url, redis_url, 
         return await fresh.pending_users("rc-clicks", range(settings.partitions))
 
     assert asyncio.run(still_pending()) == {}
-
-
-def wait_ready(port: int, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"worker on metrics port {port} not ready in {timeout:.0f}s")
 
 
 def test_two_workers_on_a_redis_cluster_split_the_partitions_and_apply_each_event_once(
