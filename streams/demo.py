@@ -30,7 +30,7 @@ from streams.settings import Settings, settings_argv
 
 __all__ = ["demo", "worker_process", "wait_until_applied", "wait_ready", "stop_process"]
 
-DEMO_EPOCHS = 15
+DEMO_EPOCHS = 40  # small data: ~2 min on 2 cores, and well above popularity (ML-latest-small: HR@10 0.089 vs 0.043)
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,7 +57,7 @@ def _train_small(dataset, out: Path, epochs: int | None) -> Path:
 
     print("no --checkpoint given: training a small model on this data")
     return train(dataset, out, d_model=48, n_layers=2, n_heads=2, max_len=100,
-                 epochs=epochs or DEMO_EPOCHS, patience=3)
+                 epochs=epochs or DEMO_EPOCHS, patience=5)
 
 
 def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen) -> None:
