@@ -26,7 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from state.keys import KeySpace
 from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS
 
-__all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "pending_marks"]
+__all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "pending_marks", "partition_ends"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +171,7 @@ class Store:
                 item = entry.record.item_id if stream == "c" else ""
                 args += [entry.offset, entry.record.ts, entry.record.event_id, item, entry.record.payload()]
             await self._script(pipe, APPLY_EVENTS, self.keys.user(user_id).script_keys(), args)
-        for (topic, partition), offset in (ends or _partition_ends(entries)).items():
+        for (topic, partition), offset in (ends or partition_ends(entries)).items():
             await self._script(pipe, ADVANCE_OFFSET, [self.keys.offsets(topic)], [partition, offset])
         replies = await pipe.execute()
         return _collect(entries, groups, replies[len(marks): len(marks) + len(groups)])
@@ -264,11 +264,12 @@ def _group(entries: Sequence[Entry]) -> dict[GroupKey, list[tuple[int, Entry]]]:
     return groups
 
 
-def _partition_ends(entries: Iterable[Entry]) -> dict[tuple[str, int], int]:
+def partition_ends(messages: Iterable) -> dict[tuple[str, int], int]:
+    """The last offset per (topic, partition) of anything with ``topic``, ``partition``, ``offset``."""
     ends: dict[tuple[str, int], int] = {}
-    for entry in entries:
-        key = (entry.topic, entry.partition)
-        ends[key] = max(ends.get(key, -1), entry.offset)
+    for message in messages:
+        key = (message.topic, message.partition)
+        ends[key] = max(ends.get(key, -1), message.offset)
     return ends
 
 

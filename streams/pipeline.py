@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from state import AppliedUser, Entry, Store, StoredClick, StoredText
-from state.store import pending_marks
+from state.store import partition_ends, pending_marks
 from streams.events import (ClickEvent, DeadLetter, InvalidEvent, Limits, RecommendationEvent, TextEvent,
                             decode_click, decode_text)
 from streams.metrics import Metrics
@@ -113,7 +113,7 @@ class Pipeline:
         await self._publish_dead_letters(dead)
         entries = await self._entries(valid)
         with self.metrics.redis_seconds.labels("apply").time():
-            applied = await self.store.apply(entries, _partition_ends(records))
+            applied = await self.store.apply(entries, partition_ends(records))  # dead letters included
         late = _late_letters(valid, entries, applied.outcomes, now_ms)
         await self._publish_dead_letters(late)
         report = BatchReport(self._count_events(entries, applied.outcomes, dead + late), dead + late)
@@ -220,14 +220,6 @@ def _stored(event: ClickEvent | TextEvent, embeddings) -> StoredClick | StoredTe
     if isinstance(event, ClickEvent):
         return StoredClick(event.event_id, event.item_id, event.action, event.ts, event.session_id)
     return StoredText(event.event_id, event.kind, event.ts, next(embeddings), event.item_id)
-
-
-def _partition_ends(records: Sequence[RawRecord]) -> dict[tuple[str, int], int]:
-    """The last offset of each partition in the batch, dead letters included."""
-    ends: dict[tuple[str, int], int] = {}
-    for record in records:
-        ends[(record.topic, record.partition)] = max(ends.get((record.topic, record.partition), -1), record.offset)
-    return ends
 
 
 def _newest_record_ms(valid: Sequence[Decoded]) -> dict[str, int]:
