@@ -29,6 +29,7 @@ from streams.events import DeadLetter, Limits, RecommendationEvent
 from streams.metrics import Health, Metrics
 from streams.pipeline import Pipeline, RawRecord
 from streams.refresh import Refresher
+from streams.security import faust_credentials
 from streams.settings import Settings
 
 __all__ = ["Worker", "FaustPublisher"]
@@ -193,4 +194,5 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_session_timeout=6, broker_heartbeat_interval=2, broker_rebalance_timeout=30,
         consumer_auto_offset_reset="earliest", web_enabled=False, processing_guarantee="at_least_once",
         producer_acks=-1, stream_buffer_maxsize=4 * settings.batch_max,
+        broker_credentials=faust_credentials(settings),
     )

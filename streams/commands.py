@@ -13,6 +13,7 @@ import orjson
 
 from streams.errors import ConfigurationError
 from streams.logs import redact_url
+from streams.security import kafka_client_config
 from streams.settings import Settings
 
 __all__ = ["train", "evaluate", "worker", "produce", "tail", "load_encoders", "running_stack"]
@@ -90,7 +91,7 @@ def worker(settings: Settings) -> int:
     encoder, text_encoder = load_encoders(settings)
     with running_stack(settings) as settings:
         _check_redis(settings.redis_url, settings.redis_cluster)
-        ensure_topics(settings.broker, _topics(settings), settings.partitions)
+        ensure_topics(settings.broker, _topics(settings), settings.partitions, **kafka_client_config(settings))
         service = Worker(settings, encoder, text_encoder)
         if settings.metrics_port:
             service.metrics.serve(settings.metrics_port, service.health)
@@ -142,8 +143,8 @@ def produce(args: argparse.Namespace, settings: Settings) -> int:
 
     broker = _require_broker(settings)
     events = replay_events(_dataset(args.data), settings.topic_clicks, settings.topic_texts, limit=args.limit)
-    ensure_topics(broker, _topics(settings), settings.partitions)
-    producer = Producer(broker)
+    ensure_topics(broker, _topics(settings), settings.partitions, **kafka_client_config(settings))
+    producer = Producer(broker, **kafka_client_config(settings))
     with tqdm(total=len(events), unit="ev", desc="replay", file=sys.stderr) as bar:
         producer.send_all(events, rate=args.rate, progress=bar)
     producer.close()
@@ -155,7 +156,8 @@ def tail(args: argparse.Namespace, settings: Settings) -> int:
     from streams.replay import recommendation_consumer
 
     titles = _dataset(args.data).catalogue.titles if args.data else {}
-    consumer = recommendation_consumer(_require_broker(settings), settings.topic_recs, args.from_beginning)
+    consumer = recommendation_consumer(_require_broker(settings), settings.topic_recs, args.from_beginning,
+                                       **kafka_client_config(settings))
     shown = 0
     try:
         while not args.max or shown < args.max:

@@ -26,7 +26,7 @@ import orjson
 from streams.commands import format_recommendation
 from streams.embedded import die_with_parent, embedded_stack, free_port
 from streams.metrics import histogram_quantile, scrape, since, total
-from streams.settings import Settings, settings_argv
+from streams.settings import Settings, secret_env, settings_argv
 
 __all__ = ["demo", "worker_process", "wait_until_applied", "wait_ready", "stop_process"]
 
@@ -138,7 +138,7 @@ def wait_ready(metrics_port: int, timeout: float = 90.0) -> None:
 def worker_process(settings: Settings, log_path: Path, extra_env: dict | None = None) -> Iterator[subprocess.Popen]:
     """A worker in a child process, stopped with SIGTERM (then SIGKILL) on exit."""
     argv = [sys.executable, "-m", "streams", "worker", *settings_argv(settings)]
-    env = {**os.environ, **(extra_env or {})}
+    env = {**os.environ, **secret_env(settings), **(extra_env or {})}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                    cwd=Path(__file__).resolve().parents[1], preexec_fn=die_with_parent)

@@ -69,13 +69,16 @@ def _message(name: str, kind: int, index: int, event: Event, shift: int, click_t
     return OutgoingEvent(text_topic, event.user_id, orjson.dumps(body))
 
 
-def ensure_topics(broker: str, topics: Iterable[str], partitions: int) -> None:
-    """Create missing topics with ``partitions`` partitions (replication 1 when the cluster has one broker)."""
+def ensure_topics(broker: str, topics: Iterable[str], partitions: int, **config) -> None:
+    """Create missing topics with ``partitions`` partitions (replication 1 when the cluster has one broker).
+
+    ``config``: kafka-python connection settings (see streams.security).
+    """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=broker, client_id="interest-updater-admin")
+    admin = KafkaAdminClient(bootstrap_servers=broker, client_id="interest-updater-admin", **config)
     try:
         existing = set(admin.list_topics())
         replication = min(3, len(admin.describe_cluster()["brokers"]))
@@ -130,13 +133,13 @@ class Producer:
         self._producer.close()
 
 
-def recommendation_consumer(broker: str, topic: str, from_beginning: bool = True):
+def recommendation_consumer(broker: str, topic: str, from_beginning: bool = True, **config):
     """A kafka-python consumer of the recommendation topic, outside any group."""
     from kafka import KafkaConsumer
 
     return KafkaConsumer(topic, bootstrap_servers=broker, group_id=None, enable_auto_commit=False,
                          auto_offset_reset="earliest" if from_beginning else "latest",
-                         consumer_timeout_ms=500, client_id="interest-updater-tail")
+                         consumer_timeout_ms=500, client_id="interest-updater-tail", **config)
 
 
 def iter_messages(consumer, stop) -> Iterator:

@@ -13,15 +13,18 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
-__all__ = ["Settings", "add_arguments", "settings_from_args", "ENV_PREFIX"]
+__all__ = ["Settings", "add_arguments", "settings_from_args", "settings_argv", "secret_env", "ENV_PREFIX"]
 
 ENV_PREFIX = "IU_"
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def _option(default: Any, help: str, *, flag: str | None = None) -> Any:
+def _option(default: Any, help: str, *, flag: str | None = None, secret: bool = False) -> Any:
     from dataclasses import field
 
-    return field(default=default, metadata={"help": help, "flag": flag})
+    # Secrets stay out of repr() and of child processes' command lines (see secret_env).
+    return field(default=default, repr=not secret, metadata={"help": help, "flag": flag, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,15 @@ class Settings:
                                        "Unset: start the embedded broker.")
     redis_url: str | None = _option(None, "Redis URL, redis://[:password@]host:port/db (rediss:// for TLS). "
                                           "Unset: start the embedded Redis-compatible server.",
-                                    flag="--redis")
+                                    flag="--redis", secret=True)
     redis_cluster: bool = _option(False, "Treat --redis as one node of a Redis Cluster.")
+    kafka_security_protocol: str = _option("PLAINTEXT", "Kafka security protocol: PLAINTEXT, SSL, "
+                                                        "SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_mechanism: str = _option("PLAIN", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_username: str | None = _option(None, "SASL user name.")
+    kafka_password: str | None = _option(None, "SASL password (prefer the environment variable).", secret=True)
+    kafka_ca_file: str | None = _option(None, "CA certificate (PEM) that signed the brokers' TLS certificates "
+                                              "(unset: the system's CAs).")
     app_id: str = _option("interest-updater", "Consumer group and Faust app id.")
     key_prefix: str = _option("iu", "Prefix of every Redis key this service writes.")
     topic_clicks: str = _option("clicks", "Topic of click events.")
@@ -120,6 +130,15 @@ def _check(settings: Settings) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
     if settings.batch_within <= 0:
         raise ValueError(f"--batch-within must be positive, got {settings.batch_within}")
+    if settings.kafka_security_protocol not in KAFKA_PROTOCOLS:
+        raise ValueError(f"--kafka-security-protocol must be one of {', '.join(KAFKA_PROTOCOLS)}, "
+                         f"got {settings.kafka_security_protocol!r}")
+    if settings.kafka_sasl_mechanism not in SASL_MECHANISMS:
+        raise ValueError(f"--kafka-sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
+                         f"got {settings.kafka_sasl_mechanism!r}")
+    if settings.kafka_security_protocol.startswith("SASL") and not (settings.kafka_username and
+                                                                     settings.kafka_password):
+        raise ValueError("SASL needs --kafka-username and IU_KAFKA_PASSWORD")
     if settings.log_format not in {"plain", "json"}:
         raise ValueError(f"--log-format must be plain or json, got {settings.log_format!r}")
     if settings.device not in {"auto", "cpu", "cuda"} and not settings.device.startswith("cuda:"):
@@ -127,12 +146,18 @@ def _check(settings: Settings) -> None:
 
 
 def settings_argv(settings: Settings) -> list[str]:
-    """Command-line flags that reproduce ``settings`` (for starting a worker process)."""
+    """Command-line flags that reproduce ``settings`` but its secrets (see ``secret_env``)."""
     argv: list[str] = []
     for spec in fields(Settings):
         value = getattr(settings, spec.name)
-        if value is None:
+        if value is None or spec.metadata["secret"]:
             continue
         flag = spec.metadata["flag"] or "--" + spec.name.replace("_", "-")
         argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     return argv
+
+
+def secret_env(settings: Settings) -> dict[str, str]:
+    """The secret settings as environment variables, for a child process (not visible in ``ps``)."""
+    return {_env_name(spec.name): str(getattr(settings, spec.name)) for spec in fields(Settings)
+            if spec.metadata["secret"] and getattr(settings, spec.name) is not None}

@@ -3,7 +3,7 @@ import argparse
 import pytest
 
 from streams.metrics import Metrics, histogram_quantile
-from streams.settings import Settings, add_arguments, settings_argv, settings_from_args
+from streams.settings import Settings, add_arguments, secret_env, settings_argv, settings_from_args
 
 
 def parse(argv, environ=None):
@@ -26,9 +26,32 @@ def test_out_of_range_values_are_errors():
         parse(["--batch-mx", "3"])  # a misspelt flag is an error, not ignored
 
 
-def test_settings_round_trip_through_argv():
-    settings = Settings(broker="b:1", redis_url="redis://r/0", batch_max=3, text_encoder=False)
-    assert parse(settings_argv(settings)) == settings
+def test_settings_round_trip_through_argv_and_secret_environment():
+    settings = Settings(broker="b:1", redis_url="redis://:pw@r/0", batch_max=3, text_encoder=False,
+                        kafka_security_protocol="SASL_SSL", kafka_username="svc", kafka_password="hunter2")
+    argv = settings_argv(settings)
+    assert "hunter2" not in " ".join(argv) and ":pw@" not in " ".join(argv)
+    assert parse(argv, secret_env(settings)) == settings
+    assert "hunter2" not in repr(settings) and "pw@" not in repr(settings)
+
+
+def test_kafka_security_maps_to_both_clients():
+    from streams.security import faust_credentials, kafka_client_config
+
+    plain = Settings()
+    assert kafka_client_config(plain) == {"security_protocol": "PLAINTEXT"} and faust_credentials(plain) is None
+    scram = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+                     kafka_username="svc", kafka_password="pw")
+    assert kafka_client_config(scram) == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                                          "sasl_plain_username": "svc", "sasl_plain_password": "pw"}
+    credentials = faust_credentials(scram)
+    assert credentials.protocol.value == "SASL_SSL" and credentials.mechanism.value == "SCRAM-SHA-512"
+    assert "pw" not in repr(credentials)
+
+
+def test_sasl_without_a_password_is_an_error():
+    with pytest.raises(ValueError, match="SASL needs"):
+        parse(["--kafka-security-protocol", "SASL_PLAINTEXT", "--kafka-username", "svc"])
 
 
 def test_histogram_quantile_interpolates_like_promql():

@@ -1,0 +1,44 @@
+"""Kafka connection security from the settings, for both clients the service uses.
+
+The Faust worker (aiokafka underneath) takes a credentials object; the replay,
+admin and tail tools (kafka-python) take keyword arguments. Both are built here
+from the same settings so that they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from streams.settings import Settings
+
+__all__ = ["kafka_client_config", "faust_credentials"]
+
+
+def kafka_client_config(settings: Settings) -> dict[str, Any]:
+    """kafka-python keyword arguments (KafkaProducer, KafkaConsumer, KafkaAdminClient)."""
+    config: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol.startswith("SASL"):
+        config.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
+                      sasl_plain_password=settings.kafka_password)
+    if settings.kafka_security_protocol.endswith("SSL") and settings.kafka_ca_file:
+        config["ssl_cafile"] = settings.kafka_ca_file
+    return config
+
+
+def faust_credentials(settings: Settings):
+    """Faust's ``broker_credentials`` (None for PLAINTEXT)."""
+    import faust
+
+    protocol = settings.kafka_security_protocol
+    context = _ssl_context(settings) if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.kafka_username, password=settings.kafka_password,
+                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return None
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=settings.kafka_ca_file)
