@@ -11,6 +11,7 @@ clicks (versions are unique per user; a consumer keeps the highest).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -51,7 +52,11 @@ def read_recommendations(broker: str, topic: str) -> list[dict]:
         consumer.close()
 
 
-@pytest.mark.parametrize("kill_at", [1.0, 3.5])
+# Seconds into the replay at which worker A is killed; more points: IU_TEST_KILL_POINTS="0.5,1.5,2.5,3.5,4.5".
+KILL_POINTS = [float(x) for x in os.environ.get("IU_TEST_KILL_POINTS", "1.0,3.5").split(",")]
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
 def test_kill_restart_and_rebalance_apply_every_event_once(kill_at, broker_url, redis_url, data_dir, checkpoint,
                                                            tmp_path):
     name = f"cr{int(kill_at * 10)}"
