@@ -115,15 +115,13 @@ def _check_redis(url: str, cluster: bool) -> None:
 
     client_class = RedisCluster if cluster else redis.Redis
     try:
-        client = client_class.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        client = client_class.from_url(url, socket_connect_timeout=5, socket_timeout=5)  # a cluster connects here
+        try:
+            client.ping()
+        finally:
+            client.close()
     except redis.RedisError as exc:
         raise ConfigurationError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise ConfigurationError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
-    finally:
-        client.close()
 
 
 def _topics(settings: Settings) -> list[str]:
