@@ -35,7 +35,7 @@ from .vocab import ACTIONS, ItemVocab, action_index
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
-    from .evaluate import popularity_baseline
+    from .evaluate import baseline_metrics
     from .inference import InterestEncoder
     from .model import SequenceEncoder
     from .text import TextEncoder
@@ -46,7 +46,7 @@ _LAZY = {
     "CheckpointMetadata": "checkpoint",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
-    "popularity_baseline": "evaluate",
+    "baseline_metrics": "evaluate",
     "InterestEncoder": "inference",
     "TextEncoder": "text",
 }
@@ -67,11 +67,11 @@ __all__ = [
     "SequenceEncoder",
     "TextEncoder",
     "action_index",
+    "baseline_metrics",
     "load_checkpoint",
     "load_dataset",
     "load_ml1m",
     "load_movielens_small",
-    "popularity_baseline",
     "save_checkpoint",
     "synthetic",
 ]

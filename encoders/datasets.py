@@ -13,9 +13,9 @@ import gzip
 import random
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import DataFormatError
 
@@ -26,6 +26,7 @@ __all__ = [
     "load_dataset",
     "load_ml1m",
     "load_movielens_small",
+    "rating_action",
     "synthetic",
 ]
 
@@ -66,12 +67,17 @@ class Catalogue:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A named event log: click events, text events and the catalogue."""
+    """A named event log: click events, text events and the catalogue.
+
+    ``test_clicks`` holds a held-out test file's clicks where the source has
+    one (session data such as YOOCHOOSE); it is never used for training.
+    """
 
     name: str
     clicks: list[Event]
     texts: list[Event]
     catalogue: Catalogue
+    test_clicks: list[Event] = field(default_factory=list)
 
     def sequences(self) -> dict[str, list[Event]]:
         """Clicks grouped by user, each list stable-sorted by ``ts``.
@@ -79,10 +85,18 @@ class Dataset:
         Stable sorting keeps the file order of same-timestamp events, which
         is the only order ML-1M has within a second.
         """
-        by_user: dict[str, list[Event]] = defaultdict(list)
-        for event in self.clicks:
-            by_user[event.user_id].append(event)
-        return {user: sorted(events, key=_ts) for user, events in by_user.items()}
+        return _group(self.clicks)
+
+    def test_sequences(self) -> dict[str, list[Event]]:
+        """``test_clicks`` grouped like `sequences`."""
+        return _group(self.test_clicks)
+
+
+def _group(events: list[Event]) -> dict[str, list[Event]]:
+    by_user: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        by_user[event.user_id].append(event)
+    return {user: sorted(seq, key=_ts) for user, seq in by_user.items()}
 
 
 def _ts(event: Event) -> int:
@@ -148,7 +162,8 @@ def _ml1m_catalogue(path: Path) -> Catalogue:
 
 
 # ------------------------------------------------------ MovieLens latest-small
-def _rating_action(rating: float) -> str:
+def rating_action(rating: float) -> str:
+    """Action of a rating: >= 4 "buy", >= 3 "click", else "view"."""
     # A rating is all we know of intent: treat high ratings as the strongest action.
     if rating >= 4.0:
         return "buy"
@@ -175,7 +190,7 @@ def _ratings(path: Path) -> list[Event]:
         except ValueError:
             bad = f"{row['rating']!r}/{row['timestamp']!r}"
             raise DataFormatError(path, f"bad rating/timestamp {bad}", line_no) from None
-        events.append(Event(row["userId"], row["movieId"], seconds * 1000, _rating_action(rating)))
+        events.append(Event(row["userId"], row["movieId"], seconds * 1000, rating_action(rating)))
     return events
 
 
@@ -314,20 +329,14 @@ def synthetic(
 
 
 # ---------------------------------------------------------------- dispatcher
-def load_dataset(path_or_name: str | Path) -> Dataset:
-    """Load a dataset by name ("synthetic") or by folder, sniffing its format.
+def load_dataset(
+    path_or_name: str | Path, fmt: str = "auto", columns: Any = None, test: str | Path | None = None
+) -> Dataset:
+    """Load ``"synthetic"``, a dataset folder or an event-log file (see `encoders.loaders`).
 
     >>> load_dataset("synthetic").name
     'synthetic'
     """
-    if str(path_or_name) == "synthetic":
-        return synthetic()
-    folder = Path(path_or_name)
-    if (folder / "sequences.txt.gz").is_file():
-        return load_ml1m(folder)
-    if (folder / "ratings.csv.gz").is_file() or (folder / "ratings.csv").is_file():
-        return load_movielens_small(folder)
-    raise DataFormatError(
-        folder,
-        "expected 'synthetic' or a folder with sequences.txt.gz (ML-1M) or ratings.csv[.gz] (MovieLens)",
-    )
+    from .loaders import load_event_log  # the loaders build on this module's records
+
+    return load_event_log(path_or_name, fmt, columns, test)

@@ -1,13 +1,18 @@
-"""Offline training of the sequence encoder (SASRec-style, full softmax).
+"""Offline training of the sequence encoder (SASRec-style, softmax over the catalogue).
 
-Split: leave-one-out per user (last item = test, second-to-last =
-validation, the rest = training; users with < 3 events are training only).
-Each training sequence is its last ``max_len + 1`` training events; the
-model reads events 0..n-2 and at every position predicts the next item with
-a cross-entropy over the whole catalogue (scored against the tied item
-table).  Validation NDCG@10 drives early stopping and the best weights are
-kept.  Runs are seeded: the same data, seed, device and thread count give the
-same checkpoint.
+The split comes from `encoders.protocols` (leave-one-out per user, or next
+item within held-out sessions).  Each training sequence is cut to windows of
+``max_len + 1`` events (the last one only, or with ``all_windows`` every
+non-overlapping window back to the start of long histories); the model reads
+events 0..n-2 of a window and at every position predicts the next item with
+a cross-entropy over the whole catalogue (``loss="full"``, scored against the
+tied item table) or over the target and ``negatives`` uniformly sampled items
+shared by the batch (``loss="sampled"``, for catalogues too large for a full
+softmax).  Validation NDCG@10 drives early stopping and the best weights are
+kept.  With ``refit`` a second run from the same seed trains for the chosen
+number of epochs on the training part plus the validation targets, the way
+HSTU's published ML-1M figures were trained; it is the model saved.  Runs are
+seeded: the same data, seed, device and thread count give the same checkpoint.
 """
 
 from __future__ import annotations
@@ -25,12 +30,18 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointMetadata, save_checkpoint
 from .config import EncoderConfig
 from .datasets import Dataset
-from .evaluate import eval_cases, popularity_baseline, rank_metrics
-from .features import SeqArrays, pad_batch, split_input, user_arrays
+from .evaluate import baseline_metrics, rank_metrics
+from .features import SeqArrays, pad_batch
 from .model import SequenceEncoder, resolve_device
+from .plots import plot_training
+from .protocols import Split, make_split
 from .vocab import ItemVocab
 
-__all__ = ["train"]
+__all__ = ["LOSSES", "full_softmax_loss", "sampled_softmax_loss", "train"]
+
+LOSSES = ("auto", "full", "sampled")
+# Above this many items "auto" samples: a full softmax costs N x n_items x d per batch.
+FULL_SOFTMAX_MAX_ITEMS = 50_000
 
 
 @dataclass(frozen=True)
@@ -60,13 +71,20 @@ class _EarlyStopping:
         return self.stale >= self.patience
 
 
-def _train_windows(dataset: Dataset, vocab: ItemVocab, max_len: int) -> list[SeqArrays]:
-    """Training part of every user, cut to the last max_len + 1 events (>= 2 events)."""
+def _train_windows(train: list[SeqArrays], max_len: int, all_windows: bool) -> list[SeqArrays]:
+    """Training windows of max_len + 1 events (>= 2 events each), newest first per sequence.
+
+    Windows of one sequence overlap by one event, so every transition is
+    trained exactly once; without ``all_windows`` only the newest is kept.
+    """
     windows = []
-    for seq in user_arrays(dataset, vocab).values():
-        part = split_input(seq, "train")[0]
-        if len(part) >= 2:
-            windows.append(part.window(-(max_len + 1), None))
+    for seq in train:
+        stop = len(seq)
+        while stop >= 2:
+            windows.append(seq.window(max(0, stop - (max_len + 1)), stop))
+            if not all_windows:
+                break
+            stop -= max_len
     return windows
 
 
@@ -122,12 +140,30 @@ def full_softmax_loss(
     return _FullSoftmaxXent.apply(hidden, table, targets, chunk)
 
 
-def _step(model: SequenceEncoder, opt: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...]) -> float:
+def sampled_softmax_loss(
+    hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, negatives: int
+) -> torch.Tensor:
+    """Cross-entropy of each target against ``negatives`` uniform items shared by the batch.
+
+    A sampled item equal to a row's target is masked out of that row, so a
+    target is never its own negative.  Uniform sampling needs no logQ
+    correction.
+    """
+    negs = torch.randint(0, table.shape[0], (negatives,), device=hidden.device)
+    pos = (hidden * table[targets]).sum(-1, keepdim=True)
+    neg = (hidden @ table[negs].T).masked_fill(negs[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([pos, neg], 1)
+    return torch.nn.functional.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def _step(model: SequenceEncoder, opt: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...],
+          negatives: int | None) -> float:
     items, actions, gaps, targets = batch
     hidden = model(items, actions, gaps)
     valid = targets > 0
     # Score only real items (rows 2..): padding/unknown are never targets.
-    loss = full_softmax_loss(hidden[valid], model.item_table()[2:], targets[valid] - 2)
+    h, table, t = hidden[valid], model.item_table()[2:], targets[valid] - 2
+    loss = full_softmax_loss(h, table, t) if negatives is None else sampled_softmax_loss(h, table, t, negatives)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -160,13 +196,14 @@ def _epoch(
     rng: np.random.Generator,
     bar: tqdm,
     postfix: dict[str, str],
+    negatives: int | None,
 ) -> float:
     model.train()
     device = next(model.parameters()).device
     losses = []
     for batch_idx in _batches(windows, batch_size, rng):
         batch = [windows[i] for i in batch_idx]
-        losses.append(_step(model, opt, _batch_tensors(batch, device)))
+        losses.append(_step(model, opt, _batch_tensors(batch, device), negatives))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", **postfix, refresh=False)
     return float(np.mean(losses))
@@ -174,6 +211,73 @@ def _epoch(
 
 def _snapshot(model: SequenceEncoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What one optimisation run produced."""
+
+    logs: list[_EpochLog]
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    seconds: float
+
+
+def _new_model(config: EncoderConfig, seed: int, dev: torch.device) -> SequenceEncoder:
+    torch.manual_seed(seed)
+    return SequenceEncoder(config).to(dev)
+
+
+def _fit(
+    model: SequenceEncoder,
+    windows: list[SeqArrays],
+    split: Split | None,
+    opts: dict[str, Any],
+    epochs: int,
+    desc: str,
+) -> _Fit:
+    """Train ``model`` for up to ``epochs``; with ``split`` validate and stop early.
+
+    Without a split (the refit) every epoch runs and the last weights are kept.
+    """
+    rng = np.random.default_rng(opts["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], betas=(0.9, 0.98), weight_decay=opts["weight_decay"])
+    stopper, logs, postfix = _EarlyStopping(opts["patience"], model), [], {}  # postfix: tqdm's val metrics
+    start = time.perf_counter()
+    n_batches = -(-len(windows) // opts["batch_size"])
+    with tqdm(total=epochs * n_batches, disable=not opts["progress"], desc=desc) as bar:
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            loss = _epoch(model, opt, windows, opts["batch_size"], rng, bar, postfix, opts["negatives"])
+            t1 = time.perf_counter()
+            out_of_time = opts["max_seconds"] is not None and t1 - start > opts["max_seconds"]
+            # Always validate before stopping, so the kept weights are validated ones.
+            due = split is not None and (epoch % opts["eval_every"] == 0 or epoch == epochs or out_of_time)
+            valid = rank_metrics(model, split.valid, exclude_history=split.exclude_history) if due else None
+            logs.append(_EpochLog(epoch, loss, t1 - t0, time.perf_counter() - t1, valid))
+            if split is None:
+                if out_of_time:
+                    break
+                continue
+            if valid is None:
+                continue
+            postfix.update(val_ndcg10=f"{valid['ndcg@10']:.4f}", val_hr10=f"{valid['hr@10']:.4f}")
+            if stopper.update(epoch, valid["ndcg@10"], model) or out_of_time:
+                break
+    if split is None:
+        return _Fit(logs, len(logs), _snapshot(model), time.perf_counter() - start)
+    return _Fit(logs, stopper.best_epoch, stopper.best_state, time.perf_counter() - start)
+
+
+def _negatives(loss: str, negatives: int, n_items: int) -> int | None:
+    """None for a full softmax, else the number of sampled negatives."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "full" or (loss == "auto" and n_items <= FULL_SOFTMAX_MAX_ITEMS):
+        return None
+    if negatives < 1:
+        raise ValueError(f"negatives must be >= 1 for a sampled softmax, got {negatives}")
+    return negatives
 
 
 def train(
@@ -188,6 +292,12 @@ def train(
     epochs: int = 50,
     batch_size: int = 128,
     lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    loss: str = "auto",
+    negatives: int = 256,
+    all_windows: bool = False,
+    refit: bool = False,
+    protocol: str = "auto",
     device: str = "auto",
     seed: int = 0,
     patience: int = 5,
@@ -199,48 +309,38 @@ def train(
 
     Validation NDCG@10 is measured every ``eval_every`` epochs; training stops
     after ``patience`` evaluations without improvement and the best weights
-    are saved, with the test metrics in the metadata and a per-epoch
-    ``report.json`` beside them.  ``max_seconds`` also stops training at the
-    first epoch end past that wall-clock budget (the run is then only as
-    reproducible as the machine's speed).
+    are saved (or, with ``refit``, a model retrained on training + validation
+    targets for the best epoch count), with the test metrics in the metadata,
+    a per-epoch ``report.json`` and a ``training.png`` curve beside them.
+    ``max_seconds`` also stops training at the first epoch end past that
+    wall-clock budget (the run is then only as reproducible as the machine's speed).
 
     >>> from encoders.datasets import synthetic
     >>> train(synthetic(), "/tmp/ckpt-synth", epochs=3, progress=False)  # doctest: +SKIP
     PosixPath('/tmp/ckpt-synth')
     """
     wall_start = time.perf_counter()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # ~fp32 quality, tensor-core speed
     vocab = ItemVocab.from_items(e.item_id for e in dataset.clicks)
     config = EncoderConfig(len(vocab), d_model, n_layers, n_heads, max_len, dropout)
-    model = SequenceEncoder(config).to(dev)
-    windows = _train_windows(dataset, vocab, max_len)
-    valid_cases = eval_cases(dataset, vocab, "valid")
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98))
-    stopper, logs, postfix = _EarlyStopping(patience, model), [], {}  # postfix: tqdm's val_ndcg
-    train_start = time.perf_counter()
-    n_batches = -(-len(windows) // batch_size)
-    with tqdm(total=epochs * n_batches, disable=not progress, desc=f"train {dataset.name}") as bar:
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            loss = _epoch(model, opt, windows, batch_size, rng, bar, postfix)
-            t1 = time.perf_counter()
-            out_of_time = max_seconds is not None and t1 - train_start > max_seconds
-            # Always validate before stopping, so the kept weights are validated ones.
-            due = epoch % eval_every == 0 or epoch == epochs or out_of_time
-            valid = rank_metrics(model, valid_cases) if due else None
-            logs.append(_EpochLog(epoch, loss, t1 - t0, time.perf_counter() - t1, valid))
-            if valid is None:
-                continue
-            postfix["val_ndcg"] = f"{valid['ndcg@10']:.4f}"
-            if stopper.update(epoch, valid["ndcg@10"], model) or out_of_time:
-                break
-    train_seconds = time.perf_counter() - train_start
-    model.load_state_dict(stopper.best_state)
-    return _finish(dataset, out_dir, model, vocab, logs, stopper.best_epoch, train_seconds, wall_start,
-                   {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "patience": patience,
-                    "eval_every": eval_every, "max_seconds": max_seconds, "device": str(dev)})
+    opts = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "loss": loss,
+            "negatives": _negatives(loss, negatives, len(vocab)), "all_windows": all_windows, "refit": refit,
+            "seed": seed, "patience": patience, "eval_every": eval_every, "max_seconds": max_seconds,
+            "device": str(dev), "progress": progress}
+    split = make_split(dataset, vocab, protocol)
+    model = _new_model(config, seed, dev)
+    fit = _fit(model, _train_windows(split.train, max_len, all_windows), split, opts, epochs,
+               f"train {dataset.name}")
+    model.load_state_dict(fit.best_state)
+    fits = {"select": fit}
+    if refit:
+        full = make_split(dataset, vocab, protocol, through_valid=True)
+        model = _new_model(config, seed, dev)
+        fits["refit"] = _fit(model, _train_windows(full.train, max_len, all_windows), None, opts, fit.best_epoch,
+                             f"refit {dataset.name} (train + valid)")
+    return _finish(dataset, out_dir, model, vocab, split, fits, wall_start, opts)
 
 
 def _finish(
@@ -248,35 +348,41 @@ def _finish(
     out_dir: str | Path,
     model: SequenceEncoder,
     vocab: ItemVocab,
-    logs: list[_EpochLog],
-    best_epoch: int,
-    train_seconds: float,
+    split: Split,
+    fits: dict[str, _Fit],
     wall_start: float,
-    args: dict[str, Any],
+    opts: dict[str, Any],
 ) -> Path:
-    """Evaluate the best weights on the test split, save checkpoint and report."""
-    test = rank_metrics(model, eval_cases(dataset, vocab, "test"))
-    valid = next((log.valid for log in logs if log.epoch == best_epoch), None) or {}
-    metrics = {f"test_{k}": v for k, v in test.items() if k != "users"}
-    metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
+    """Evaluate the final weights on the test split, save checkpoint, report and curve."""
+    select = fits["select"]
+    test = rank_metrics(model, split.test, exclude_history=split.exclude_history)
+    valid = next((log.valid for log in select.logs if log.epoch == select.best_epoch), None) or {}
+    metrics = {f"test_{k}": v for k, v in test.items() if k != "cases"}
+    metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "cases"})
+    train_seconds = sum(f.seconds for f in fits.values())
+    args = {k: v for k, v in opts.items() if k != "progress"}
     meta = CheckpointMetadata(
         dataset=dataset.name,
-        epochs=len(logs),
+        epochs=sum(len(f.logs) for f in fits.values()),
         train_seconds=round(train_seconds, 2),
         metrics=metrics,
-        extra={"best_epoch": best_epoch, "users": test["users"], "train_args": args},
+        extra={"best_epoch": select.best_epoch, "cases": test["cases"], "protocol": split.protocol,
+               "train_args": args},
     )
     path = save_checkpoint(out_dir, model, vocab, meta)
     report = {
         "dataset": dataset.name,
+        "protocol": split.protocol,
         "config": model.config.to_dict(),
         "train_args": args,
-        "epochs": [asdict(log) for log in logs],
-        "best_epoch": best_epoch,
+        "epochs": [asdict(log) for log in select.logs],
+        "refit_epochs": [asdict(log) for log in fits["refit"].logs] if "refit" in fits else None,
+        "best_epoch": select.best_epoch,
         "test": test,
-        "popularity_test": popularity_baseline(dataset, "test"),
+        "baselines_test": baseline_metrics(dataset, "test", split.protocol),
         "train_seconds": round(train_seconds, 2),
         "wall_seconds": round(time.perf_counter() - wall_start, 2),
     }
     (path / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    plot_training(report, path / "training.png")
     return path

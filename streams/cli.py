@@ -20,8 +20,26 @@ __all__ = ["main"]
 
 log = logging.getLogger("interest_updater")
 
-DATA_HELP = ("event log: 'synthetic', a MovieLens-1M folder (sequences.txt.gz) or a MovieLens "
-             "latest-small folder (ratings.csv[.gz], tags.csv, movies.csv)")
+DATA_HELP = ("event log: 'synthetic', a dataset folder (ML-1M sequences.txt.gz, MovieLens ratings.csv, "
+             "session-rec train.tsv[+test.tsv], Amazon reviews.jsonl, OTTO or product-schema train.jsonl) "
+             "or a file: 'user item [ts]' lines, CSV/TSV with a header, SessionId/ItemId/Time sessions, "
+             "JSON lines (see README, 'Event logs')")
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data and how to read it (train and evaluate share these)."""
+    from encoders.loaders import FORMATS
+
+    parser.add_argument("--data", required=True, help=DATA_HELP)
+    parser.add_argument("--format", default="auto", choices=FORMATS,
+                        help="how to read --data [default: auto, sniffed from the file]")
+    parser.add_argument("--test", default=None, help="held-out test sessions (same format as --data)")
+    for role in ("user", "item", "time", "rating", "action"):
+        parser.add_argument(f"--{role}-col", default=None, metavar="NAME",
+                            help=f"CSV/TSV: the {role} column, when the header's name is not a common one")
+    parser.add_argument("--protocol", default="auto", choices=("auto", "leave-one-out", "session"),
+                        help="evaluation split: leave-one-out per user, or next item within held-out "
+                             "sessions [default: session when there are test sessions]")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,11 +65,15 @@ def _parser() -> argparse.ArgumentParser:
                                              "broker and Redis are started for this worker.")
     add_arguments(worker)
 
-    train = commands.add_parser("train", help="train the sequence encoder on an event log")
-    train.add_argument("--data", required=True, help=DATA_HELP)
+    train = commands.add_parser("train", help="train the sequence encoder on an event log",
+                                description="Train the sequence encoder (causal Transformer, softmax over "
+                                            "the catalogue) with early stopping on validation NDCG@10; write "
+                                            "a checkpoint with report.json and training.png.")
+    _add_data_arguments(train)
     train.add_argument("--out", required=True, help="checkpoint directory to write")
     train.add_argument("--epochs", type=int, default=200, help="most epochs (early stopping on validation)")
     train.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
+    train.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
     train.add_argument("--d-model", type=int, default=64)
     train.add_argument("--layers", type=int, default=2)
     train.add_argument("--heads", type=int, default=2)
@@ -59,15 +81,29 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--dropout", type=float, default=0.2)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--loss", choices=("auto", "full", "sampled"), default="auto",
+                       help="softmax over the whole catalogue, or over sampled negatives [default: auto, "
+                            "full up to 50,000 items]")
+    train.add_argument("--negatives", type=int, default=256, help="negatives per batch for --loss sampled")
+    train.add_argument("--all-windows", action="store_true",
+                       help="train on every max-len window of long histories, not only the newest")
+    train.add_argument("--refit", action="store_true",
+                       help="after choosing the epoch count on validation, retrain on training + "
+                            "validation targets (HSTU's ML-1M protocol) and save that model")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-seconds", type=float, default=None,
                        help="stop after this much training time, keeping the best weights so far")
 
-    evaluate = commands.add_parser("evaluate", help="HR@10 and NDCG@10, leave-one-out, full ranking")
-    evaluate.add_argument("--data", required=True, help=DATA_HELP)
+    evaluate = commands.add_parser("evaluate", help="HR, NDCG and MRR at 10 and 20, full ranking, "
+                                                    "beside baselines and published figures")
+    _add_data_arguments(evaluate)
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory from `train`")
     evaluate.add_argument("--split", choices=("test", "valid"), default="test")
+    evaluate.add_argument("--history", choices=("auto", "exclude", "keep"), default="auto",
+                          help="rank items the user already has? [default: auto: excluded for "
+                               "leave-one-out, kept within sessions]")
     evaluate.add_argument("--device", default="auto")
 
     produce = commands.add_parser("produce", help="replay a dataset into the click and text topics")

@@ -21,37 +21,68 @@ __all__ = ["train", "evaluate", "worker", "produce", "tail", "load_encoders", "r
 log = logging.getLogger("interest_updater")
 
 
-def _dataset(path: str):
+def _dataset(path: str, args: argparse.Namespace | None = None):
+    """Load ``path``, read as the --format / --*-col / --test flags of ``args`` say (when present)."""
     from encoders.datasets import load_dataset
+    from encoders.loaders import Columns
 
-    return load_dataset(path)
+    if args is None or not hasattr(args, "format"):
+        return load_dataset(path)
+    columns = Columns(args.user_col, args.item_col, args.time_col, args.rating_col, args.action_col)
+    return load_dataset(path, args.format, columns, args.test)
 
 
 def train(args: argparse.Namespace) -> int:
     from encoders.train import train as train_encoder
 
-    dataset = _dataset(args.data)
+    dataset = _dataset(args.data, args)
     started = time.monotonic()
     out = train_encoder(dataset, args.out, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                         max_len=args.max_len, dropout=args.dropout, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-                        patience=args.patience, max_seconds=args.max_seconds)
-    print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s")
+                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, loss=args.loss,
+                        negatives=args.negatives, all_windows=args.all_windows, refit=args.refit,
+                        protocol=args.protocol, device=args.device, seed=args.seed, patience=args.patience,
+                        eval_every=args.eval_every, max_seconds=args.max_seconds)
+    report = orjson.loads((out / "report.json").read_bytes())
+    test = report["test"]
+    print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s "
+          f"(training {report['train_seconds']:.0f}s, best epoch {report['best_epoch']}); "
+          f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}; curve in {out / 'training.png'}")
     return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from encoders.evaluate import baseline_metrics
     from encoders.evaluate import evaluate as evaluate_encoder
-    from encoders.evaluate import popularity_baseline
+    from encoders.protocols import default_protocol
 
-    dataset = _dataset(args.data)
-    rows = [("sequence encoder", evaluate_encoder(args.checkpoint, dataset, split=args.split, device=args.device)),
-            ("most popular", popularity_baseline(dataset, split=args.split))]
-    print(f"{dataset.name}, split={args.split}, leave-one-out, full ranking, history excluded")
-    print(f"{'model':<20} {'HR@10':>8} {'NDCG@10':>8} {'users':>7}")
-    for name, result in rows:
-        print(f"{name:<20} {result['hr@10']:>8.4f} {result['ndcg@10']:>8.4f} {result['users']:>7}")
+    dataset = _dataset(args.data, args)
+    protocol = default_protocol(dataset) if args.protocol == "auto" else args.protocol
+    exclude = {"auto": None, "exclude": True, "keep": False}[args.history]
+    ours = evaluate_encoder(args.checkpoint, dataset, split=args.split, protocol=protocol,
+                            exclude_history=exclude, device=args.device)
+    rows = [("sequence encoder", ours), *baseline_metrics(dataset, args.split, protocol).items()]
+    print(evaluation_table(dataset.name, protocol, args.split, rows))
     return 0
+
+
+def evaluation_table(dataset: str, protocol: str, split: str, rows: list[tuple[str, dict]]) -> str:
+    """Our rows, then the published figures for ``dataset`` with the protocol notes."""
+    from encoders.published import PROTOCOL_NOTES, PUBLISHED
+
+    cases = rows[0][1]["cases"]
+    lines = [f"{dataset}: {protocol}, split={split}, full ranking, {cases} cases",
+             f"{'model':<34} {'HR@10':>7} {'NDCG@10':>8} {'HR@20':>7} {'NDCG@20':>8} {'MRR@20':>7}"]
+    for name, m in rows:
+        lines.append(f"{name:<34} {m['hr@10']:>7.4f} {m['ndcg@10']:>8.4f} {m['hr@20']:>7.4f} "
+                     f"{m['ndcg@20']:>8.4f} {m['mrr@20']:>7.4f}")
+    published = PUBLISHED.get(dataset, ()) if protocol == "leave-one-out" and split == "test" else ()
+    for p in published:
+        lines.append(f"{'published: ' + p.model:<34} {p.hr10:>7.4f} {p.ndcg10:>8.4f} {'':>7} {'':>8} {'':>7}"
+                     f"  ({p.source})")
+    if published:
+        lines.append(PROTOCOL_NOTES[dataset])
+    return "\n".join(lines)
 
 
 def load_encoders(settings: Settings):

@@ -32,3 +32,9 @@ def ml1m() -> Dataset:
 @pytest.fixture(scope="session")
 def ml_small(ml_small_dir: Path) -> Dataset:
     return load_movielens_small(ml_small_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_folder():
+    """``shared_folder("name")``: a shared dataset's folder (skips when absent)."""
+    return data_folder

@@ -9,7 +9,7 @@ import pytest
 
 from encoders.checkpoint import read_metadata
 from encoders.datasets import Dataset, synthetic
-from encoders.evaluate import evaluate, popularity_baseline
+from encoders.evaluate import baseline_metrics, evaluate
 from encoders.inference import InterestEncoder
 
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 50, "batch_size": 64, "progress": False}
@@ -33,8 +33,8 @@ def _train(data: Dataset, out: Path, epochs: int) -> Path:
 
 def test_beats_popularity(trained: Path, data: Dataset) -> None:
     model_metrics = evaluate(trained, data, device="cpu")
-    popular = popularity_baseline(data)
-    assert model_metrics["users"] == popular["users"] == 200
+    popular = baseline_metrics(data)["most popular"]
+    assert model_metrics["cases"] == popular["cases"] == 200
     assert model_metrics["ndcg@10"] > 1.5 * popular["ndcg@10"]
     assert model_metrics["hr@10"] > popular["hr@10"] + 0.05
 
@@ -53,3 +53,48 @@ def test_training_is_reproducible(data: Dataset, tmp_path: Path) -> None:
     a = read_metadata(_train(data, tmp_path / "a", epochs=2))
     b = read_metadata(_train(data, tmp_path / "b", epochs=2))
     assert a.model_version == b.model_version and a.metrics == b.metrics
+
+
+def test_worker_inference_equals_the_training_forward(trained: Path, data: Dataset) -> None:
+    """Parity: the checkpoint `train` wrote, loaded as the worker loads it, gives the vectors
+    of the training model's own forward pass (one right-padded training batch) on random real
+    sequences of mixed lengths, which the worker pads to its length buckets instead."""
+    import numpy as np
+    import torch
+
+    from encoders.checkpoint import load_checkpoint
+    from encoders.features import SeqArrays, from_events
+    from encoders.train import _batch_tensors
+
+    worker = InterestEncoder.from_checkpoint(trained, device="cpu")  # as streams/commands.load_encoders does
+    model, vocab, _ = load_checkpoint(trained, device="cpu")
+    rng = np.random.default_rng(7)
+    seqs = list(data.sequences().values())
+    cap = model.config.max_len
+    picked = [seqs[i][: rng.integers(1, min(len(seqs[i]), cap) + 1)] for i in rng.choice(len(seqs), 24, False)]
+    picked += [seqs[0][:1], seqs[1][:cap]]
+    vectors = worker.encode([[(e.item_id, e.action, e.ts) for e in p] for p in picked])
+    # Training reads events 0..n-1 of a window of n + 1 (the last is only a target).
+    windows = [from_events(p, vocab) for p in picked]
+    windows = [SeqArrays(*(np.append(a, 0) for a in (w.items, w.actions, w.gaps))) for w in windows]
+    items, actions, gaps, _ = _batch_tensors(windows, torch.device("cpu"))
+    with torch.inference_mode():
+        hidden = model.train(False)(items, actions, gaps)
+    expected = hidden[torch.arange(len(picked)), torch.tensor([len(p) for p in picked]) - 1].numpy()
+    assert len({worker._bucket(len(p)) for p in picked}) >= 3  # several buckets, unlike the one training batch
+    np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_refit_sampled_loss_and_training_curve(data: Dataset, tmp_path: Path) -> None:
+    from encoders.train import train
+
+    out = train(data, tmp_path / "refit", epochs=3, lr=5e-3, patience=3, loss="sampled", negatives=32,
+                refit=True, all_windows=True, **TINY)
+    report = json.loads((out / "report.json").read_text())
+    assert report["train_args"]["negatives"] == 32 and report["train_args"]["refit"] is True
+    assert len(report["refit_epochs"]) == report["best_epoch"]
+    assert all(e["valid"] is None for e in report["refit_epochs"])
+    assert set(report["baselines_test"]) == {"most popular", "item-to-item co-occurrence"}
+    png = (out / "training.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert read_metadata(out).epochs == len(report["epochs"]) + report["best_epoch"]

@@ -1,0 +1,353 @@
+"""Event-log files of common shapes, read into one canonical `Dataset`.
+
+Formats (``--format``, sniffed from the file when "auto"):
+
+``lines``     ``user item [timestamp]`` per line, whitespace-separated, no
+              header; without timestamps each user's lines are in order.
+``csv``       comma- or tab-separated with a header naming user, item and,
+              optionally, timestamp, rating and action columns (common names
+              are recognised: userId, user_id, movieId, item_id, asin, ...;
+              others are named with ``Columns``).
+``sessions``  ``SessionId ItemId Time`` (session-rec's layout, tab-separated
+              with a header): each session is a sequence; a test file of the
+              same layout (``test``, or ``test.tsv[.gz]`` beside ``train``)
+              holds the held-out sessions.
+``jsonl``     one JSON object a line in the product's own event schema
+              (``streams/schemas``): clicks have user_id, item_id, ts (ms) and
+              action; lines with ``text`` and ``kind`` are text events.
+``otto``      OTTO sessions: ``{"session": N, "events": [{"aid", "ts", "type"}]}``.
+``amazon``    Amazon review dumps: reviewerID, asin, unixReviewTime, reviewText
+              (each review is a "buy" click plus a "review" text event).
+
+Timestamps: numbers below 1e11 are seconds (fractions allowed), larger ones
+milliseconds; other strings are read as ISO 8601.  Ratings map to actions as
+in MovieLens (>= 4 "buy", >= 3 "click", else "view").  A file that does not
+fit its format raises `DataFormatError` naming the file, the line and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from .datasets import Catalogue, Dataset, Event, load_ml1m, load_movielens_small, rating_action, synthetic
+from .errors import DataFormatError
+
+__all__ = ["FORMATS", "Columns", "load_event_log", "sniff_format"]
+
+FORMATS = ("auto", "lines", "csv", "sessions", "jsonl", "otto", "amazon", "ml-1m", "movielens")
+
+# Column names recognised without flags, compared lower-case with "_", "-" and spaces removed.
+_KNOWN_COLUMNS = {
+    "user": ("userid", "user", "uid", "reviewerid", "visitorid", "customerid", "sessionid", "session"),
+    "item": ("itemid", "item", "movieid", "productid", "asin", "aid", "articleid", "iid"),
+    "time": ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixreviewtime"),
+    "rating": ("rating", "overall", "score", "stars"),
+    "action": ("action", "event", "eventtype", "type"),
+}
+SECONDS_BELOW = 1e11  # a timestamp under this is seconds (1e11 s is the year 5138), else ms
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Column names of a CSV/TSV log, for headers the loader does not recognise."""
+
+    user: str | None = None
+    item: str | None = None
+    time: str | None = None
+    rating: str | None = None
+    action: str | None = None
+
+
+def _open(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return path.open("r", encoding="utf-8", newline="")
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with _open(path) as fh:
+            return next((line.strip() for line in fh if line.strip()), "")
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataFormatError(path, f"cannot read as UTF-8 text ({exc})") from None
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def sniff_format(path: str | Path) -> str:
+    """The format of a file, guessed from its first non-blank line."""
+    path = Path(path)
+    line = _first_line(path)
+    if not line:
+        raise DataFormatError(path, "empty file: expected events")
+    if line.startswith("{"):
+        try:
+            keys = set(json.loads(line))
+        except ValueError:
+            raise DataFormatError(path, "first line starts with '{' but is not JSON", 1) from None
+        if {"session", "events"} <= keys:
+            return "otto"
+        if {"reviewerID", "asin"} <= keys:
+            return "amazon"
+        return "jsonl"
+    delimited = "\t" in line or "," in line
+    names = {_norm(f) for f in (re.split(r"[\t,]", line) if delimited else line.split())}
+    known = {alias for aliases in _KNOWN_COLUMNS.values() for alias in aliases}
+    if names & {"sessionid"} and not names & {"userid", "user"}:
+        return "sessions"
+    # A header names a known column; a delimited file without one needs --user-col etc.
+    return "csv" if names & known or delimited else "lines"
+
+
+def parse_ts(value: Any, path: Path, line: int) -> int:
+    """Milliseconds since the epoch of a seconds/ms number or an ISO 8601 string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise DataFormatError(path, f"timestamp {text[:40]!r} is neither a number nor ISO 8601",
+                                      line) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return int(parsed.timestamp() * 1000)
+    return int(round(number * 1000)) if abs(number) < SECONDS_BELOW else int(number)
+
+
+# ------------------------------------------------------------------ lines
+def _lines(path: Path) -> list[Event]:
+    events: list[Event] = []
+    order: dict[str, int] = defaultdict(int)
+    with _open(path) as fh:
+        for line_no, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) not in (2, 3):
+                raise DataFormatError(path, f"expected 'user item [timestamp]', got {line.strip()[:80]!r}", line_no)
+            user, item = parts[0], parts[1]
+            # No timestamp: the per-user order index, one "second" apart (as for ML-1M).
+            ts = parse_ts(parts[2], path, line_no) if len(parts) == 3 else order[user] * 1000
+            order[user] += 1
+            events.append(Event(user, item, ts))
+    return events
+
+
+# ------------------------------------------------------------------ CSV / TSV
+def _resolve_columns(path: Path, header: list[str], given: Columns) -> dict[str, str | None]:
+    by_norm = {_norm(h): h for h in header}
+    chosen: dict[str, str | None] = {}
+    for role, aliases in _KNOWN_COLUMNS.items():
+        name = getattr(given, role)
+        if name is not None:
+            if name not in header:
+                raise DataFormatError(path, f"--{role}-col {name!r} is not in the header {header}", 1)
+            chosen[role] = name
+        else:
+            chosen[role] = next((by_norm[a] for a in aliases if a in by_norm), None)
+    for role in ("user", "item"):
+        if chosen[role] is None:
+            raise DataFormatError(path, f"no {role} column in header {header}; name it with --{role}-col", 1)
+    return chosen
+
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(line number, header, row) of a comma- or tab-separated file with a header."""
+    delimiter = "\t" if "\t" in _first_line(path) else ","
+    with _open(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        header = next(reader, None) or []
+        for row in reader:
+            if row:
+                yield reader.line_num, header, row
+
+
+def _delimited(path: Path, given: Columns) -> list[Event]:
+    events: list[Event] = []
+    order: dict[str, int] = defaultdict(int)
+    cols: dict[str, int | None] | None = None
+    for line_no, header, row in _rows(path):
+        if cols is None:
+            names = _resolve_columns(path, header, given)
+            cols = {role: (header.index(n) if n is not None else None) for role, n in names.items()}
+        if len(row) != len(header):
+            raise DataFormatError(path, f"expected {len(header)} fields ({', '.join(header)}), got {len(row)}",
+                                  line_no)
+        user, item = row[cols["user"]], row[cols["item"]]
+        ts = parse_ts(row[cols["time"]], path, line_no) if cols["time"] is not None else order[user] * 1000
+        order[user] += 1
+        events.append(Event(user, item, ts, _action(row, cols, path, line_no)))
+    return events
+
+
+def _action(row: list[str], cols: dict[str, int | None], path: Path, line_no: int) -> str:
+    if cols["action"] is not None:
+        return row[cols["action"]].strip().lower() or "click"
+    if cols["rating"] is not None:
+        try:
+            return rating_action(float(row[cols["rating"]]))
+        except ValueError:
+            raise DataFormatError(path, f"rating {row[cols['rating']]!r} is not a number", line_no) from None
+    return "click"
+
+
+# ------------------------------------------------------------------ JSON lines
+def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with _open(path) as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise DataFormatError(path, f"invalid JSON ({exc.args[0][:60]})", line_no) from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", line_no)
+            yield line_no, obj
+
+
+def _field(obj: dict[str, Any], key: str, path: Path, line_no: int, expected: str) -> Any:
+    if key not in obj or obj[key] in (None, ""):
+        raise DataFormatError(path, f"missing {key!r}: expected {expected}", line_no)
+    return obj[key]
+
+
+def _product_events(path: Path) -> tuple[list[Event], list[Event]]:
+    clicks: list[Event] = []
+    texts: list[Event] = []
+    expected = "click events {user_id, item_id, action, ts} or text events {user_id, kind, text, ts}"
+    for line_no, obj in _json_objects(path):
+        user = str(_field(obj, "user_id", path, line_no, expected))
+        ts = parse_ts(_field(obj, "ts", path, line_no, expected), path, line_no)
+        if "text" in obj and "kind" in obj:
+            texts.append(Event(user, str(obj.get("item_id") or ""), ts, "search", str(obj["text"]), str(obj["kind"])))
+        else:
+            item = str(_field(obj, "item_id", path, line_no, expected))
+            clicks.append(Event(user, item, ts, str(obj.get("action") or "click")))
+    return clicks, texts
+
+
+def _otto(path: Path) -> list[Event]:
+    clicks: list[Event] = []
+    expected = '{"session": N, "events": [{"aid": item, "ts": ms, "type": ...}]}'
+    for line_no, obj in _json_objects(path):
+        session = str(_field(obj, "session", path, line_no, expected))
+        events = _field(obj, "events", path, line_no, expected)
+        if not isinstance(events, list):
+            raise DataFormatError(path, f"'events' must be a list: expected {expected}", line_no)
+        for ev in events:
+            if not isinstance(ev, dict) or "aid" not in ev or "ts" not in ev:
+                raise DataFormatError(path, f"event {str(ev)[:60]} lacks aid/ts: expected {expected}", line_no)
+            clicks.append(Event(session, str(ev["aid"]), parse_ts(ev["ts"], path, line_no), str(ev.get("type", ""))))
+    return clicks
+
+
+def _amazon(path: Path) -> tuple[list[Event], list[Event]]:
+    clicks: list[Event] = []
+    texts: list[Event] = []
+    expected = "Amazon reviews {reviewerID, asin, unixReviewTime, reviewText, summary}"
+    for line_no, obj in _json_objects(path):
+        user = str(_field(obj, "reviewerID", path, line_no, expected))
+        item = str(_field(obj, "asin", path, line_no, expected))
+        ts = parse_ts(_field(obj, "unixReviewTime", path, line_no, expected), path, line_no)
+        clicks.append(Event(user, item, ts, "buy"))
+        text = " ".join(str(obj.get(k) or "") for k in ("summary", "reviewText")).strip()
+        if text:
+            texts.append(Event(user, item, ts, "review", text, "review"))
+    return clicks, texts
+
+
+# ------------------------------------------------------------------ dispatch
+def _read(path: Path, fmt: str, columns: Columns) -> tuple[list[Event], list[Event]]:
+    """(clicks, texts) of one file in ``fmt``."""
+    if fmt == "lines":
+        return _lines(path), []
+    if fmt in ("csv", "sessions"):
+        return _delimited(path, columns), []
+    if fmt == "jsonl":
+        return _product_events(path)
+    if fmt == "otto":
+        return _otto(path), []
+    if fmt == "amazon":
+        return _amazon(path)
+    raise DataFormatError(path, f"format {fmt!r} is not a single-file format; expected one of {FORMATS[1:7]}")
+
+
+_FOLDER_FILES = (  # (file names tried in order, format)
+    (("train.tsv.gz", "train.tsv", "train.csv.gz", "train.csv"), "sessions"),
+    (("reviews.jsonl.gz", "reviews.jsonl"), "amazon"),
+    (("train.jsonl.gz", "train.jsonl"), "auto"),
+    (("events.jsonl.gz", "events.jsonl"), "auto"),
+)
+
+
+def _folder(folder: Path, fmt: str, columns: Columns, test: Path | None) -> Dataset:
+    if fmt in ("auto", "ml-1m") and (folder / "sequences.txt.gz").is_file():
+        return load_ml1m(folder)
+    if fmt in ("auto", "movielens") and any((folder / f).is_file() for f in ("ratings.csv.gz", "ratings.csv")):
+        return load_movielens_small(folder)
+    for names, folder_fmt in _FOLDER_FILES:
+        found = next((folder / n for n in names if (folder / n).is_file()), None)
+        if found is not None:
+            if test is None and found.name.startswith("train."):
+                beside = found.with_name("test." + found.name.split(".", 1)[1])
+                test = beside if beside.is_file() else None
+            return _file(found, fmt if fmt != "auto" else folder_fmt, columns, test, name=folder.name)
+    raise DataFormatError(folder, "expected a folder with sequences.txt.gz (ML-1M), ratings.csv[.gz] "
+                                  "(MovieLens), train.tsv[.gz] (sessions), reviews.jsonl[.gz] (Amazon) or "
+                                  "train.jsonl / events.jsonl, or a file")
+
+
+def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str | None = None) -> Dataset:
+    if fmt == "auto":
+        fmt = sniff_format(path)
+    clicks, texts = _read(path, fmt, columns)
+    if not clicks:
+        raise DataFormatError(path, f"no click events found (read as {fmt})")
+    test_clicks = _read(test, fmt, columns)[0] if test else []
+    return Dataset(name or path.name.split(".")[0], clicks, texts, Catalogue({}, {}), test_clicks)
+
+
+def load_event_log(
+    path_or_name: str | Path, fmt: str = "auto", columns: Columns | None = None, test: str | Path | None = None
+) -> Dataset:
+    """Load ``"synthetic"``, a dataset folder or an event-log file into a `Dataset`.
+
+    ``test`` names a held-out test file (session data); a folder's
+    ``test.tsv[.gz]`` beside its ``train.tsv[.gz]`` is found on its own.
+
+    >>> load_event_log("../shared/data/yoochoose-100k").test_clicks[:1]  # doctest: +SKIP
+    [Event(user_id='1', item_id='214536502', ts=1396860669277, action='click', ...)]
+    """
+    if fmt not in FORMATS:
+        raise DataFormatError(path_or_name, f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if str(path_or_name) == "synthetic":
+        return synthetic()
+    path = Path(path_or_name)
+    test_path = Path(test) if test is not None else None
+    if test_path is not None and not test_path.is_file():
+        raise DataFormatError(test_path, "test file not found")
+    if path.is_dir():
+        return _folder(path, fmt, columns or Columns(), test_path)
+    if not path.is_file():
+        raise DataFormatError(path, "no such file or folder (expected an event log, or 'synthetic')")
+    if fmt in ("ml-1m", "movielens"):
+        raise DataFormatError(path, f"format {fmt!r} reads a folder, not a file")
+    return _file(path, fmt, columns or Columns(), test_path)

@@ -1,0 +1,115 @@
+"""Event-log formats: each read into the canonical Dataset; bad files get one clear line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from encoders.datasets import load_dataset
+from encoders.errors import DataFormatError
+from encoders.loaders import Columns, load_event_log, parse_ts, sniff_format
+
+
+def _write(path: Path, text: str) -> Path:
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_plain_lines_keep_file_order_per_user(tmp_path: Path) -> None:
+    log = load_event_log(_write(tmp_path / "log.txt", "u1 a\nu2 b\nu1 c\n\nu1 a\n"))
+    assert sniff_format(tmp_path / "log.txt") == "lines"
+    assert [e.item_id for e in log.sequences()["u1"]] == ["a", "c", "a"]
+    assert [e.ts for e in log.sequences()["u1"]] == [0, 1000, 2000]
+
+
+def test_lines_with_timestamps_are_sorted_by_time(tmp_path: Path) -> None:
+    log = load_event_log(_write(tmp_path / "log.txt.gz", "u1 a 1700000300\nu1 b 1700000100\n"))
+    assert [(e.item_id, e.ts) for e in log.sequences()["u1"]] == [("b", 1_700_000_100_000), ("a", 1_700_000_300_000)]
+
+
+def test_csv_with_known_header_and_ratings(tmp_path: Path) -> None:
+    text = "userId,movieId,rating,timestamp\n1,10,4.5,1000000000\n1,11,2.0,999999999\n"
+    log = load_event_log(_write(tmp_path / "r.csv", text))
+    assert [(e.item_id, e.action) for e in log.sequences()["1"]] == [("11", "view"), ("10", "buy")]
+
+
+def test_tsv_with_named_columns_and_iso_times(tmp_path: Path) -> None:
+    text = "who\twhat\twhen\tkind\nann\tx\t2024-01-02T00:00:00Z\tCart\nann\ty\t2024-01-01T00:00:00\tview\n"
+    log = load_event_log(_write(tmp_path / "e.tsv", text), columns=Columns(user="who", item="what", time="when",
+                                                                          action="kind"))
+    assert [(e.item_id, e.action) for e in log.sequences()["ann"]] == [("y", "view"), ("x", "cart")]
+    with pytest.raises(DataFormatError, match=r"e.tsv:1: no user column in header \['who'"):
+        load_event_log(tmp_path / "e.tsv")
+
+
+def test_product_schema_jsonl_with_texts(tmp_path: Path) -> None:
+    lines = [{"event_id": "1", "user_id": "u", "item_id": "i1", "action": "buy", "ts": 1_700_000_000_000},
+             {"event_id": "2", "user_id": "u", "kind": "search", "text": "red shoes", "ts": 1_700_000_001_000}]
+    log = load_event_log(_write(tmp_path / "events.jsonl", "\n".join(json.dumps(x) for x in lines)))
+    assert [(e.item_id, e.action, e.ts) for e in log.clicks] == [("i1", "buy", 1_700_000_000_000)]
+    assert [(e.kind, e.text) for e in log.texts] == [("search", "red shoes")]
+
+
+def test_session_folder_finds_its_test_file(shared_folder) -> None:
+    log = load_dataset(shared_folder("yoochoose-100k"))
+    assert (len(log.clicks), len(log.test_clicks), len(log.sequences())) == (70_278, 13_568, 17_794)
+    assert log.sequences()["3"][0].ts == 1_396_437_466_940  # seconds with ms precision
+
+
+def test_otto_and_amazon(shared_folder) -> None:
+    otto = load_dataset(shared_folder("otto-sample"))
+    assert len(otto.clicks) == 862 and {e.action for e in otto.clicks} == {"clicks", "carts", "orders"}
+    amazon = load_dataset(shared_folder("amazon-musical-instruments"))
+    assert (len(amazon.clicks), len(amazon.texts), len(amazon.sequences())) == (10_261, 10_261, 1_429)
+    assert amazon.texts[0].kind == "review" and amazon.texts[0].item_id == amazon.clicks[0].item_id
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "error"),
+    [
+        ("bad.txt", "u1 a\nu1 a b c\n", r"bad.txt:2: expected 'user item \[timestamp\]'"),
+        ("bad.csv", "user,item,ts\nu,i,yesterday\n", r"bad.csv:2: timestamp 'yesterday' is neither"),
+        ("short.csv", "user,item,ts\nu,i\n", r"short.csv:2: expected 3 fields"),
+        ("bad.jsonl", '{"user_id": "u", "item_id": "i", "ts": 1}\n{"user_id": \n', r"bad.jsonl:2: invalid JSON"),
+        ("nouser.jsonl", '{"item_id": "i", "ts": 1}\n', r"nouser.jsonl:1: missing 'user_id'"),
+        ("empty.txt", "\n\n", r"empty.txt: empty file"),
+    ],
+)
+def test_errors_name_file_line_and_expectation(tmp_path: Path, name: str, text: str, error: str) -> None:
+    with pytest.raises(DataFormatError, match=error):
+        load_event_log(_write(tmp_path / name, text))
+
+
+def test_folder_and_format_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match="expected a folder with sequences.txt.gz"):
+        load_event_log(tmp_path)
+    with pytest.raises(DataFormatError, match="no such file or folder"):
+        load_event_log(tmp_path / "missing.csv")
+    with pytest.raises(DataFormatError, match="unknown format 'parquet'"):
+        load_event_log(tmp_path, fmt="parquet")
+
+
+def test_timestamp_units() -> None:
+    here = Path("x")
+    assert parse_ts("1396437466.94", here, 1) == 1_396_437_466_940
+    assert parse_ts(1_659_304_800_025, here, 1) == 1_659_304_800_025
+    assert parse_ts("1970-01-01T00:00:01Z", here, 1) == 1000
+
+
+def test_cli_prints_one_line_for_a_bad_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _write(tmp_path / "bad.txt", "just-one-field\n")
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--data", str(tmp_path / "bad.txt"),
+                          "--out", str(tmp_path / "ckpt")], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"interest-updater: error: {tmp_path / 'bad.txt'}:1: expected 'user item [timestamp]', got 'just-one-field'"]

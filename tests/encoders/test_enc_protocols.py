@@ -1,0 +1,78 @@
+"""Splits: leave-one-out per user and next item within held-out sessions; the baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.datasets import Dataset, Event, load_dataset
+from encoders.evaluate import baseline_metrics, cooccurrence_scorer, score_cases
+from encoders.features import SeqArrays
+from encoders.protocols import EvalCases, make_split
+from encoders.train import _train_windows
+from encoders.vocab import ItemVocab
+
+
+def _vocab(dataset: Dataset) -> ItemVocab:
+    return ItemVocab.from_items(e.item_id for e in dataset.clicks)
+
+
+def test_leave_one_out(ml_small: Dataset) -> None:
+    vocab = _vocab(ml_small)
+    split = make_split(ml_small, vocab)
+    seqs = ml_small.sequences()
+    assert split.protocol == "leave-one-out" and split.exclude_history
+    assert len(split.test) == len(split.valid) == len(seqs) == 671  # every user has >= 3 ratings
+    assert sum(len(s) for s in split.train) == len(ml_small.clicks) - 2 * 671
+    refit = make_split(ml_small, vocab, through_valid=True)
+    assert sum(len(s) for s in refit.train) == len(ml_small.clicks) - 671
+    # The validation target is the last training item of the refit, never the test target.
+    assert {int(s.items[-1]) for s in refit.train} >= set(split.valid.targets[:5].tolist())
+
+
+def test_sessions_use_the_test_file(shared_folder) -> None:
+    log = load_dataset(shared_folder("yoochoose-100k"))
+    vocab = _vocab(log)
+    split = make_split(log, vocab)
+    assert split.protocol == "session" and not split.exclude_history
+    known = [[e for e in s if e.item_id in vocab] for s in log.test_sequences().values()]
+    assert len(split.test) == sum(max(len(s) - 1, 0) for s in known)
+    assert 1 not in split.test.targets  # unknown items were dropped, not ranked as misses
+    n_sessions = len(log.sequences())
+    assert len(split.train) == n_sessions - int(n_sessions * 0.1)
+    assert len(make_split(log, vocab, through_valid=True).train) == n_sessions
+    with pytest.raises(ValueError, match="no held-out test sessions"):
+        make_split(load_dataset("synthetic"), _vocab(load_dataset("synthetic")), "session")
+
+
+def test_windows_cover_every_transition_once() -> None:
+    seq = SeqArrays(np.arange(2, 12), np.full(10, 3), np.zeros(10, dtype=np.int64))
+    newest = _train_windows([seq], max_len=3, all_windows=False)
+    assert [w.items.tolist() for w in newest] == [[8, 9, 10, 11]]
+    every = _train_windows([seq], max_len=3, all_windows=True)
+    assert [w.items.tolist() for w in every] == [[8, 9, 10, 11], [5, 6, 7, 8], [2, 3, 4, 5]]
+    transitions = [(a, b) for w in every for a, b in zip(w.items[:-1], w.items[1:])]
+    assert sorted(transitions) == [(a, a + 1) for a in range(2, 11)]
+
+
+def test_metrics_by_hand() -> None:
+    # Three cases; the scorer puts item 2 first, 3 second, 4 third, ... (scores fall with the index).
+    cases = EvalCases([SeqArrays(np.array([5]), np.array([3]), np.array([-1]))] * 3, np.array([2, 4, 30]))
+    scores = torch.arange(40, 0, -1, dtype=torch.float32)
+    result = score_cases(lambda inputs: scores.expand(len(inputs), -1).clone(), cases, exclude_history=False)
+    # ranks: target 2 -> 0, target 4 -> 2, target 30 -> 28 (a miss at 10 and 20).
+    assert result["hr@10"] == pytest.approx(2 / 3)
+    assert result["ndcg@10"] == pytest.approx((1.0 + 1 / np.log2(4)) / 3)
+    assert result["mrr@20"] == pytest.approx((1.0 + 1 / 3) / 3)
+
+
+def test_cooccurrence_follows_the_last_item() -> None:
+    clicks = [Event(f"s{n}", item, n * 10 + i) for n in range(5) for i, item in enumerate(("a", "b", "c"))]
+    test = [Event("t", "a", 1000), Event("t", "b", 1001)]
+    log = Dataset("toy", clicks, [], load_dataset("synthetic").catalogue, test)
+    vocab = _vocab(log)
+    split = make_split(log, vocab, through_valid=True)
+    scores = cooccurrence_scorer(split, len(vocab))(split.test.inputs)
+    assert scores[0].argmax().item() == vocab.index("b")
+    assert baseline_metrics(log)["item-to-item co-occurrence"]["hr@10"] == 1.0
