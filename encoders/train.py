@@ -335,12 +335,15 @@ def train(
                f"train {dataset.name}")
     model.load_state_dict(fit.best_state)
     fits = {"select": fit}
+    selected_test = None
     if refit:
+        # The strict figure (never trained on validation targets), kept for comparison.
+        selected_test = rank_metrics(model, split.test, exclude_history=split.exclude_history)
         full = make_split(dataset, vocab, protocol, through_valid=True)
         model = _new_model(config, seed, dev)
         fits["refit"] = _fit(model, _train_windows(full.train, max_len, all_windows), None, opts, fit.best_epoch,
                              f"refit {dataset.name} (train + valid)")
-    return _finish(dataset, out_dir, model, vocab, split, fits, wall_start, opts)
+    return _finish(dataset, out_dir, model, vocab, split, fits, wall_start, opts, selected_test)
 
 
 def _finish(
@@ -352,6 +355,7 @@ def _finish(
     fits: dict[str, _Fit],
     wall_start: float,
     opts: dict[str, Any],
+    selected_test: dict[str, Any] | None,
 ) -> Path:
     """Evaluate the final weights on the test split, save checkpoint, report and curve."""
     select = fits["select"]
@@ -379,6 +383,8 @@ def _finish(
         "refit_epochs": [asdict(log) for log in fits["refit"].logs] if "refit" in fits else None,
         "best_epoch": select.best_epoch,
         "test": test,
+        "test_before_refit": selected_test,
+        "refit_seconds": round(fits["refit"].seconds, 2) if "refit" in fits else None,
         "baselines_test": baseline_metrics(dataset, "test", split.protocol),
         "train_seconds": round(train_seconds, 2),
         "wall_seconds": round(time.perf_counter() - wall_start, 2),

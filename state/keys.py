@@ -3,7 +3,9 @@
 All of a user's keys share the hash tag ``{u:<user_id>}`` so that they live on
 one Redis Cluster slot and one Lua script can update them atomically. User ids
 are validated before they get here (no braces, spaces or control characters),
-so an id can never end the hash tag early or reach another user's keys.
+so an id can never end the hash tag early or reach another user's keys; this
+class refuses such an id too, for callers that use the store directly. Ids
+reach Lua scripts only as KEYS and ARGV, never as code.
 
 Per user:
 - ``<p>:{u:<id>}:clicks``      sorted set, event id scored by event time (ms)
@@ -21,6 +23,7 @@ Per topic:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["KeySpace", "UserKeys"]
@@ -40,11 +43,19 @@ class UserKeys:
         return [self.clicks, self.clicks_data, self.texts, self.texts_data, self.meta, self.profile]
 
 
+# A brace would end or open a hash tag; whitespace and control characters have no place in a key.
+_UNSAFE_IN_KEY = re.compile(r"[{}\s\x00-\x1f\x7f]")
+
+
 @dataclass(frozen=True, slots=True)
 class KeySpace:
     prefix: str = "iu"
 
     def user(self, user_id: str) -> UserKeys:
+        """The keys of one user; ValueError for an id that could break out of its hash tag."""
+        if not user_id or _UNSAFE_IN_KEY.search(user_id):
+            raise ValueError(f"user id {user_id[:40]!r} cannot be part of a Redis key: it is empty or holds a "
+                             "brace, whitespace or a control character")
         base = f"{self.prefix}:{{u:{user_id}}}"
         return UserKeys(
             clicks=f"{base}:clicks", clicks_data=f"{base}:clicks:data",

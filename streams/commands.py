@@ -44,10 +44,11 @@ def train(args: argparse.Namespace) -> int:
                         protocol=args.protocol, device=args.device, seed=args.seed, patience=args.patience,
                         eval_every=args.eval_every, max_seconds=args.max_seconds)
     report = orjson.loads((out / "report.json").read_bytes())
-    test = report["test"]
+    test, before = report["test"], report["test_before_refit"]
+    refit = f" (before --refit: {before['hr@10']:.4f} / {before['ndcg@10']:.4f})" if before else ""
     print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s "
           f"(training {report['train_seconds']:.0f}s, best epoch {report['best_epoch']}); "
-          f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}; curve in {out / 'training.png'}")
+          f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}{refit}; curve in {out / 'training.png'}")
     return 0
 
 

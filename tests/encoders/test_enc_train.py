@@ -94,6 +94,7 @@ def test_refit_sampled_loss_and_training_curve(data: Dataset, tmp_path: Path) ->
     assert report["train_args"]["negatives"] == 32 and report["train_args"]["refit"] is True
     assert len(report["refit_epochs"]) == report["best_epoch"]
     assert all(e["valid"] is None for e in report["refit_epochs"])
+    assert set(report["test_before_refit"]) == set(report["test"])  # the strict figure is kept too
     assert set(report["baselines_test"]) == {"most popular", "item-to-item co-occurrence"}
     png = (out / "training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

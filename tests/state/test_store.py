@@ -1,5 +1,7 @@
 """The store against a real Redis-compatible server (Valkey, started by the fixture)."""
 
+import pytest
+
 from state import Entry, StoredClick, StoredText
 from state.keys import KeySpace
 
@@ -72,6 +74,19 @@ def test_keys_of_one_user_share_one_hash_tag():
     keys = KeySpace("iu").user("user:42")
     tags = {key[key.index("{"): key.index("}") + 1] for key in keys.script_keys() + [keys.profile]}
     assert tags == {"{u:user:42}"}
+
+
+@pytest.mark.parametrize("user_id", ["a{b", "a}b", "{u:a}", "a b", "a\nb", "a\x00", ""])
+def test_ids_that_could_leave_their_hash_tag_are_refused(user_id):
+    with pytest.raises(ValueError, match="cannot be part of a Redis key"):
+        KeySpace("iu").user(user_id)
+
+
+def test_ids_with_colons_and_stars_stay_apart(store, run):
+    users = ["a", "a:b", "a*", "*", "a:clicks", "a:*"]
+    run(store.apply([click(u, i, 1000 + i, item=f"it:{i}*") for i, u in enumerate(users)]))
+    for i, user in enumerate(users):
+        assert [c.item_id for c in run(store.history(user)).clicks] == [f"it:{i}*"]
 
 
 def test_a_resent_old_event_is_a_duplicate_not_late(store, run):

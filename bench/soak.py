@@ -1,0 +1,188 @@
+"""Soak: the real pipeline at a steady rate for a long time; does memory level off?
+
+Starts the embedded stack (Tansu + Valkey) and one worker process, then sends
+a dataset's clicks and texts round and round at --rate events/s for
+--minutes. Each lap re-sends the same users' events with new event ids and
+the current time, so per-user histories fill up to their bounds and the
+number of users stays fixed: a steady state in which nothing should grow.
+Every --every seconds it records the worker's RSS, Redis's used memory, the
+consumer lag and the freshness p50/p99 of that interval, and at the end
+writes a CSV, a PNG with the four series and a one-line verdict comparing
+the memory of the last third of the run with the middle third.
+
+    python bench/soak.py --data ../shared/data/ml-latest-small --rate 100 --minutes 30 --out runs/soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import mean, median
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from encoders.datasets import Dataset, load_dataset  # noqa: E402
+from streams.demo import wait_ready, wait_until_applied, worker_process  # noqa: E402
+from streams.embedded import embedded_stack, free_port  # noqa: E402
+from streams.metrics import histogram_quantile, scrape, since, total  # noqa: E402
+from streams.replay import OutgoingEvent, Producer, ensure_topics, replay_events  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+
+FIELDS = ("minute", "worker_rss_mb", "redis_used_mb", "lag", "fresh_p50_ms", "fresh_p99_ms", "applied")
+
+
+def lap_events(base: list[OutgoingEvent], lap: int) -> list[OutgoingEvent]:
+    """``base`` with lap-unique event ids; ``ts`` is set when each slice is sent."""
+    out = []
+    for event in base:
+        body = orjson.loads(event.value)
+        body["event_id"] = f"{body['event_id']}.lap{lap}"
+        out.append(OutgoingEvent(event.topic, event.key, orjson.dumps(body)))
+    return out
+
+
+def stamp_now(events: list[OutgoingEvent]) -> list[OutgoingEvent]:
+    now = int(time.time() * 1000)
+    stamped = []
+    for event in events:
+        body = orjson.loads(event.value)
+        body["ts"] = now
+        stamped.append(OutgoingEvent(event.topic, event.key, orjson.dumps(body)))
+    return stamped
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def redis_used_mb(url: str) -> float:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return client.info("memory")["used_memory"] / 2**20
+    finally:
+        client.close()
+
+
+def train_small(dataset: Dataset, out: Path) -> str:
+    from encoders.train import train
+
+    return str(train(dataset, out, d_model=48, n_layers=2, n_heads=2, max_len=100, epochs=3, progress=False))
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6), dpi=100, sharex=True)
+    minutes = [r["minute"] for r in rows]
+    panels = (("worker_rss_mb", "worker RSS (MiB)"), ("redis_used_mb", "Redis used memory (MiB)"),
+              ("lag", "consumer lag (messages)"), ("fresh_p99_ms", "freshness (ms)"))
+    for ax, (key, label) in zip(axes.flat, panels):
+        ax.plot(minutes, [r[key] for r in rows], label="p99" if key == "fresh_p99_ms" else None)
+        if key == "fresh_p99_ms":
+            ax.plot(minutes, [r["fresh_p50_ms"] for r in rows], label="p50")
+            ax.legend(fontsize="small")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+    for ax in axes[1]:
+        ax.set_xlabel("minutes")
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def verdict(rows: list[dict], key: str) -> str:
+    n = len(rows)
+    middle, last = rows[n // 3 : 2 * n // 3], rows[2 * n // 3 :]
+    if not middle or not last:
+        return f"{key}: too few samples"
+    a, b = mean(r[key] for r in middle), mean(r[key] for r in last)
+    return f"{key}: middle third {a:.1f}, last third {b:.1f} ({100 * (b - a) / a:+.1f}%)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/ml-latest-small")
+    parser.add_argument("--rate", type=float, default=100.0, help="events per second")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--every", type=float, default=15.0, help="seconds between samples")
+    parser.add_argument("--max-history", type=int, default=100,
+                        help="the worker's --max-history: smaller fills every user's history sooner, so the "
+                             "steady state comes earlier in the run")
+    parser.add_argument("--checkpoint", default=None, help="model to use (default: train a small one)")
+    parser.add_argument("--out", default="runs/soak", help="folder for soak.csv and soak.png")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(args.data)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="iu-soak-") as tmp, embedded_stack() as stack:
+        checkpoint = args.checkpoint or train_small(dataset, Path(tmp) / "model")
+        settings = Settings(broker=stack.broker_url, redis_url=stack.redis_url, checkpoint=checkpoint,
+                            metrics_port=free_port(), log_level="warn", max_history=args.max_history)
+        ensure_topics(stack.broker_url, [settings.topic_clicks, settings.topic_texts, settings.topic_recs,
+                                         settings.topic_dead], settings.partitions)
+        base = replay_events(dataset, settings.topic_clicks, settings.topic_texts)
+        producer = Producer(stack.broker_url)
+        url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        with worker_process(settings, out / "worker.log") as worker:
+            wait_ready(settings.metrics_port, timeout=180)
+            started = time.monotonic()
+            slice_size = max(1, int(args.rate * args.every))
+            lap, position, events = 0, 0, lap_events(base, 0)
+            previous = scrape(url)
+            ends: dict = {}
+            while time.monotonic() - started < args.minutes * 60:
+                chunk = events[position : position + slice_size]
+                position += len(chunk)
+                if position >= len(events):
+                    lap, position = lap + 1, 0
+                    events = lap_events(base, lap)
+                ends.update(producer.send_all(stamp_now(chunk), rate=args.rate))
+                now = scrape(url)
+                interval = since(now, previous)
+                previous = now
+                rows.append({
+                    "minute": round((time.monotonic() - started) / 60, 2),
+                    "worker_rss_mb": round(rss_mb(worker.pid), 1),
+                    "redis_used_mb": round(redis_used_mb(stack.redis_url), 2),
+                    "lag": total(now, "iu_consumer_lag"),
+                    "fresh_p50_ms": round(1000 * (histogram_quantile(interval, "iu_freshness_seconds", 0.5) or 0)),
+                    "fresh_p99_ms": round(1000 * (histogram_quantile(interval, "iu_freshness_seconds", 0.99) or 0)),
+                    "applied": total(now, "iu_events_total", outcome="applied"),
+                })
+                print(" ".join(f"{k}={rows[-1][k]}" for k in FIELDS), flush=True)
+            wait_until_applied(settings, ends, worker, timeout=600)
+        producer.close()
+    with (out / "soak.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    title = (f"soak: {dataset.name} at {args.rate:.0f} events/s for {args.minutes:.0f} min, "
+             f"max history {args.max_history}")
+    plot(rows, out / "soak.png", title)
+    print(title)
+    for key in ("worker_rss_mb", "redis_used_mb"):
+        print(verdict(rows, key))
+    print(f"lag: max {max(r['lag'] for r in rows):.0f}; freshness p50 median {median(r['fresh_p50_ms'] for r in rows)} ms, "
+          f"p99 median {median(r['fresh_p99_ms'] for r in rows)} ms; laps {lap}; plot {out / 'soak.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
