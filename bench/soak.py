@@ -3,8 +3,9 @@
 Starts the embedded stack (Tansu + Valkey) and one worker process, then sends
 a dataset's clicks and texts round and round at --rate events/s for
 --minutes. Each lap re-sends the same users' events with new event ids and
-the current time, so per-user histories fill up to their bounds and the
-number of users stays fixed: a steady state in which nothing should grow.
+the current time. Only users with at least --max-history clicks are sent, so
+every history reaches its bound within the first lap and the number of users
+stays fixed: after that, a steady state in which nothing should grow.
 Every --every seconds it records the worker's RSS, Redis's used memory, the
 consumer lag and the freshness p50/p99 of that interval, and at the end
 writes a CSV, a PNG with the four series and a one-line verdict comparing
@@ -74,6 +75,13 @@ def redis_used_mb(url: str) -> float:
         client.close()
 
 
+def full_users_only(dataset: Dataset, min_clicks: int) -> Dataset:
+    """The events of users with at least ``min_clicks`` clicks."""
+    keep = {user for user, events in dataset.sequences().items() if len(events) >= min_clicks}
+    return Dataset(dataset.name, [e for e in dataset.clicks if e.user_id in keep],
+                   [e for e in dataset.texts if e.user_id in keep], dataset.catalogue)
+
+
 def train_small(dataset: Dataset, out: Path) -> str:
     from encoders.train import train
 
@@ -121,15 +129,16 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--every", type=float, default=15.0, help="seconds between samples")
     parser.add_argument("--max-history", type=int, default=100,
-                        help="the worker's --max-history: smaller fills every user's history sooner, so the "
-                             "steady state comes earlier in the run")
+                        help="the worker's --max-history; only users with this many clicks are sent")
     parser.add_argument("--checkpoint", default=None, help="model to use (default: train a small one)")
     parser.add_argument("--out", default="runs/soak", help="folder for soak.csv and soak.png")
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(args.data)
+    dataset = full_users_only(load_dataset(args.data), args.max_history)
+    print(f"{len(dataset.sequences())} users with >= {args.max_history} clicks: "
+          f"{len(dataset.clicks) + len(dataset.texts)} events a lap", flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="iu-soak-") as tmp, embedded_stack() as stack:
         checkpoint = args.checkpoint or train_small(dataset, Path(tmp) / "model")

@@ -237,7 +237,8 @@ def _product_events(path: Path) -> tuple[list[Event], list[Event]]:
         user = str(_field(obj, "user_id", path, line_no, expected))
         ts = parse_ts(_field(obj, "ts", path, line_no, expected), path, line_no)
         if "text" in obj and "kind" in obj:
-            texts.append(Event(user, str(obj.get("item_id") or ""), ts, "search", str(obj["text"]), str(obj["kind"])))
+            kind = str(obj["kind"])
+            texts.append(Event(user, str(obj.get("item_id") or ""), ts, kind, str(obj["text"]), kind))
         else:
             item = str(_field(obj, "item_id", path, line_no, expected))
             clicks.append(Event(user, item, ts, str(obj.get("action") or "click")))
@@ -255,7 +256,7 @@ def _otto(path: Path) -> list[Event]:
         for ev in events:
             if not isinstance(ev, dict) or "aid" not in ev or "ts" not in ev:
                 raise DataFormatError(path, f"event {str(ev)[:60]} lacks aid/ts: expected {expected}", line_no)
-            clicks.append(Event(session, str(ev["aid"]), parse_ts(ev["ts"], path, line_no), str(ev.get("type", ""))))
+            clicks.append(Event(session, str(ev["aid"]), parse_ts(ev["ts"], path, line_no), str(ev.get("type") or "click")))
     return clicks
 
 
