@@ -73,13 +73,13 @@ def evaluation_table(dataset: str, protocol: str, split: str, rows: list[tuple[s
 
     cases = rows[0][1]["cases"]
     lines = [f"{dataset}: {protocol}, split={split}, full ranking, {cases} cases",
-             f"{'model':<34} {'HR@10':>7} {'NDCG@10':>8} {'HR@20':>7} {'NDCG@20':>8} {'MRR@20':>7}"]
+             f"{'model':<40} {'HR@10':>7} {'NDCG@10':>8} {'HR@20':>7} {'NDCG@20':>8} {'MRR@20':>7}"]
     for name, m in rows:
-        lines.append(f"{name:<34} {m['hr@10']:>7.4f} {m['ndcg@10']:>8.4f} {m['hr@20']:>7.4f} "
+        lines.append(f"{name:<40} {m['hr@10']:>7.4f} {m['ndcg@10']:>8.4f} {m['hr@20']:>7.4f} "
                      f"{m['ndcg@20']:>8.4f} {m['mrr@20']:>7.4f}")
     published = PUBLISHED.get(dataset, ()) if protocol == "leave-one-out" and split == "test" else ()
     for p in published:
-        lines.append(f"{'published: ' + p.model:<34} {p.hr10:>7.4f} {p.ndcg10:>8.4f} {'':>7} {'':>8} {'':>7}"
+        lines.append(f"{'published: ' + p.model:<40} {p.hr10:>7.4f} {p.ndcg10:>8.4f} {'':>7} {'':>8} {'':>7}"
                      f"  ({p.source})")
     if published:
         lines.append(PROTOCOL_NOTES[dataset])
