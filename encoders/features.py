@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .datasets import Dataset, Event
+from .datasets import Event
 from .vocab import ItemVocab, action_index
 
-__all__ = ["Batch", "SeqArrays", "from_events", "from_tuples", "pad_batch", "split_input", "user_arrays"]
+__all__ = ["Batch", "SeqArrays", "from_events", "from_tuples", "pad_batch", "split_input"]
 
 NO_PREVIOUS = -1  # gap value of a user's first known event
 
@@ -86,11 +86,6 @@ def pad_batch(seqs: Sequence[SeqArrays], length: int) -> Batch:
         items[row, :m], actions[row, :m], gaps[row, :m] = seq.items, seq.actions, seq.gaps
         lengths[row] = m
     return Batch(items, actions, gaps, lengths)
-
-
-def user_arrays(dataset: Dataset, vocab: ItemVocab) -> dict[str, SeqArrays]:
-    """Every user's full chronological click sequence as arrays."""
-    return {user: from_events(events, vocab) for user, events in dataset.sequences().items()}
 
 
 def split_input(seq: SeqArrays, split: str) -> tuple[SeqArrays, int] | None:
