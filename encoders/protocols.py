@@ -83,12 +83,9 @@ def _cases(pairs: list[tuple[SeqArrays, int]]) -> EvalCases:
 
 def _leave_one_out(dataset: Dataset, vocab: ItemVocab, through_valid: bool) -> Split:
     seqs = [from_events(events, vocab) for events in dataset.sequences().values()]
-    train = []
-    for seq in seqs:
-        if through_valid and len(seq) >= 3:
-            train.append(seq.window(None, -1))  # everything but the test item
-        else:
-            train.append(split_input(seq, "train")[0])
+    # through_valid trains on the test input (everything but the test item); short users whole.
+    fit = [split_input(seq, "test" if through_valid else "train") for seq in seqs]
+    train = [case[0] if case is not None else seq for case, seq in zip(fit, seqs)]
     valid = _cases([c for c in (split_input(s, "valid") for s in seqs) if c is not None])
     test = _cases([c for c in (split_input(s, "test") for s in seqs) if c is not None])
     return Split("leave-one-out", train, valid, test, exclude_history=True)

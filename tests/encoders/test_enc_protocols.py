@@ -76,3 +76,17 @@ def test_cooccurrence_follows_the_last_item() -> None:
     scores = cooccurrence_scorer(split, len(vocab))(split.test.inputs)
     assert scores[0].argmax().item() == vocab.index("b")
     assert baseline_metrics(log)["item-to-item co-occurrence"]["hr@10"] == 1.0
+
+
+def test_sampled_softmax_masks_the_target_among_its_negatives() -> None:
+    from encoders.train import sampled_softmax_loss
+
+    # Two items: every sampled negative is either the target (masked) or the other item.
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    hidden = torch.tensor([[2.0, 0.5]])
+    torch.manual_seed(3)
+    loss = sampled_softmax_loss(hidden, table, torch.tensor([0]), negatives=50)
+    torch.manual_seed(3)
+    others = int((torch.randint(0, 2, (50,)) == 1).sum())
+    expected = -torch.log(torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + others * np.exp(0.5)))
+    assert 0 < others < 50 and loss.item() == pytest.approx(expected.item(), rel=1e-5)

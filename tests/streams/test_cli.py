@@ -38,3 +38,16 @@ def test_help_names_environment_variables_and_hides_secrets():
     result = cli("worker", "--help", env={**os.environ, "IU_REDIS_URL": "redis://:hunter2@db:6379/0"})
     assert result.returncode == 0
     assert "[env: IU_BATCH_MAX]" in result.stdout and "hunter2" not in result.stdout
+
+
+def test_evaluation_table_puts_published_figures_and_notes_beside_ours():
+    from streams.commands import evaluation_table
+
+    ours = {"hr@10": 0.3, "ndcg@10": 0.17, "hr@20": 0.4, "ndcg@20": 0.2, "mrr@20": 0.13, "cases": 6040}
+    table = evaluation_table("ml-1m", "leave-one-out", "test", [("sequence encoder", ours)]).splitlines()
+    assert table[0] == "ml-1m: leave-one-out, split=test, full ranking, 6040 cases"
+    assert table[2].split() == ["sequence", "encoder", "0.3000", "0.1700", "0.4000", "0.2000", "0.1300"]
+    assert any(line.startswith("published: HSTU-large") and "0.1893" in line for line in table)
+    assert "excludes items already in the user's history" in table[-1]
+    # Published figures are leave-one-out test figures only.
+    assert len(evaluation_table("ml-1m", "leave-one-out", "valid", [("m", ours)]).splitlines()) == 3
