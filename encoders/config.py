@@ -26,6 +26,9 @@ class EncoderConfig:
     dropout: float = 0.2
     n_actions: int = 8
     n_time_buckets: int = 32
+    # A next-action classifier over the last hidden state. False by default so
+    # that a config.json written before the head existed still loads its weights.
+    action_head: bool = False
 
     def __post_init__(self) -> None:
         # Validate eagerly: a bad config should fail here, not deep inside torch.

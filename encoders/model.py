@@ -86,6 +86,25 @@ class SequenceEncoder(nn.Module):
             nn.init.normal_(emb.weight, std=0.02)
             with torch.no_grad():
                 emb.weight[0].zero_()
+        # Created last, so a model without the head draws the same initial
+        # weights as before the head existed and has exactly its parameters.
+        self.action_head = nn.Linear(d, config.n_actions) if config.action_head else None
+
+    @property
+    def has_action_head(self) -> bool:
+        """Whether the model predicts the next action (``config.action_head``)."""
+        return self.action_head is not None
+
+    def next_action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits [..., n_actions] of the NEXT event's action from hidden states [..., d].
+
+        The head reads the hidden state that scores items: position t predicts
+        the action of event t + 1, so a user's last hidden state predicts the
+        action of their next event.  Indices follow `encoders.vocab.ACTIONS`.
+        """
+        if self.action_head is None:
+            raise ValueError("this model has no next-action head (config.action_head is False)")
+        return self.action_head(hidden)
 
     def forward(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, d] (after GPT-2's final layer norm) of right-padded inputs.

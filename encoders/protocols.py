@@ -39,10 +39,16 @@ VALID_FRACTION = 0.1  # of training sessions, the latest by start time
 
 @dataclass(frozen=True)
 class EvalCases:
-    """Inputs (histories, oldest first) and target item indices of one split."""
+    """Inputs (histories, oldest first), target item indices and target action indices.
+
+    ``actions`` holds the action (`encoders.vocab.ACTIONS` index) of each
+    target event, for the next-action head; None when cases are built by hand
+    without them.
+    """
 
     inputs: list[SeqArrays]
     targets: np.ndarray
+    actions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -77,8 +83,20 @@ def make_split(dataset: Dataset, vocab: ItemVocab, protocol: str = "auto", *, th
     raise ValueError(f"protocol must be 'auto' or one of {PROTOCOLS}, got {protocol!r}")
 
 
-def _cases(pairs: list[tuple[SeqArrays, int]]) -> EvalCases:
-    return EvalCases([p[0] for p in pairs], np.asarray([p[1] for p in pairs], dtype=np.int64))
+def _cases(triples: list[tuple[SeqArrays, int, int]]) -> EvalCases:
+    """Cases of ``(input, target item, target action)`` triples."""
+    return EvalCases([t[0] for t in triples], np.asarray([t[1] for t in triples], dtype=np.int64),
+                     np.asarray([t[2] for t in triples], dtype=np.int64))
+
+
+def _loo_cases(seqs: list[SeqArrays], split: str) -> EvalCases:
+    # The input is a prefix of the sequence, so the target event sits right after it.
+    triples = []
+    for seq in seqs:
+        case = split_input(seq, split)
+        if case is not None:
+            triples.append((case[0], case[1], int(seq.actions[len(case[0])])))
+    return _cases(triples)
 
 
 def _leave_one_out(dataset: Dataset, vocab: ItemVocab, through_valid: bool) -> Split:
@@ -86,17 +104,17 @@ def _leave_one_out(dataset: Dataset, vocab: ItemVocab, through_valid: bool) -> S
     # through_valid trains on the test input (everything but the test item); short users whole.
     fit = [split_input(seq, "test" if through_valid else "train") for seq in seqs]
     train = [case[0] if case is not None else seq for case, seq in zip(fit, seqs)]
-    valid = _cases([c for c in (split_input(s, "valid") for s in seqs) if c is not None])
-    test = _cases([c for c in (split_input(s, "test") for s in seqs) if c is not None])
+    valid = _loo_cases(seqs, "valid")
+    test = _loo_cases(seqs, "test")
     return Split("leave-one-out", train, valid, test, exclude_history=True)
 
 
 def _prefix_cases(sessions: list[SeqArrays]) -> EvalCases:
     """One case per position 1..n-1 of every session: the prefix predicts the item."""
-    pairs = []
+    triples = []
     for seq in sessions:
-        pairs.extend((seq.window(None, i), int(seq.items[i])) for i in range(1, len(seq)))
-    return _cases(pairs)
+        triples.extend((seq.window(None, i), int(seq.items[i]), int(seq.actions[i])) for i in range(1, len(seq)))
+    return _cases(triples)
 
 
 def _known_only(seq: SeqArrays) -> SeqArrays:

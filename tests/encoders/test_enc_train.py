@@ -77,7 +77,7 @@ def test_worker_inference_equals_the_training_forward(trained: Path, data: Datas
     # Training reads events 0..n-1 of a window of n + 1 (the last is only a target).
     windows = [from_events(p, vocab) for p in picked]
     windows = [SeqArrays(*(np.append(a, 0) for a in (w.items, w.actions, w.gaps))) for w in windows]
-    items, actions, gaps, _ = _batch_tensors(windows, torch.device("cpu"))
+    items, actions, gaps, *_ = _batch_tensors(windows, torch.device("cpu"))  # then the targets
     with torch.inference_mode():
         hidden = model.train(False)(items, actions, gaps)
     expected = hidden[torch.arange(len(picked)), torch.tensor([len(p) for p in picked]) - 1].numpy()
