@@ -34,7 +34,8 @@ from .errors import CheckpointError, ConfigError, DataFormatError, EncoderError
 from .vocab import ACTIONS, ItemVocab, action_index
 
 if TYPE_CHECKING:
-    from .checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
+    from .checkpoint import CheckpointMetadata, load_categories, load_checkpoint, load_fusion, save_checkpoint
+    from .fusion import TextFusion
     from .evaluate import baseline_metrics
     from .inference import InterestEncoder
     from .model import SequenceEncoder
@@ -46,6 +47,9 @@ _LAZY = {
     "CheckpointMetadata": "checkpoint",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
+    "load_fusion": "checkpoint",
+    "load_categories": "checkpoint",
+    "TextFusion": "fusion",
     "baseline_metrics": "evaluate",
     "InterestEncoder": "inference",
     "TextEncoder": "text",
@@ -66,10 +70,13 @@ __all__ = [
     "ItemVocab",
     "SequenceEncoder",
     "TextEncoder",
+    "TextFusion",
     "action_index",
     "baseline_metrics",
+    "load_categories",
     "load_checkpoint",
     "load_dataset",
+    "load_fusion",
     "load_ml1m",
     "load_movielens_small",
     "save_checkpoint",

@@ -7,9 +7,12 @@ polling for a new model never sees a half-written directory)::
     model.safetensors SequenceEncoder weights
     vocab.json        ItemVocab (real items in index order)
     metadata.json     CheckpointMetadata (dataset, metrics, created_at, ...)
+    fusion.safetensors + fusion.json   optional `encoders.fusion.TextFusion` (weights, dims)
+    categories.json   optional item_id -> categories (vocabulary items only)
 
-``model_version`` is the first 12 hex digits of the weights' SHA-256, so the
-same weights always carry the same version.
+``model_version`` is the first 12 hex digits of the weights' SHA-256 (with a
+fusion: of the weights followed by the fusion weights and dims), so the same
+weights always carry the same version and a new fusion gives a new one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,9 +35,14 @@ from .errors import CheckpointError, EncoderError
 from .model import SequenceEncoder, resolve_device
 from .vocab import ItemVocab
 
-__all__ = ["CheckpointMetadata", "load_checkpoint", "read_metadata", "save_checkpoint"]
+if TYPE_CHECKING:  # fusion imports this package's model; imported lazily in load_fusion
+    from .fusion import TextFusion
+
+__all__ = ["CheckpointMetadata", "load_categories", "load_checkpoint", "load_fusion", "read_metadata",
+           "save_checkpoint"]
 
 CONFIG, WEIGHTS, VOCAB, METADATA = "config.json", "model.safetensors", "vocab.json", "metadata.json"
+FUSION_WEIGHTS, FUSION_DIMS, CATEGORIES = "fusion.safetensors", "fusion.json", "categories.json"
 
 
 def _now_iso() -> str:
@@ -71,18 +79,37 @@ class CheckpointMetadata:
         return cls(**{k: v for k, v in d.items() if k in known and k != "extra"}, extra=extra)
 
 
-def _weights_version(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+def _weights_version(path: Path, *more: Path) -> str:
+    digest = hashlib.sha256(path.read_bytes())
+    for extra in more:  # fusion files: a checkpoint without them keeps its old version
+        digest.update(extra.read_bytes())
+    return digest.hexdigest()[:12]
 
 
-def _write_files(tmp: Path, model: SequenceEncoder, vocab: ItemVocab, metadata: CheckpointMetadata) -> None:
+def _write_extras(tmp: Path, vocab: ItemVocab, fusion: Any, categories: Mapping[str, Any] | None) -> list[Path]:
+    """Fusion and categories files; returns the files that enter model_version."""
+    if categories is not None:
+        kept = {k: list(v) for k, v in sorted(categories.items()) if k in vocab}
+        (tmp / CATEGORIES).write_text(json.dumps(kept), encoding="utf-8")
+    if fusion is None:
+        return []
+    state = {k: v.detach().to("cpu").contiguous() for k, v in fusion.state_dict().items()}
+    save_file(state, str(tmp / FUSION_WEIGHTS), metadata={"format": "pt"})
+    (tmp / FUSION_WEIGHTS).chmod(0o644)
+    (tmp / FUSION_DIMS).write_text(json.dumps(fusion.dims(), indent=2, sort_keys=True), encoding="utf-8")
+    return [tmp / FUSION_WEIGHTS, tmp / FUSION_DIMS]
+
+
+def _write_files(tmp: Path, model: SequenceEncoder, vocab: ItemVocab, metadata: CheckpointMetadata,
+                 fusion: Any = None, categories: Mapping[str, Any] | None = None) -> None:
     tmp.mkdir(parents=True)
     (tmp / CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2), encoding="utf-8")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
     (tmp / WEIGHTS).chmod(0o644)  # safetensors writes 0600; a worker may run as another user
     vocab.save(tmp / VOCAB)
-    final = replace(metadata, model_version=_weights_version(tmp / WEIGHTS))
+    fusion_files = _write_extras(tmp, vocab, fusion, categories)
+    final = replace(metadata, model_version=_weights_version(tmp / WEIGHTS, *fusion_files))
     (tmp / METADATA).write_text(json.dumps(final.to_dict(), indent=2), encoding="utf-8")
 
 
@@ -91,8 +118,14 @@ def save_checkpoint(
     model: SequenceEncoder,
     vocab: ItemVocab,
     metadata: CheckpointMetadata | Mapping[str, Any],
+    fusion: TextFusion | None = None,
+    categories: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Path:
     """Write a checkpoint directory (replacing one already there) and return its path.
+
+    ``fusion`` (an `encoders.fusion.TextFusion`) and ``categories`` (item_id
+    -> categories; items outside ``vocab`` are dropped) are written in the
+    same atomic move; the fusion's weights enter ``model_version``.
 
     >>> save_checkpoint("/tmp/ckpt", model, vocab, CheckpointMetadata("ml-1m"))  # doctest: +SKIP
     """
@@ -104,7 +137,9 @@ def save_checkpoint(
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_files(tmp, model, vocab, metadata)
+    if fusion is not None and fusion.d_model != model.config.d_model:
+        raise CheckpointError(dir, f"fusion d_model={fusion.d_model} != config.d_model={model.config.d_model}")
+    _write_files(tmp, model, vocab, metadata, fusion, categories)
     # Two renames: the target path holds either the old or the new checkpoint, never a mix.
     if target.exists():
         target.rename(old)
@@ -170,3 +205,35 @@ def load_checkpoint(
     _check_weights(root / WEIGHTS, model, state)
     model.load_state_dict(state)
     return model.to(resolve_device(device)).eval(), vocab, read_metadata(root)
+
+
+def load_fusion(dir: str | Path, device: str | torch.device = "cpu") -> TextFusion | None:
+    """The checkpoint's `encoders.fusion.TextFusion` in eval mode, or None when it has none.
+
+    >>> fusion = load_fusion("/tmp/ckpt-amazon")  # doctest: +SKIP
+    """
+    from .fusion import TextFusion
+
+    root = Path(dir)
+    if not (root / FUSION_WEIGHTS).is_file():
+        return None
+    dims = _read_json(root / FUSION_DIMS)
+    try:
+        fusion = TextFusion(**dims)
+    except TypeError as exc:
+        raise CheckpointError(root / FUSION_DIMS, f"bad fusion dims {dims} ({exc})") from exc
+    state = load_file(str(root / FUSION_WEIGHTS))
+    expected = {k: tuple(v.shape) for k, v in fusion.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        raise CheckpointError(root / FUSION_WEIGHTS, f"fusion weights {got} do not match dims {dims}")
+    fusion.load_state_dict(state)
+    return fusion.to(resolve_device(device)).eval()
+
+
+def load_categories(dir: str | Path) -> dict[str, tuple[str, ...]]:
+    """item_id -> categories saved with the checkpoint; {} when it has none."""
+    path = Path(dir) / CATEGORIES
+    if not path.is_file():
+        return {}
+    return {k: tuple(v) for k, v in _read_json(path).items()}

@@ -13,6 +13,14 @@ kept.  With ``refit`` a second run from the same seed trains for the chosen
 number of epochs on the training part plus the validation targets, the way
 HSTU's published ML-1M figures were trained; it is the model saved.  Runs are
 seeded: the same data, seed, device and thread count give the same checkpoint.
+
+With ``action_weight > 0`` and at least two distinct actions among the
+training targets, the model gets a next-action head
+(`SequenceEncoder.next_action_logits`) and the loss adds ``action_weight``
+times the cross-entropy of the next event's action at every position.  The
+actions seen as targets are saved as ``action_classes`` in the metadata (the
+classes the online path softmaxes over).  A dataset with one action (ML-1M:
+all "click") trains exactly the model it trained before the head existed.
 """
 
 from __future__ import annotations
@@ -30,14 +38,14 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointMetadata, save_checkpoint
 from .config import EncoderConfig
 from .datasets import Dataset
-from .evaluate import baseline_metrics, rank_metrics
+from .evaluate import baseline_metrics, next_action_report, rank_metrics, target_action_counts
 from .features import SeqArrays, pad_batch
 from .model import SequenceEncoder, resolve_device
 from .plots import plot_training
 from .protocols import Split, make_split
 from .vocab import ItemVocab
 
-__all__ = ["LOSSES", "full_softmax_loss", "sampled_softmax_loss", "train"]
+__all__ = ["LOSSES", "full_softmax_loss", "next_action_loss", "sampled_softmax_loss", "train"]
 
 LOSSES = ("auto", "full", "sampled")
 # Above this many items "auto" samples: a full softmax costs N x n_items x d per batch.
@@ -89,11 +97,11 @@ def _train_windows(train: list[SeqArrays], max_len: int, all_windows: bool) -> l
 
 
 def _batch_tensors(windows: list[SeqArrays], device: torch.device) -> tuple[torch.Tensor, ...]:
-    # Inputs are events 0..n-2 and targets items 1..n-1; both right-padded with 0.
+    # Inputs are events 0..n-2 and targets events 1..n-1 (item and action); all right-padded with 0.
     length = max(len(w) for w in windows) - 1
     inputs = pad_batch([w.window(None, -1) for w in windows], length)
-    targets = pad_batch([w.window(1, None) for w in windows], length).items
-    arrays = (inputs.items, inputs.actions, inputs.gaps, targets)
+    targets = pad_batch([w.window(1, None) for w in windows], length)
+    arrays = (inputs.items, inputs.actions, inputs.gaps, targets.items, targets.actions)
     return tuple(torch.from_numpy(a).to(device) for a in arrays)
 
 
@@ -156,14 +164,27 @@ def sampled_softmax_loss(
     return torch.nn.functional.cross_entropy(logits, torch.zeros_like(targets))
 
 
+def next_action_loss(model: SequenceEncoder, hidden: torch.Tensor, target_actions: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the next event's action over the non-padding positions.
+
+    ``hidden`` [B, L, d] are the model's hidden states and ``target_actions``
+    [B, L] the action index of the event after each position, 0 (padding)
+    where there is none; padded positions add nothing to the loss.
+    """
+    valid = target_actions > 0
+    return torch.nn.functional.cross_entropy(model.next_action_logits(hidden[valid]), target_actions[valid])
+
+
 def _step(model: SequenceEncoder, opt: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...],
-          negatives: int | None) -> float:
-    items, actions, gaps, targets = batch
+          negatives: int | None, action_weight: float = 0.0) -> float:
+    items, actions, gaps, targets, target_actions = batch
     hidden = model(items, actions, gaps)
     valid = targets > 0
     # Score only real items (rows 2..): padding/unknown are never targets.
     h, table, t = hidden[valid], model.item_table()[2:], targets[valid] - 2
     loss = full_softmax_loss(h, table, t) if negatives is None else sampled_softmax_loss(h, table, t, negatives)
+    if action_weight > 0 and model.has_action_head:
+        loss = loss + action_weight * next_action_loss(model, hidden, target_actions)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -197,13 +218,14 @@ def _epoch(
     bar: tqdm,
     postfix: dict[str, str],
     negatives: int | None,
+    action_weight: float = 0.0,
 ) -> float:
     model.train()
     device = next(model.parameters()).device
     losses = []
     for batch_idx in _batches(windows, batch_size, rng):
         batch = [windows[i] for i in batch_idx]
-        losses.append(_step(model, opt, _batch_tensors(batch, device), negatives))
+        losses.append(_step(model, opt, _batch_tensors(batch, device), negatives, action_weight))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", **postfix, refresh=False)
     return float(np.mean(losses))
@@ -221,6 +243,16 @@ class _Fit:
     best_epoch: int
     best_state: dict[str, torch.Tensor]
     seconds: float
+
+
+def _target_actions(train: list[SeqArrays], max_len: int, all_windows: bool) -> np.ndarray:
+    """Count per action index of the training targets (events 1.. of each training window)."""
+    return target_action_counts(_train_windows(train, max_len, all_windows))
+
+
+def _action_classes(counts: np.ndarray) -> list[int]:
+    """Action indices that occur as training targets, in `ACTIONS` order (never padding)."""
+    return [int(c) for c in np.flatnonzero(counts) if c > 0]
 
 
 def _new_model(config: EncoderConfig, seed: int, dev: torch.device) -> SequenceEncoder:
@@ -248,7 +280,8 @@ def _fit(
     with tqdm(total=epochs * n_batches, disable=not opts["progress"], desc=desc) as bar:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
-            loss = _epoch(model, opt, windows, opts["batch_size"], rng, bar, postfix, opts["negatives"])
+            loss = _epoch(model, opt, windows, opts["batch_size"], rng, bar, postfix, opts["negatives"],
+                          opts.get("action_weight", 0.0))
             t1 = time.perf_counter()
             out_of_time = opts["max_seconds"] is not None and t1 - start > opts["max_seconds"]
             # Always validate before stopping, so the kept weights are validated ones.
@@ -304,6 +337,8 @@ def train(
     eval_every: int = 1,
     max_seconds: float | None = None,
     progress: bool = True,
+    action_weight: float = 0.2,
+    text_fusion: bool = False,
 ) -> Path:
     """Train a `SequenceEncoder` on ``dataset`` and write a checkpoint to ``out_dir``.
 
@@ -314,6 +349,12 @@ def train(
     a per-epoch ``report.json`` and a ``training.png`` curve beside them.
     ``max_seconds`` also stops training at the first epoch end past that
     wall-clock budget (the run is then only as reproducible as the machine's speed).
+    ``action_weight`` weighs the next-action loss; 0 (or a dataset whose
+    training targets have a single action) trains no next-action head.
+    ``text_fusion`` then trains a text projection and gate on the frozen
+    encoder (`encoders.fusion`; leave-one-out data with texts or titles) and
+    saves it in the checkpoint, with the behaviour / text / fused test figures
+    in the report.  The catalogue's categories are always saved.
 
     >>> from encoders.datasets import synthetic
     >>> train(synthetic(), "/tmp/ckpt-synth", epochs=3, progress=False)  # doctest: +SKIP
@@ -323,13 +364,17 @@ def train(
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # ~fp32 quality, tensor-core speed
+    if action_weight < 0:
+        raise ValueError(f"action_weight must be >= 0, got {action_weight}")
     vocab = ItemVocab.from_items(e.item_id for e in dataset.clicks)
-    config = EncoderConfig(len(vocab), d_model, n_layers, n_heads, max_len, dropout)
+    split = make_split(dataset, vocab, protocol)
+    # A head needs something to choose between: one action (ML-1M) keeps the plain model.
+    head = action_weight > 0 and len(_action_classes(_target_actions(split.train, max_len, all_windows))) >= 2
+    config = EncoderConfig(len(vocab), d_model, n_layers, n_heads, max_len, dropout, action_head=head)
     opts = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "loss": loss,
             "negatives": _negatives(loss, negatives, len(vocab)), "all_windows": all_windows, "refit": refit,
             "seed": seed, "patience": patience, "eval_every": eval_every, "max_seconds": max_seconds,
-            "device": str(dev), "progress": progress}
-    split = make_split(dataset, vocab, protocol)
+            "device": str(dev), "progress": progress, "action_weight": action_weight if head else 0.0}
     model = _new_model(config, seed, dev)
     fit = _fit(model, _train_windows(split.train, max_len, all_windows), split, opts, epochs,
                f"train {dataset.name}")
@@ -343,7 +388,40 @@ def train(
         model = _new_model(config, seed, dev)
         fits["refit"] = _fit(model, _train_windows(full.train, max_len, all_windows), None, opts, fit.best_epoch,
                              f"refit {dataset.name} (train + valid)")
-    return _finish(dataset, out_dir, model, vocab, split, fits, wall_start, opts, selected_test)
+    fusion, fusion_report = _text_fusion(model, vocab, dataset, split, dev, seed) if text_fusion else (None, None)
+    return _finish(dataset, out_dir, model, vocab, split, fits, wall_start, opts,
+                   {"test_before_refit": selected_test}, fusion=fusion, fusion_report=fusion_report,
+                   categories=dataset.catalogue.categories)
+
+
+def _text_fusion(model: SequenceEncoder, vocab: ItemVocab, dataset: Dataset, split: Split, dev: torch.device,
+                 seed: int) -> tuple[Any, dict[str, Any] | None]:
+    """A `TextFusion` trained on the frozen encoder, and its report with the test figures."""
+    from .fusion import evaluate_fusion, prepare, train_fusion
+    from .text import TextEncoder
+
+    if split.protocol != "leave-one-out":
+        return None, {"skipped": f"text fusion is trained on leave-one-out splits, not {split.protocol}"}
+    data = prepare(dataset, vocab, TextEncoder(device=str(dev)))
+    if len(data.pair_rows) == 0:
+        return None, {"skipped": "no text events about items and no catalogue titles to pair texts with"}
+    model = model.eval().to("cpu")
+    fusion, report = train_fusion(model, vocab, dataset, data=data, seed=seed)
+    report["test"] = evaluate_fusion(fusion, model, data, "test")
+    model.to(dev)
+    return fusion, report
+
+
+def _next_action_report(model: SequenceEncoder, split: Split, opts: dict[str, Any]) -> dict[str, Any] | None:
+    """The head vs the majority class on the test cases; None without a head.
+
+    Classes and majority come from the training targets of ``split``'s windows
+    (those of the selection run when a refit followed).
+    """
+    if not model.has_action_head:
+        return None
+    counts = _target_actions(split.train, model.config.max_len, bool(opts.get("all_windows", False)))
+    return next_action_report(model, split.test, _action_classes(counts), int(np.argmax(counts)))
 
 
 def _finish(
@@ -355,9 +433,17 @@ def _finish(
     fits: dict[str, _Fit],
     wall_start: float,
     opts: dict[str, Any],
-    selected_test: dict[str, Any] | None,
+    earlier: dict[str, dict[str, Any] | None],
+    *,
+    fusion: Any = None,
+    fusion_report: dict[str, Any] | None = None,
+    categories: dict[str, tuple[str, ...]] | None = None,
 ) -> Path:
-    """Evaluate the final weights on the test split, save checkpoint, report and curve."""
+    """Evaluate the final weights on the test split, save checkpoint, report and curve.
+
+    ``earlier`` holds test figures of other weights kept for comparison, by
+    report key (``test_before_refit``, ``test_before_finetune``).
+    """
     select = fits["select"]
     test = rank_metrics(model, split.test, exclude_history=split.exclude_history)
     valid = next((log.valid for log in select.logs if log.epoch == select.best_epoch), None) or {}
@@ -365,15 +451,21 @@ def _finish(
     metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "cases"})
     train_seconds = sum(f.seconds for f in fits.values())
     args = {k: v for k, v in opts.items() if k != "progress"}
+    actions = _next_action_report(model, split, opts)
+    if actions is not None:
+        metrics.update(test_action_accuracy=actions["model"]["accuracy"],
+                       test_action_macro_f1=actions["model"]["macro_f1"])
     meta = CheckpointMetadata(
         dataset=dataset.name,
         epochs=sum(len(f.logs) for f in fits.values()),
         train_seconds=round(train_seconds, 2),
         metrics=metrics,
         extra={"best_epoch": select.best_epoch, "cases": test["cases"], "protocol": split.protocol,
-               "train_args": args},
+               "train_args": args,
+               **({"action_classes": actions["classes"], "action_majority": actions["majority_class"]}
+                  if actions is not None else {})},
     )
-    path = save_checkpoint(out_dir, model, vocab, meta)
+    path = save_checkpoint(out_dir, model, vocab, meta, fusion=fusion, categories=categories)
     report = {
         "dataset": dataset.name,
         "protocol": split.protocol,
@@ -383,9 +475,11 @@ def _finish(
         "refit_epochs": [asdict(log) for log in fits["refit"].logs] if "refit" in fits else None,
         "best_epoch": select.best_epoch,
         "test": test,
-        "test_before_refit": selected_test,
+        **earlier,
         "refit_seconds": round(fits["refit"].seconds, 2) if "refit" in fits else None,
         "baselines_test": baseline_metrics(dataset, "test", split.protocol),
+        "next_action_test": actions,
+        "text_fusion": fusion_report,
         "train_seconds": round(train_seconds, 2),
         "wall_seconds": round(time.perf_counter() - wall_start, 2),
     }

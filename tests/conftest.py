@@ -81,4 +81,5 @@ def synthetic_checkpoint(tmp_path_factory) -> Path:
     from encoders.train import train
 
     out = tmp_path_factory.mktemp("ckpt") / "synthetic"
-    return train(synthetic(), out, d_model=32, n_layers=1, n_heads=2, max_len=50, epochs=3, progress=False)
+    return train(synthetic(), out, d_model=32, n_layers=1, n_heads=2, max_len=50, epochs=3, progress=False,
+                 text_fusion=True)
