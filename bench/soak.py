@@ -6,7 +6,9 @@ a dataset's clicks and texts round and round at --rate events/s for
 the current time. Only users with at least --max-history clicks are sent, so
 every history reaches its bound within the first lap and the number of users
 stays fixed: after that, a steady state in which nothing should grow.
-Every --every seconds it records the worker's RSS, Redis's used memory, the
+Every --every seconds it records the worker's RSS, Redis's used memory and
+the memory of each kind of per-user key (MEMORY USAGE over every user: click
+histories, text histories, profiles, meta), the texts kept per user, the
 consumer lag and the freshness p50/p99 of that interval, and at the end
 writes a CSV, a PNG with the four series and a one-line verdict comparing
 the memory of the last third of the run with the middle third.
@@ -35,7 +37,9 @@ from streams.metrics import histogram_quantile, scrape, since, total  # noqa: E4
 from streams.replay import OutgoingEvent, Producer, ensure_topics, replay_events  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
-FIELDS = ("minute", "worker_rss_mb", "redis_used_mb", "lag", "fresh_p50_ms", "fresh_p99_ms", "applied")
+KINDS = ("clicks", "texts", "profile", "meta")  # per-user key groups whose memory is accounted
+FIELDS = ("minute", "worker_rss_mb", "redis_used_mb", *(f"{k}_mb" for k in KINDS), "texts_per_user",
+          "lag", "fresh_p50_ms", "fresh_p99_ms", "applied")
 
 
 def lap_events(base: list[OutgoingEvent], lap: int) -> list[OutgoingEvent]:
@@ -75,6 +79,33 @@ def redis_used_mb(url: str) -> float:
         client.close()
 
 
+def key_memory(url: str, prefix: str) -> dict[str, float]:
+    """MiB held by each kind of per-user key (MEMORY USAGE summed over every user), and texts kept per user."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:{{u:*", count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        sizes = pipe.execute()
+        texts = [k for k in keys if k.endswith(b":texts")]
+        pipe = client.pipeline(transaction=False)
+        for key in texts:
+            pipe.zcard(key)
+        counts = pipe.execute()
+    finally:
+        client.close()
+    out = {f"{kind}_mb": 0.0 for kind in KINDS}
+    for key, size in zip(keys, sizes):
+        kind = key.decode().rsplit("}:", 1)[1].split(":")[0]  # clicks:data counts with clicks
+        if f"{kind}_mb" in out:
+            out[f"{kind}_mb"] += (size or 0) / 2**20
+    users = len({k.split(b"}:")[0] for k in keys}) or 1
+    return {**{k: round(v, 3) for k, v in out.items()}, "texts_per_user": round(sum(counts) / users, 2)}
+
+
 def full_users_only(dataset: Dataset, min_clicks: int) -> Dataset:
     """The events of users with at least ``min_clicks`` clicks."""
     keep = {user for user, events in dataset.sequences().items() if len(events) >= min_clicks}
@@ -99,7 +130,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     panels = (("worker_rss_mb", "worker RSS (MiB)"), ("redis_used_mb", "Redis used memory (MiB)"),
               ("lag", "consumer lag (messages)"), ("fresh_p99_ms", "freshness (ms)"))
     for ax, (key, label) in zip(axes.flat, panels):
-        ax.plot(minutes, [r[key] for r in rows], label="p99" if key == "fresh_p99_ms" else None)
+        ax.plot(minutes, [r[key] for r in rows], label={"fresh_p99_ms": "p99", "redis_used_mb": "used"}.get(key))
+        if key == "redis_used_mb":
+            for kind in KINDS:
+                ax.plot(minutes, [r[f"{kind}_mb"] for r in rows], label=f"{kind} keys")
+            ax.legend(fontsize="small")
         if key == "fresh_p99_ms":
             ax.plot(minutes, [r["fresh_p50_ms"] for r in rows], label="p50")
             ax.legend(fontsize="small")
@@ -170,6 +205,7 @@ def main() -> int:
                     "minute": round((time.monotonic() - started) / 60, 2),
                     "worker_rss_mb": round(rss_mb(worker.pid), 1),
                     "redis_used_mb": round(redis_used_mb(stack.redis_url), 2),
+                    **key_memory(stack.redis_url, settings.key_prefix),
                     "lag": total(now, "iu_consumer_lag"),
                     "fresh_p50_ms": round(1000 * (histogram_quantile(interval, "iu_freshness_seconds", 0.5) or 0)),
                     "fresh_p99_ms": round(1000 * (histogram_quantile(interval, "iu_freshness_seconds", 0.99) or 0)),
@@ -186,8 +222,12 @@ def main() -> int:
              f"max history {args.max_history}")
     plot(rows, out / "soak.png", title)
     print(title)
-    for key in ("worker_rss_mb", "redis_used_mb"):
+    for key in ("worker_rss_mb", "redis_used_mb", *(f"{k}_mb" for k in KINDS), "texts_per_user"):
         print(verdict(rows, key))
+    users = len(dataset.sequences())
+    last = rows[-1]
+    print("per user at the end: " + ", ".join(f"{k} {1024 * last[f'{k}_mb'] / users:.1f} KiB" for k in KINDS)
+          + f"; {last['texts_per_user']} texts kept per user")
     print(f"lag: max {max(r['lag'] for r in rows):.0f}; freshness p50 median {median(r['fresh_p50_ms'] for r in rows)} ms, "
           f"p99 median {median(r['fresh_p99_ms'] for r in rows)} ms; laps {lap}; plot {out / 'soak.png'}")
     return 0
