@@ -1,6 +1,8 @@
 """The worker's inference path: event tuples in, interest vectors and top-K out.
 
-It runs the very `SequenceEncoder` used in training.  A micro-batch's users
+It runs the very `SequenceEncoder` used in training (and, when the checkpoint
+has them, the text fusion and the item categories saved beside it; see
+`encoders.interests` for what each interest means).  A micro-batch's users
 are truncated to their last ``max_len`` events and grouped by a small set of
 padded lengths (16, 32, 64, 128, max_len): one forward pass per group, so
 the number of distinct tensor shapes stays small (good for kernel caches and
@@ -17,19 +19,31 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_categories, load_checkpoint, load_fusion
 from .features import SeqArrays, from_tuples, pad_batch
+from .interests import DAY_MS, CategoryIndex, decay_weights
 from .model import SequenceEncoder
-from .vocab import ItemVocab
+from .vocab import ACTIONS, ItemVocab
 
-__all__ = ["LENGTH_BUCKETS", "InterestEncoder"]
+__all__ = ["LENGTH_BUCKETS", "Encoded", "InterestEncoder"]
 
 LENGTH_BUCKETS = (16, 32, 64, 128)
+DEFAULT_HALF_LIFE_MS = 30 * DAY_MS
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What one forward pass gives per user (rows align with the input sequences)."""
+
+    current: np.ndarray  # [B, d] hidden state at the last event
+    long_term: np.ndarray  # [B, d] time-decayed mean of the hidden states
+    next_action: np.ndarray | None  # [B, len(action_classes)] probabilities, None without a head
 
 
 class InterestEncoder:
@@ -41,12 +55,20 @@ class InterestEncoder:
     [[('2', 7.1), ...]]
     """
 
-    def __init__(self, model: SequenceEncoder, vocab: ItemVocab, model_version: str = "") -> None:
+    def __init__(self, model: SequenceEncoder, vocab: ItemVocab, model_version: str = "", *,
+                 fusion=None, categories: dict[str, tuple[str, ...]] | None = None,
+                 action_classes: Sequence[str] = (), half_life_ms: float = DEFAULT_HALF_LIFE_MS) -> None:
         if len(vocab) != model.config.n_items:
             raise ValueError(f"vocab has {len(vocab)} entries but model.config.n_items={model.config.n_items}")
         self.model = model.eval()
         self.vocab = vocab
         self.model_version = model_version
+        self.fusion = fusion.eval() if fusion is not None else None
+        self.categories = CategoryIndex(vocab.item_ids, categories or {})
+        self.half_life_ms = half_life_ms
+        has_head = getattr(model, "has_action_head", False)
+        self.action_classes = tuple(action_classes) if has_head else ()
+        self._action_rows = [ACTIONS.index(a) for a in self.action_classes]
         self.dim = model.config.d_model
         self.max_len = model.config.max_len
         self.device = next(model.parameters()).device
@@ -55,10 +77,13 @@ class InterestEncoder:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> InterestEncoder:
-        """Load a checkpoint directory (see `encoders.checkpoint`)."""
+    def from_checkpoint(cls, path: str | Path, device: str = "auto",
+                        half_life_ms: float = DEFAULT_HALF_LIFE_MS) -> InterestEncoder:
+        """Load a checkpoint directory (see `encoders.checkpoint`) with its fusion and categories."""
         model, vocab, meta = load_checkpoint(path, device)
-        return cls(model, vocab, meta.model_version)
+        fusion = load_fusion(path, device=next(model.parameters()).device)
+        return cls(model, vocab, meta.model_version, fusion=fusion, categories=load_categories(path),
+                   action_classes=meta.extra.get("action_classes", ()), half_life_ms=half_life_ms)
 
     def _bucket(self, length: int) -> int:
         return next(b for b in self.buckets if b >= length)
@@ -75,30 +100,76 @@ class InterestEncoder:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _forward(self, seqs: list[SeqArrays], length: int) -> np.ndarray:
+    def _decay(self, stamps: list[np.ndarray], length: int) -> np.ndarray:
+        """[B, length] long-term weights, zero on padding, each row summing to 1."""
+        weights = np.zeros((len(stamps), length), dtype=np.float32)
+        for row, ts in enumerate(stamps):
+            w = decay_weights(ts, self.half_life_ms)
+            weights[row, : len(w)] = w / w.sum()
+        return weights
+
+    def _forward(self, seqs: list[SeqArrays], stamps: list[np.ndarray], length: int) -> tuple[np.ndarray, ...]:
         batch = pad_batch(seqs, length)
-        tensors = [self._to_device(a) for a in (batch.items, batch.actions, batch.gaps, batch.lengths)]
+        items, actions, gaps = (self._to_device(a) for a in (batch.items, batch.actions, batch.gaps))
         with self._autocast():
-            vectors = self.model.user_vectors(*tensors)
-        return vectors.float().cpu().numpy()
+            hidden = self.model(items, actions, gaps).float()
+        last = hidden[torch.arange(len(seqs), device=hidden.device), self._to_device(batch.lengths - 1)]
+        long_term = (self._to_device(self._decay(stamps, length))[:, :, None] * hidden).sum(1)
+        out = [last.cpu().numpy(), long_term.cpu().numpy()]
+        if self.action_classes:
+            logits = self.model.next_action_logits(last)[:, self._action_rows]
+            out.append(torch.softmax(logits, -1).cpu().numpy())
+        return tuple(out)
 
-    def encode(self, sequences: Sequence[Sequence[tuple[str, str, int]]]) -> np.ndarray:
-        """Interest vectors, float32 [B, dim], of users' ``(item_id, action, ts_ms)`` events.
+    def encode_interests(self, sequences: Sequence[Sequence[tuple[str, str, int]]]) -> Encoded:
+        """Current and long-term interests (and next-action probabilities) of users' events.
 
-        Each sequence is oldest first; only the last ``max_len`` events are
-        used; unknown items map to the unknown-item embedding.  A user with no
-        events gets a zero vector.
+        Each sequence is ``(item_id, action, ts_ms)`` tuples, oldest first; only
+        the last ``max_len`` events are used; unknown items map to the
+        unknown-item embedding.  A user with no events gets zero vectors and
+        no action probabilities (zeros).
         """
-        out = np.zeros((len(sequences), self.dim), dtype=np.float32)
+        n = len(sequences)
+        current = np.zeros((n, self.dim), dtype=np.float32)
+        long_term = np.zeros((n, self.dim), dtype=np.float32)
+        actions = np.zeros((n, len(self.action_classes)), dtype=np.float32)
+        # Gaps come from the full sequence: the first kept event still knows its predecessor.
         arrays = [from_tuples(seq, self.vocab).window(-self.max_len, None) for seq in sequences]
+        stamps = [np.asarray([e[2] for e in seq[-self.max_len:]], dtype=np.int64) for seq in sequences]
         groups: dict[int, list[int]] = {}
         for row, seq in enumerate(arrays):
             if len(seq):
                 groups.setdefault(self._bucket(len(seq)), []).append(row)
         with self._lock, torch.inference_mode():
             for length, rows in sorted(groups.items()):
-                out[rows] = self._forward([arrays[r] for r in rows], length)
-        return out
+                outputs = self._forward([arrays[r] for r in rows], [stamps[r] for r in rows], length)
+                current[rows], long_term[rows] = outputs[0], outputs[1]
+                if self.action_classes:
+                    actions[rows] = outputs[2]
+        return Encoded(current, long_term, actions if self.action_classes else None)
+
+    def encode(self, sequences: Sequence[Sequence[tuple[str, str, int]]]) -> np.ndarray:
+        """Current interest vectors, float32 [B, dim] (see `encode_interests`)."""
+        return self.encode_interests(sequences).current
+
+    def fuse_text(self, behaviour: np.ndarray, texts: Sequence[Sequence[tuple[np.ndarray, int]]],
+                  has_behaviour: np.ndarray) -> np.ndarray:
+        """``behaviour`` [B, d] fused with each user's text interest by the checkpoint's gate.
+
+        ``texts[i]`` holds user i's ``(384-d MiniLM embedding, ts_ms)`` pairs,
+        oldest first. Without a fusion in the checkpoint, or without texts,
+        behaviour is returned unchanged.
+        """
+        if self.fusion is None or not any(texts):
+            return behaviour
+        text = np.zeros_like(behaviour)
+        has_text = np.array([bool(rows) for rows in texts])
+        with self._lock, torch.inference_mode():
+            for row, rows in enumerate(texts):
+                if rows:
+                    text[row] = self.fusion.text_interest([e for e, _ in rows], [t for _, t in rows])
+            fused = self.fusion.fuse_numpy(behaviour, text, has_behaviour, has_text)
+        return fused.astype(np.float32)
 
     def _exclusion_mask(self, scores: torch.Tensor, exclude: Sequence[set[str]]) -> None:
         rows: list[int] = []
@@ -111,13 +182,16 @@ class InterestEncoder:
             scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
 
     def top_k(
-        self, vectors: np.ndarray, k: int, exclude: Sequence[set[str]] | None = None
+        self, vectors: np.ndarray, k: int, exclude: Sequence[set[str]] | None = None,
+        bias: np.ndarray | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Best ``k`` ``(item_id, score)`` per vector by dot product with the item table.
 
         ``exclude[i]`` holds item ids never to return for row i (e.g. what the
         user already bought); padding and unknown rows are never returned, so
         a row may hold fewer than ``k`` items when exclusions leave too few.
+        ``bias`` [B, n_items], when given, is added to the scores (the
+        category term of `encoders.interests`).
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -129,6 +203,8 @@ class InterestEncoder:
             return [[] for _ in range(len(vectors))]
         with self._lock, torch.inference_mode():
             scores = self._to_device(np.ascontiguousarray(vectors)) @ self._table.T
+            if bias is not None:
+                scores += self._to_device(np.ascontiguousarray(bias, dtype=np.float32))
             scores[:, :2] = float("-inf")
             if exclude is not None:
                 self._exclusion_mask(scores, exclude)

@@ -5,6 +5,6 @@ and returns plain records, so it can be used from a script or a notebook.
 """
 
 from state.keys import KeySpace
-from state.store import AppliedUser, Entry, Profile, Store, StoredClick, StoredText
+from state.store import AppliedUser, Entry, Profile, Store, StoredClick, StoredText, Written
 
-__all__ = ["KeySpace", "Store", "Entry", "AppliedUser", "StoredClick", "StoredText", "Profile"]
+__all__ = ["KeySpace", "Store", "Entry", "AppliedUser", "StoredClick", "StoredText", "Profile", "Written"]

@@ -31,7 +31,7 @@ something was applied (they feed the refresh).
 
 from __future__ import annotations
 
-__all__ = ["APPLY_EVENTS", "ADVANCE_OFFSET", "OUTCOMES"]
+__all__ = ["APPLY_EVENTS", "ADVANCE_OFFSET", "WRITE_PROFILE", "OUTCOMES"]
 
 OUTCOMES = ("applied", "duplicate", "replay", "late")
 
@@ -97,4 +97,30 @@ ADVANCE_OFFSET = r"""
 local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return current
+"""
+
+# A refresh's results for one user, atomically with its new version.
+# KEYS: meta, profile. ARGV: [1] number of field/value pairs m, then the m pairs,
+# then [2m+2] number of changed interests c, the c names, then every interest name.
+# Each changed interest's ``version:<name>`` becomes the new user version, so a
+# consumer can tell which interests moved at which version.
+# Returns {new version, version:<name> of every interest (false where never set)}.
+WRITE_PROFILE = r"""
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local m = tonumber(ARGV[1])
+local pairs_at, changed_at = 2, 2 * m + 2
+local fields = {}
+for i = pairs_at, changed_at - 1 do fields[#fields + 1] = ARGV[i] end
+for i = changed_at + 1, changed_at + tonumber(ARGV[changed_at]) do
+  fields[#fields + 1] = 'version:' .. ARGV[i]
+  fields[#fields + 1] = version
+end
+if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
+local names = {}
+for i = changed_at + tonumber(ARGV[changed_at]) + 1, #ARGV do names[#names + 1] = 'version:' .. ARGV[i] end
+local out = {version}
+if #names > 0 then
+  for _, v in ipairs(redis.call('HMGET', KEYS[2], unpack(names))) do out[#out + 1] = v end
+end
+return out
 """

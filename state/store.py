@@ -24,9 +24,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from state.keys import KeySpace
-from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS
+from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, WRITE_PROFILE
 
-__all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "pending_marks", "partition_ends"]
+__all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "Written",
+           "pending_marks", "partition_ends"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,11 @@ class ApplyResult:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """What a refresh writes for one user; vectors are float32 bytes by name."""
+    """What a refresh writes for one user; vectors are float32 bytes by name.
+
+    ``changed`` names the interests this refresh changed: each gets the new
+    user version as its ``version:<name>``.
+    """
 
     user_id: str
     vectors: dict[str, bytes]
@@ -110,6 +115,15 @@ class Profile:
     model_version: str
     last_event_ts: int
     extra: dict[str, bytes | str | int | float] = field(default_factory=dict)
+    changed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A profile's new user version and the version at which each interest last changed."""
+
+    version: int
+    interest_versions: dict[str, int]
 
 
 class Store:
@@ -128,7 +142,7 @@ class Store:
         self.lateness_ms = lateness_ms
         # redis-py refuses EVALSHA in a Redis Cluster pipeline; EVAL with the body works.
         self._cluster = isinstance(client, RedisCluster)
-        self._scripts = {text: client.register_script(text) for text in (APPLY_EVENTS, ADVANCE_OFFSET)}
+        self._scripts = {text: client.register_script(text) for text in (APPLY_EVENTS, ADVANCE_OFFSET, WRITE_PROFILE)}
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **kwargs) -> "Store":
@@ -206,8 +220,12 @@ class Store:
         replies = await pipe.execute()
         return [_history(user_id, *replies[5 * i: 5 * i + 5]) for i, user_id in enumerate(user_ids)]
 
-    async def write_profiles(self, profiles: Sequence[Profile]) -> list[int]:
-        """Store refreshed profiles and return each user's new version; one round trip."""
+    async def write_profiles(self, profiles: Sequence[Profile], interests: Sequence[str] = ()) -> list[Written]:
+        """Store refreshed profiles; one round trip.
+
+        Returns each user's new version and, for every name in ``interests``,
+        the version at which that interest last changed (absent if never).
+        """
         pipe = self._pipeline()
         now = int(time.time() * 1000)
         for profile in profiles:
@@ -217,10 +235,19 @@ class Store:
             mapping.update(recommendations=profile.recommendations, model_version=profile.model_version,
                            rec_items="\n" + "\n".join(profile.rec_items) + "\n",
                            last_event_ts=profile.last_event_ts, updated_at=now)
-            pipe.hset(keys.profile, mapping=mapping)
-            pipe.hincrby(keys.meta, "version", 1)
+            args = [len(mapping), *[x for pair in mapping.items() for x in pair],
+                    len(profile.changed), *profile.changed, *interests]
+            await self._script(pipe, WRITE_PROFILE, [keys.meta, keys.profile], args)
         replies = await pipe.execute()
-        return [int(version) for version in replies[1::2]]
+        return [Written(int(reply[0]), {name: int(v) for name, v in zip(interests, reply[1:]) if v})
+                for reply in replies]
+
+    async def vectors(self, user_ids: Sequence[str], name: str) -> list[bytes | None]:
+        """The stored ``vector:<name>`` of each user (None where absent); one round trip."""
+        pipe = self._pipeline()
+        for user_id in user_ids:
+            pipe.hget(self.keys.user(user_id).profile, f"vector:{name}")
+        return await pipe.execute() if user_ids else []
 
     async def resume_offsets(self, topic: str) -> dict[int, int]:
         """Last applied offset of each partition of ``topic`` (absent: nothing applied yet)."""

@@ -23,6 +23,7 @@ from typing import Sequence
 import faust
 from faust.types import TP
 
+from encoders.interests import BlendWeights
 from state import Store
 from state.keys import KeySpace
 from streams.events import DeadLetter, Limits, RecommendationEvent
@@ -32,7 +33,7 @@ from streams.refresh import Refresher
 from streams.security import faust_credentials
 from streams.settings import Settings
 
-__all__ = ["Worker", "FaustPublisher"]
+__all__ = ["Worker", "FaustPublisher", "load_sequence_encoder"]
 
 log = logging.getLogger("interest_updater.worker")
 
@@ -76,7 +77,8 @@ class Worker:
         self.dead = self.app.topic(settings.topic_dead, partitions=settings.partitions,
                                    key_serializer="raw", value_serializer="raw")
         refresher = Refresher(encoder, text_encoder, top_k=settings.top_k, exclude_seen=settings.exclude_seen,
-                              session_gap_ms=int(settings.session_gap * 1000), metrics=self.metrics)
+                              session_gap_ms=int(settings.session_gap * 1000),
+                              weights=BlendWeights.parse(settings.blend), metrics=self.metrics)
         self.pipeline = Pipeline(
             self.store, refresher, FaustPublisher(self.recs, self.dead), self.metrics,
             click_topic=settings.topic_clicks,
@@ -90,6 +92,10 @@ class Worker:
         self.app.agent(topic, name="refresh", concurrency=1)(self._consume)
         self.app.timer(1.0, name="recover-pending")(self._recover_pending)
         self.app.timer(1.0, name="heartbeat")(self._beat)
+        self._swapping = False
+        self._bad_versions: set[str] = set()
+        if settings.checkpoint and settings.checkpoint_poll > 0:
+            self.app.timer(settings.checkpoint_poll, name="checkpoint-watch")(self._watch_checkpoint)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.on_before_shutdown.connect(self._on_shutdown)
 
@@ -141,6 +147,42 @@ class Worker:
             for key, users in marks.items():
                 self._to_recover.setdefault(key, set()).update(users)
 
+    async def _watch_checkpoint(self) -> None:
+        """Swap to a new model written to --checkpoint, without a restart or a lost event.
+
+        The new checkpoint loads in its own thread while batches go on with the
+        old one; the swap itself happens between micro-batches (under the same
+        lock), so every batch is refreshed by one model, and the events are
+        applied to Redis whatever the model (the fences do not depend on it).
+        """
+        from encoders.checkpoint import read_metadata
+        from encoders.errors import EncoderError
+
+        refresher = self.pipeline.refresher
+        try:
+            version = read_metadata(self.settings.checkpoint).model_version
+        except (EncoderError, OSError):
+            return  # mid-rename by a trainer, or removed: look again next tick
+        if self._swapping or version in self._bad_versions or version == refresher.encoder.model_version:
+            return
+        self._swapping = True
+        try:
+            encoder = await asyncio.to_thread(load_sequence_encoder, self.settings)
+            async with self._turn:
+                old, refresher.encoder = refresher.encoder, encoder
+                self.pipeline.known_items = encoder.vocab
+            self.metrics.model.remove(old.model_version)
+            self.metrics.model.labels(encoder.model_version).set(1)
+            self.metrics.model_swaps.labels("swapped").inc()
+            log.info("switched model %s -> %s (%s)", old.model_version, encoder.model_version, self.settings.checkpoint)
+        except Exception as exc:  # noqa: BLE001  (a bad checkpoint must not stop the worker)
+            self._bad_versions.add(version)
+            self.metrics.model_swaps.labels("failed").inc()
+            log.warning("could not load new checkpoint %s (%s); keeping model %s", version, exc,
+                        refresher.encoder.model_version)
+        finally:
+            self._swapping = False
+
     def _record_lag(self, records: list[RawRecord]) -> None:
         last: dict[tuple[str, int], int] = {}
         for record in records:
@@ -176,6 +218,15 @@ class Worker:
                     log.info("resume %s[%d] at offset %d (from Redis)", topic, partition, applied[partition] + 1)
             for partition, users in (await self.store.pending_users(topic, partitions)).items():
                 self._to_recover.setdefault((topic, partition), set()).update(users)
+
+
+def load_sequence_encoder(settings: Settings):
+    """The `InterestEncoder` of --checkpoint, with the settings that shape its interests."""
+    from encoders.inference import InterestEncoder
+    from encoders.interests import DAY_MS
+
+    return InterestEncoder.from_checkpoint(settings.checkpoint, device=settings.device,
+                                           half_life_ms=settings.long_term_half_life * DAY_MS)
 
 
 def _raw(event) -> RawRecord:

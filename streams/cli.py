@@ -1,7 +1,7 @@
 """The ``interest-updater`` command line.
 
 Subcommands: ``demo`` (everything on one machine), ``worker`` (the stream
-processor), ``train`` and ``evaluate`` (the encoders, offline), ``produce``
+processor), ``train``, ``finetune`` and ``evaluate`` (the encoders, offline), ``produce``
 (replay a dataset into the topics) and ``tail`` (print recommendation events).
 Errors the operator can fix print one line and exit with status 2.
 """
@@ -95,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-seconds", type=float, default=None,
                        help="stop after this much training time, keeping the best weights so far")
+    train.add_argument("--text-fusion", choices=("auto", "on", "off"), default="auto",
+                       help="after the encoder, train the text projection and gate (all-MiniLM-L6-v2 texts into "
+                            "the item space) on texts about items and catalogue titles, and save it in the "
+                            "checkpoint [default: auto: when the data has either]")
+    train.add_argument("--action-weight", type=float, default=0.2,
+                       help="weight of the next-action loss (predicting the next event's action type: view, "
+                            "click, cart, buy...) beside the item loss; the head is trained only when this is "
+                            "> 0 and the training events have at least two action types; 0 disables it "
+                            "[default: 0.2]")
 
     evaluate = commands.add_parser("evaluate", help="HR, NDCG and MRR at 10 and 20, full ranking, "
                                                     "beside baselines and published figures")
@@ -105,6 +114,27 @@ def _parser() -> argparse.ArgumentParser:
                           help="rank items the user already has? [default: auto: excluded for "
                                "leave-one-out, kept within sessions]")
     evaluate.add_argument("--device", default="auto")
+
+    finetune = commands.add_parser(
+        "finetune", help="continue training a checkpoint on a newer slice of the event log",
+        description="Load --checkpoint, keep the events of --data at or after --since, add their new items "
+                    "to the vocabulary and train on with early stopping on the slice's validation split. "
+                    "Write the result to --out; when --out is the directory a worker watches "
+                    "(its --checkpoint), the worker switches to it without a restart.")
+    _add_data_arguments(finetune)
+    finetune.add_argument("--checkpoint", required=True, help="checkpoint directory to start from")
+    finetune.add_argument("--out", required=True, help="checkpoint directory to write (may be --checkpoint)")
+    finetune.add_argument("--since", default=None,
+                          help="first event time to train on: seconds or ms since the epoch, or ISO 8601 "
+                               "[default: the whole log]")
+    finetune.add_argument("--epochs", type=int, default=10, help="most epochs (early stopping on validation)")
+    finetune.add_argument("--patience", type=int, default=3)
+    finetune.add_argument("--lr", type=float, default=3e-4, help="learning rate (lower than train's: the "
+                                                                 "model is already trained)")
+    finetune.add_argument("--batch-size", type=int, default=128)
+    finetune.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--max-seconds", type=float, default=None, help="stop after this much training time")
 
     produce = commands.add_parser("produce", help="replay a dataset into the click and text topics")
     produce.add_argument("--data", required=True, help=DATA_HELP)
@@ -134,6 +164,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from streams.commands import evaluate
         return evaluate(args)
+    if args.command == "finetune":
+        from streams.commands import finetune
+        return finetune(args)
     settings = settings_from_args(args)
     if args.command == "worker":
         from streams.commands import worker

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import orjson
@@ -42,18 +43,37 @@ def train(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, loss=args.loss,
                         negatives=args.negatives, all_windows=args.all_windows, refit=args.refit,
                         protocol=args.protocol, device=args.device, seed=args.seed, patience=args.patience,
-                        eval_every=args.eval_every, max_seconds=args.max_seconds)
+                        eval_every=args.eval_every, max_seconds=args.max_seconds,
+                        action_weight=args.action_weight, text_fusion=_wants_text_fusion(args.text_fusion, dataset))
     report = orjson.loads((out / "report.json").read_bytes())
     test, before = report["test"], report["test_before_refit"]
     refit = f" (before --refit: {before['hr@10']:.4f} / {before['ndcg@10']:.4f})" if before else ""
     print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s "
           f"(training {report['train_seconds']:.0f}s, best epoch {report['best_epoch']}); "
           f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}{refit}; curve in {out / 'training.png'}")
+    if report.get("next_action_test"):
+        from encoders.evaluate import action_table
+
+        print(action_table(report["next_action_test"]))
+    fusion = report.get("text_fusion") or {}
+    if fusion.get("test"):
+        from encoders.fusion import fusion_table
+
+        print(fusion_table(fusion["test"]))
+    elif fusion.get("skipped"):
+        print(f"no text fusion: {fusion['skipped']}")
     return 0
 
 
+def _wants_text_fusion(choice: str, dataset) -> bool:
+    """--text-fusion: auto trains one when the data has texts or catalogue titles to pair with items."""
+    if choice != "auto":
+        return choice == "on"
+    return bool(dataset.texts or dataset.catalogue.titles)
+
+
 def evaluate(args: argparse.Namespace) -> int:
-    from encoders.evaluate import baseline_metrics
+    from encoders.evaluate import action_table, baseline_metrics, evaluate_actions
     from encoders.evaluate import evaluate as evaluate_encoder
     from encoders.protocols import default_protocol
 
@@ -64,6 +84,26 @@ def evaluate(args: argparse.Namespace) -> int:
                             exclude_history=exclude, device=args.device)
     rows = [("sequence encoder", ours), *baseline_metrics(dataset, args.split, protocol).items()]
     print(evaluation_table(dataset.name, protocol, args.split, rows))
+    actions = evaluate_actions(args.checkpoint, dataset, split=args.split, protocol=protocol, device=args.device)
+    if actions is not None:  # the checkpoint has a next-action head
+        print(action_table(actions))
+    return 0
+
+
+def finetune(args: argparse.Namespace) -> int:
+    from encoders.finetune import finetune as finetune_encoder
+    from encoders.loaders import parse_ts
+
+    since = parse_ts(args.since, Path("--since"), 0) if args.since is not None else None
+    started = time.monotonic()
+    out = finetune_encoder(args.checkpoint, _dataset(args.data, args), args.out, since_ms=since,
+                           epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
+                           device=args.device, seed=args.seed, max_seconds=args.max_seconds)
+    report = orjson.loads((out / "report.json").read_bytes())
+    test, before = report["test"], report["test_before_finetune"]
+    print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s (best epoch {report['best_epoch']}); "
+          f"on the slice's test cases HR@10 {before['hr@10']:.4f} -> {test['hr@10']:.4f}, "
+          f"NDCG@10 {before['ndcg@10']:.4f} -> {test['ndcg@10']:.4f}")
     return 0
 
 
@@ -88,11 +128,11 @@ def evaluation_table(dataset: str, protocol: str, split: str, rows: list[tuple[s
 
 def load_encoders(settings: Settings):
     """The sequence encoder from the checkpoint, and the text encoder unless disabled."""
-    from encoders.inference import InterestEncoder
+    from streams.app import load_sequence_encoder
 
     if not settings.checkpoint:
         raise ConfigurationError("no checkpoint: pass --checkpoint DIR (IU_CHECKPOINT), made by `train`")
-    encoder = InterestEncoder.from_checkpoint(settings.checkpoint, device=settings.device)
+    encoder = load_sequence_encoder(settings)
     text_encoder = None
     if settings.text_encoder:
         from encoders.text import TextEncoder
@@ -207,6 +247,30 @@ def format_recommendation(event: dict, titles: dict[str, str], items: int = 3) -
     interests = ",".join(event["interests"]) or "-"
     return (f"user {event['user_id']:>6} v{event['version']:<3} [{interests}] -> "
             + "; ".join(_clip(name) for name in names))
+
+
+def format_interests(event: dict) -> str:
+    """One readable line of a recommendation event's interests: drift, session, categories, next action."""
+    profile = event.get("interest_profile") or {}
+    parts = []
+    long_term = profile.get("long_term") or {}
+    if "long_term" in (event.get("interests") or ()):
+        shift = long_term.get("drift")
+        parts.append("long-term " + ("new" if shift is None else f"drift {shift:.3f}"))
+    elif long_term.get("version") is not None:
+        parts.append(f"long-term as of v{long_term['version']}")
+    session = profile.get("session") or {}
+    if session.get("events"):
+        parts.append(f"session {session['events']} events")
+    top = (profile.get("categories") or {}).get("top") or []
+    if top:
+        parts.append("categories " + ", ".join(f"{name} {share:.2f}" for name, share in top[:3]))
+    if (profile.get("text") or {}).get("texts"):
+        parts.append(f"texts {profile['text']['texts']}")
+    if event.get("next_action"):
+        best = sorted(event["next_action"].items(), key=lambda kv: -kv[1])[:2]
+        parts.append("next " + " ".join(f"{name} {p:.2f}" for name, p in best))
+    return "      interests: " + (" | ".join(parts) or "-")
 
 
 def _clip(text: str, width: int = 34) -> str:

@@ -23,13 +23,14 @@ from typing import Iterator
 
 import orjson
 
-from streams.commands import format_recommendation
+from streams.commands import format_interests, format_recommendation
 from streams.embedded import die_with_parent, embedded_stack, free_port
 from streams.metrics import histogram_quantile, scrape, since, total
 from streams.settings import Settings, secret_env, settings_argv
 
 __all__ = ["demo", "worker_process", "wait_until_applied", "wait_ready", "stop_process"]
 
+FOLLOWED_USERS, FOLLOWED_EVENTS = 3, 6  # whose interests the demo prints as they change
 DEMO_EPOCHS = 40  # small data: ~2 min on 2 cores, and well above popularity (ML-latest-small: HR@10 0.089 vs 0.043)
 
 
@@ -57,7 +58,7 @@ def _train_small(dataset, out: Path, epochs: int | None) -> Path:
 
     print("no --checkpoint given: training a small model on this data")
     return train(dataset, out, d_model=48, n_layers=2, n_heads=2, max_len=100,
-                 epochs=epochs or DEMO_EPOCHS, patience=5)
+                 epochs=epochs or DEMO_EPOCHS, patience=10, text_fusion=bool(dataset.texts or dataset.catalogue.titles))
 
 
 def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen) -> None:
@@ -165,6 +166,7 @@ class _RecommendationPrinter(threading.Thread):
         super().__init__(daemon=True, name="recommendation-printer")
         self.settings, self.titles, self.show = settings, titles, show
         self.seen = 0
+        self._followed: dict[str, int] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -176,8 +178,10 @@ class _RecommendationPrinter(threading.Thread):
             while not self._halt.is_set():
                 for message in consumer:
                     self.seen += 1
-                    if self.seen <= self.show:
-                        print(format_recommendation(orjson.loads(message.value), self.titles), flush=True)
+                    event = orjson.loads(message.value)
+                    if self.seen <= self.show or self._follows(event["user_id"]):
+                        print(format_recommendation(event, self.titles), flush=True)
+                        print(format_interests(event), flush=True)
                     if self._halt.is_set():
                         break
                 if time.monotonic() - last_report > 5 and self.seen > self.show:
@@ -185,6 +189,15 @@ class _RecommendationPrinter(threading.Thread):
                     last_report = time.monotonic()
         finally:
             consumer.close()
+
+    def _follows(self, user_id: str) -> bool:
+        """True for the first events of the first few users: their interests are shown as they change."""
+        if user_id not in self._followed and len(self._followed) < FOLLOWED_USERS:
+            self._followed[user_id] = 0
+        if user_id not in self._followed or self._followed[user_id] >= FOLLOWED_EVENTS:
+            return False
+        self._followed[user_id] += 1
+        return True
 
     def _online(self) -> str:
         try:

@@ -78,12 +78,18 @@ class RecommendationEvent:
     last_event_ts: int
     published_at: int
     clicks_applied: int = 0
+    # Per interest (current, long_term, session, categories, text): the version at
+    # which it last changed and what a consumer needs of it (vectors, shares, counts).
+    interest_profile: Mapping[str, Mapping[str, Any]] | None = None
+    next_action: Mapping[str, float] | None = None
+    drift: float | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps({
             "schema": SCHEMA_VERSION, "user_id": self.user_id, "version": self.version,
             "items": [{"item_id": item, "score": round(score, 6)} for item, score in self.items],
-            "interests": list(self.interests), "model_version": self.model_version,
+            "interests": list(self.interests), "interest_profile": self.interest_profile or {},
+            "next_action": self.next_action, "drift": self.drift, "model_version": self.model_version,
             "last_event_ts": self.last_event_ts, "clicks_applied": self.clicks_applied,
             "published_at": self.published_at,
         })

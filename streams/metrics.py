@@ -13,6 +13,7 @@ __all__ = ["Metrics", "Health", "serve_http", "scrape", "total", "histogram_quan
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _FRESHNESS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 300)
+_DRIFT_BUCKETS = (0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2)
 
 
 class Metrics:
@@ -46,6 +47,12 @@ class Metrics:
                          ["topic", "partition"], registry=r)
         self.model = Gauge("iu_model_info", "The sequence-encoder checkpoint in use (value 1).",
                            ["model_version"], registry=r)
+        self.model_swaps = Counter("iu_model_swaps", "Checkpoint switches while running, by outcome "
+                                   "(swapped, or failed: the old model stays).", ["outcome"], registry=r)
+        for outcome in ("swapped", "failed"):
+            self.model_swaps.labels(outcome)  # exported as 0 from the start, so alerts and panels see them
+        self.drift = Histogram("iu_interest_drift", "Cosine distance between a user's new and previous "
+                               "long-term interest, per refresh.", buckets=_DRIFT_BUCKETS, registry=r)
         self.online_clicks = Counter("iu_online_clicks", "Applied clicks of users who had a recommendation "
                                      "list: the denominator of online HR@K and NDCG@K.", registry=r)
         self.online_hits = Counter("iu_online_hits", "Clicks on an item in the user's last published top K.",

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from encoders.interests import INTERESTS
 from state import AppliedUser, Entry, Store, StoredClick, StoredText
 from state.store import partition_ends, pending_marks
 from streams.events import (ClickEvent, DeadLetter, InvalidEvent, Limits, RecommendationEvent, TextEvent,
@@ -118,8 +119,9 @@ class Pipeline:
         await self._publish_dead_letters(late)
         report = BatchReport(self._count_events(entries, applied.outcomes, dead + late), dead + late)
         self._count_online_quality(applied.ranks)
-        changed_texts = {e.user_id for e, o in zip(entries, applied.outcomes) if o == "applied" and e.stream == "t"}
-        report.recommendations = await self._refresh_and_publish(applied.users, changed_texts)
+        changed = {stream: {e.user_id for e, o in zip(entries, applied.outcomes) if o == "applied" and e.stream == stream}
+                   for stream in ("c", "t")}
+        report.recommendations = await self._refresh_and_publish(applied.users, changed["c"], changed["t"])
         self._count_freshness(report.recommendations, valid)
         await self.store.clear_pending(pending_marks(entries))
         self.metrics.batch_size.observe(len(records))
@@ -131,17 +133,27 @@ class Pipeline:
         users = sorted(set().union(*marks.values())) if marks else []
         with self.metrics.redis_seconds.labels("read").time():
             histories = await self.store.histories(users)
-        events = await self._refresh_and_publish([h for h in histories if h.clicks or h.texts], set())
+        # Their events were applied but never published: every interest they have may have changed.
+        users = [h for h in histories if h.clicks or h.texts]
+        events = await self._refresh_and_publish(users, {u.user_id for u in users if u.clicks},
+                                                 {u.user_id for u in users if u.texts})
         await self.store.clear_pending(marks)
         return events
 
-    async def _refresh_and_publish(self, users: Sequence[AppliedUser],
+    async def _refresh_and_publish(self, users: Sequence[AppliedUser], changed_clicks: set[str],
                                    changed_texts: set[str]) -> list[RecommendationEvent]:
         """One forward pass for all users, one round trip to store, one event per user."""
-        refreshed = await self._run(self.refresher.refresh, users, changed_texts)
+        if not users:
+            return []
+        with self.metrics.redis_seconds.labels("read").time():
+            previous = await self.store.vectors([u.user_id for u in users], "long_term")
+        refreshed = await self._run(self.refresher.refresh, users, changed_clicks, changed_texts, previous)
         with self.metrics.redis_seconds.labels("write").time():
-            versions = await self.store.write_profiles([r.profile for r in refreshed])
-        events = [self._event(r, v) for r, v in zip(refreshed, versions)]
+            written = await self.store.write_profiles([r.profile for r in refreshed], INTERESTS)
+        events = [self._event(r, w) for r, w in zip(refreshed, written)]
+        for r in refreshed:
+            if r.drift is not None:
+                self.metrics.drift.observe(r.drift)
         await self.publisher.publish_recommendations(events)
         self.metrics.users_refreshed.inc(len(events))
         self.metrics.recommendations.inc(len(events))
@@ -160,11 +172,13 @@ class Pipeline:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _event(self, refreshed, version: int) -> RecommendationEvent:
+    def _event(self, refreshed, written) -> RecommendationEvent:
         profile = refreshed.profile
-        return RecommendationEvent(profile.user_id, version, refreshed.items, refreshed.interests,
+        interests = {name: {"version": written.interest_versions.get(name), **refreshed.summary.get(name, {})}
+                     for name in INTERESTS}
+        return RecommendationEvent(profile.user_id, written.version, refreshed.items, refreshed.interests,
                                    profile.model_version, profile.last_event_ts, int(time.time() * 1000),
-                                   refreshed.clicks_applied)
+                                   refreshed.clicks_applied, interests, refreshed.next_action, refreshed.drift)
 
     def _count_events(self, entries: Sequence[Entry], outcomes: Sequence[str],
                       dead: Sequence[DeadLetter]) -> dict[str, int]:

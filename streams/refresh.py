@@ -1,56 +1,68 @@
-"""Turning changed histories into interest vectors and recommendations.
+"""Turning changed histories into interests and recommendations.
 
 Runs in the worker's executor thread: everything here is synchronous and
-batched, one encoder forward pass for all users of a micro-batch.
+batched, one encoder forward pass for all users of a micro-batch (their whole
+bounded histories and their current sessions together).
 
-Interests refreshed per user (all float32, in the item-embedding space except
-``text``):
-- ``sequence``: the causal encoder's last hidden state over the whole bounded
-  history. Recommendations are scored with it.
-- ``session``: the same encoder over the current session only (sessions are cut
-  by inactivity or a new ``session_id``); equal to ``sequence`` when the user has
-  one session.
+Interests refreshed per user (see `encoders.interests` for the definitions):
+- ``current``: the encoder's state at the last event, fused by the learned gate
+  with the text interest when the checkpoint has a text fusion;
+- ``long_term``: time-decayed mean of the encoder's states over the history;
+- ``session``: the encoder over the current session only (sessions are cut by
+  inactivity or a new ``session_id``);
+- ``categories``: time-decayed distribution over the catalogue's categories;
 - ``text``: the mean all-MiniLM-L6-v2 embedding of the user's recent texts
-  (384-d, not yet fused into scoring).
-A user with texts but no clicks is encoded from a single unknown-item "search"
-step: the model's prior for a user it knows nothing about.
+  (384-d, as the text encoder gives it; its projection feeds ``current``).
+Recommendations score the catalogue with the blend of `BlendWeights`. A user
+with texts but no clicks gets the projected text interest as ``current`` (or,
+with a checkpoint that has no fusion, the model's prior for a new user).
+``drift`` is the cosine distance between the new and the previous long-term
+interest, when clicks changed it (None otherwise); the next-action
+probabilities come from the encoder's action head.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import orjson
 
+from encoders.interests import BlendWeights, category_distribution, drift
 from state import AppliedUser, Profile
 from state.sessions import current_session
 
 __all__ = ["Refresher", "Refreshed"]
 
 UNKNOWN_ITEM = "\x00unknown"
+TOP_CATEGORIES = 5  # shares carried in events and profiles; the rest is in the long tail
+VECTOR_DECIMALS = 5
 
 
 @dataclass(frozen=True, slots=True)
 class Refreshed:
     profile: Profile
     items: tuple[tuple[str, float], ...]
-    interests: tuple[str, ...]
+    interests: tuple[str, ...]  # the interests this refresh changed
     clicks_applied: int
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)  # per interest, for the event
+    next_action: dict[str, float] | None = None
+    drift: float | None = None
 
 
 class Refresher:
     """Batched encoder calls for one micro-batch; see the module docstring."""
 
     def __init__(self, encoder, text_encoder=None, *, top_k: int = 10, exclude_seen: bool = True,
-                 session_gap_ms: int = 1_800_000, metrics=None) -> None:
+                 session_gap_ms: int = 1_800_000, weights: BlendWeights = BlendWeights(), metrics=None) -> None:
         self.encoder = encoder
         self.text_encoder = text_encoder
         self.top_k = top_k
         self.exclude_seen = exclude_seen
         self.session_gap_ms = session_gap_ms
+        self.weights = weights
         self.metrics = metrics
 
     def embed_texts(self, texts: Sequence[str]) -> list[bytes]:
@@ -63,50 +75,117 @@ class Refresher:
             vectors = self.text_encoder.embed(list(texts))
         return [row.astype(np.float16).tobytes() for row in vectors]
 
-    def refresh(self, users: Sequence[AppliedUser], changed_texts: set[str]) -> list[Refreshed]:
+    def refresh(self, users: Sequence[AppliedUser], changed_clicks: set[str], changed_texts: set[str],
+                previous_long_term: Sequence[bytes | None] | None = None) -> list[Refreshed]:
         """Encode every user's history and session in one forward pass and score the catalogue."""
         if not users:
             return []
-        histories = [self._sequence(user.clicks, user) for user in users]
-        sessions = [self._sequence(current_session(user.clicks, self.session_gap_ms), user) for user in users]
-        with self._timed("sequence", 2 * len(users)):
-            vectors = self.encoder.encode(histories + sessions)
-            long_vectors, session_vectors = vectors[: len(users)], vectors[len(users):]
+        encoder, n = self.encoder, len(users)  # one read: a checkpoint swap cannot split a batch
+        sessions = [current_session(user.clicks, self.session_gap_ms) for user in users]
+        with self._timed("sequence", 2 * n):
+            encoded = encoder.encode_interests([self._sequence(u.clicks, u) for u in users] +
+                                               [self._sequence(s, u) for s, u in zip(sessions, users)])
+            behaviour, long_term = encoded.current[:n], encoded.long_term[:n]
+            session_vectors = encoded.current[n:]
+            texts = [_embeddings(user) for user in users]
+            has_clicks = np.array([bool(user.clicks) for user in users])
+            current = encoder.fuse_text(behaviour, texts, has_clicks)
+            categories = [self._categories(encoder, user) for user in users]
             exclude = [{c.item_id for c in user.clicks} for user in users] if self.exclude_seen else None
-            ranked = self.encoder.top_k(long_vectors, self.top_k, exclude)
-        return [self._result(user, long_vectors[i], session_vectors[i], ranked[i], user.user_id in changed_texts)
-                for i, user in enumerate(users)]
+            query = self.weights.query(current, long_term, session_vectors)
+            bias = (self.weights.categories * encoder.categories.lift(categories)
+                    if self.weights.categories and encoder.categories else None)
+            ranked = encoder.top_k(query, self.top_k, exclude, bias)
+        previous = previous_long_term or [None] * n
+        actions = encoded.next_action[:n] if encoded.next_action is not None else None
+        return [
+            self._result(encoder, user, {"current": current[i], "long_term": long_term[i],
+                                         "session": session_vectors[i]},
+                         sessions[i], categories[i], ranked[i],
+                         _changed(user, changed_clicks, changed_texts, bool(categories[i])),
+                         _previous(previous[i], long_term[i]),
+                         None if actions is None else actions[i])
+            for i, user in enumerate(users)
+        ]
 
-    def _sequence(self, clicks, user: AppliedUser) -> list[tuple[str, str, int]]:
+    @staticmethod
+    def _sequence(clicks, user: AppliedUser) -> list[tuple[str, str, int]]:
         if clicks:
             return [(c.item_id, c.action, c.ts) for c in clicks]
         return [(UNKNOWN_ITEM, "search", user.texts[-1].ts if user.texts else 0)]
 
-    def _result(self, user: AppliedUser, long_vector, session_vector, items, texts_changed: bool) -> Refreshed:
-        vectors = {"sequence": long_vector.astype(np.float32).tobytes(),
-                   "session": session_vector.astype(np.float32).tobytes()}
-        interests = ["sequence", "session"] if user.clicks else []
+    @staticmethod
+    def _categories(encoder, user: AppliedUser) -> dict[str, float]:
+        if not encoder.categories:
+            return {}
+        return category_distribution([c.item_id for c in user.clicks], [c.ts for c in user.clicks],
+                                     encoder.categories.categories, encoder.half_life_ms)
+
+    def _result(self, encoder, user: AppliedUser, vectors: dict[str, np.ndarray], session, categories,
+                items, changed: tuple[str, ...], previous: np.ndarray | None, actions) -> Refreshed:
+        stored = {name: v.astype(np.float32).tobytes() for name, v in vectors.items()}
         text_vector = _mean_text(user)
         if text_vector is not None:
-            vectors["text"] = text_vector.tobytes()
-            if texts_changed:
-                interests.append("text")
+            stored["text"] = text_vector.tobytes()
+        shift = drift(previous, vectors["long_term"]) if "long_term" in changed else None
+        next_action = (None if actions is None else
+                       {name: round(float(p), 4) for name, p in zip(encoder.action_classes, actions)})
+        top = [[c, round(p, 4)] for c, p in list(categories.items())[:TOP_CATEGORIES]]
+        extra: dict[str, bytes | str | int | float] = {"categories": orjson.dumps(top)}
+        if next_action is not None:
+            extra["next_action"] = orjson.dumps(next_action)
+        if shift is not None:
+            extra["drift"] = round(shift, 6)
         last_ts = max([c.ts for c in user.clicks[-1:]] + [t.ts for t in user.texts[-1:]])
         items = tuple((item, float(score)) for item, score in items)
-        profile = Profile(user.user_id, vectors, orjson.dumps([[i, s] for i, s in items]),
-                          tuple(item for item, _ in items), self.encoder.model_version, last_ts)
-        return Refreshed(profile, items, tuple(interests), user.clicks_applied)
+        profile = Profile(user.user_id, stored, orjson.dumps([[i, s] for i, s in items]),
+                          tuple(item for item, _ in items), encoder.model_version, last_ts, extra,
+                          changed=changed)
+        summary = {
+            "current": {"vector": _rounded(vectors["current"])},
+            "long_term": {"vector": _rounded(vectors["long_term"]), "drift": shift},
+            "session": {"vector": _rounded(vectors["session"]), "events": len(session),
+                        "started_at": session[0].ts if session else None},
+            "categories": {"top": top},
+            "text": {"texts": len(user.texts)},
+        }
+        return Refreshed(profile, items, changed, user.clicks_applied, summary, next_action, shift)
 
     def _timed(self, encoder: str, size: int):
         return _Timer(self.metrics, encoder, size)
 
 
+def _changed(user: AppliedUser, clicks: set[str], texts: set[str], has_categories: bool) -> tuple[str, ...]:
+    names: list[str] = []
+    if user.user_id in clicks:
+        names += ["current", "long_term", "session"] + (["categories"] if has_categories else [])
+    if user.user_id in texts:
+        names += ([] if "current" in names else ["current"]) + ["text"]
+    return tuple(names)
+
+
+def _previous(raw: bytes | None, like: np.ndarray) -> np.ndarray | None:
+    if not raw or len(raw) != like.nbytes:
+        return None  # none yet, or written by a model of another width
+    return np.frombuffer(raw, dtype=np.float32)
+
+
+def _embeddings(user: AppliedUser) -> list[tuple[np.ndarray, int]]:
+    """(384-d embedding, ts) of each stored text, oldest first."""
+    return [(np.frombuffer(t.embedding, dtype=np.float16).astype(np.float32), t.ts)
+            for t in user.texts if t.embedding]
+
+
 def _mean_text(user: AppliedUser) -> np.ndarray | None:
-    rows = [np.frombuffer(t.embedding, dtype=np.float16) for t in user.texts if t.embedding]
+    rows = [vector for vector, _ in _embeddings(user)]
     if not rows:
         return None
-    mean = np.mean(np.stack(rows).astype(np.float32), axis=0)
-    return mean / max(float(np.linalg.norm(mean)), 1e-6)
+    mean = np.mean(np.stack(rows), axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-6)).astype(np.float32)
+
+
+def _rounded(vector: np.ndarray) -> list[float]:
+    return [round(float(x), VECTOR_DECIMALS) for x in vector]
 
 
 class _Timer:

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
+from encoders.interests import BlendWeights
+
 __all__ = ["Settings", "add_arguments", "settings_from_args", "settings_argv", "secret_env", "ENV_PREFIX"]
 
 ENV_PREFIX = "IU_"
@@ -53,12 +55,21 @@ class Settings:
     partitions: int = _option(4, "Partitions of every topic (clicks and texts must match).")
     batch_max: int = _option(256, "Most events in one micro-batch.")
     batch_within: float = _option(0.2, "Seconds to wait for a micro-batch to fill.")
-    checkpoint: str | None = _option(None, "Sequence-encoder checkpoint directory (from `train`).")
+    checkpoint: str | None = _option(None, "Sequence-encoder checkpoint directory (from `train` or `finetune`).")
+    checkpoint_poll: float = _option(10.0, "Seconds between checks of --checkpoint for a new model "
+                                           "(written there by train/finetune); a new one is loaded beside "
+                                           "the old and swapped in between micro-batches. 0: never.")
     device: str = _option("auto", "Torch device for the encoders: auto, cpu or cuda.")
     text_encoder: bool = _option(True, "Embed text events with all-MiniLM-L6-v2 (false: store texts unembedded).")
     top_k: int = _option(10, "Recommendations per user.")
     exclude_seen: bool = _option(True, "Leave items already in the user's history out of recommendations.")
     session_gap: float = _option(1800.0, "Seconds of inactivity that end a session.")
+    long_term_half_life: float = _option(30.0, "Days after which an event counts half in the long-term "
+                                               "and category interests (0: no decay).")
+    blend: str = _option("current=1,long_term=0.25,session=0.5,categories=0.1",
+                         "How recommendations weigh the interests: name=weight pairs for current, long_term, "
+                         "session and categories (left out: 0, current 1). The default was chosen on ML-1M "
+                         "validation (bench/interest_blend.py); current=1 alone is behaviour only.")
     max_history: int = _option(200, "Click events kept per user (oldest dropped first).")
     max_texts: int = _option(32, "Text events kept per user (oldest dropped first).")
     max_text_chars: int = _option(2000, "Longest accepted text; longer texts are dead-lettered.")
@@ -128,6 +139,9 @@ def _check(settings: Settings) -> None:
     for name in positive:
         if getattr(settings, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
+    if settings.checkpoint_poll < 0 or settings.long_term_half_life < 0:
+        raise ValueError("--checkpoint-poll and --long-term-half-life cannot be negative")
+    BlendWeights.parse(settings.blend)  # a bad weight fails here, as one clear line
     if settings.batch_within <= 0:
         raise ValueError(f"--batch-within must be positive, got {settings.batch_within}")
     if settings.kafka_security_protocol not in KAFKA_PROTOCOLS:

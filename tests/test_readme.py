@@ -27,7 +27,11 @@ def test_the_demo_command_runs_and_stops_cleanly():
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "training a small model" in out and "metrics: http://127.0.0.1:" in out
-    assert len(re.findall(r"^user .* -> ", out, re.M)) == 12
+    # The first 12 events, then the first events of 3 followed users, each with its interests.
+    from streams.demo import FOLLOWED_EVENTS, FOLLOWED_USERS
+    assert len(re.findall(r"^user .* -> ", out, re.M)) == 12 + FOLLOWED_USERS * FOLLOWED_EVENTS
+    assert len(re.findall(r"^ +interests: .*categories .*\| next ", out, re.M)) > 12
+    assert re.search(r"long-term drift \d\.\d{3}", out)
     applied = re.search(r"applied (\d+) events in \d+ micro-batches, dead-lettered 0", out)
     assert applied and int(applied.group(1)) > 10_000
     assert "stopped: worker, broker and Redis are down" in out

@@ -58,10 +58,24 @@ def test_clicks_and_texts_fence_separately_and_return_both_histories(store, run)
 def test_write_profiles_returns_increasing_versions(store, run):
     from state import Profile
 
-    profile = Profile("u1", {"sequence": b"\x00" * 8}, b"[]", (), "m1", 1000)
-    assert run(store.write_profiles([profile])) == [1]
-    assert run(store.write_profiles([profile, Profile("u2", {}, b"[]", (), "m1", 5)])) == [2, 1]
+    profile = Profile("u1", {"current": b"\x00" * 8}, b"[]", (), "m1", 1000)
+    assert [w.version for w in run(store.write_profiles([profile]))] == [1]
+    written = run(store.write_profiles([profile, Profile("u2", {}, b"[]", (), "m1", 5)]))
+    assert [w.version for w in written] == [2, 1]
     assert run(store.profile("u1"))["model_version"] == b"m1"
+    assert run(store.vectors(["u1", "u2"], "current")) == [b"\x00" * 8, None]
+
+
+def test_each_interest_keeps_the_version_at_which_it_last_changed(store, run):
+    from state import Profile
+
+    names = ("current", "long_term", "text")
+    first = Profile("u1", {}, b"[]", (), "m1", 1000, changed=("current", "long_term"))
+    second = Profile("u1", {}, b"[]", (), "m1", 2000, changed=("current", "text"))
+    assert run(store.write_profiles([first], names))[0].interest_versions == {"current": 1, "long_term": 1}
+    (written,) = run(store.write_profiles([second], names))
+    assert written.version == 2 and written.interest_versions == {"current": 2, "long_term": 1, "text": 2}
+    assert run(store.profile("u1"))["version:long_term"] == b"1"
 
 
 def test_resume_offsets_never_move_backwards(store, run):

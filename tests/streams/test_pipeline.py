@@ -77,3 +77,72 @@ def test_a_late_event_is_dead_lettered_after_the_store_decides(pipeline, run):
 def test_a_batch_ending_in_dead_letters_still_advances_the_resume_offset(pipeline, run):
     run(pipeline.process([click(0, "u1", "i1", NOW - 1000), RawRecord("clicks", 0, 1, b"u1", b"{", NOW)]))
     assert run(pipeline.store.resume_offsets("clicks")) == {0: 1}
+
+
+def text(offset, user, body, ts, partition=0):
+    value = {"event_id": f"t{offset}", "user_id": user, "kind": "search", "text": body, "ts": ts}
+    return RawRecord("texts", partition, offset, user.encode(), orjson.dumps(value), NOW)
+
+
+def test_events_carry_every_interest_with_the_version_at_which_it_changed(pipeline, run):
+    run(pipeline.process([click(0, "u1", "i1", NOW - 9000), click(1, "u1", "i2", NOW - 8000)]))
+    run(pipeline.process([click(2, "u1", "i3", NOW - 7000)]))
+    run(pipeline.process([text(0, "u1", "jazz records", NOW - 6000)]))
+    first, second, third = pipeline.publisher.recs
+    assert set(first.interests) >= {"current", "long_term", "session"} and first.drift is None
+    assert second.drift is not None and 0.0 <= second.drift <= 2.0
+    assert second.interest_profile["long_term"]["version"] == 2
+    assert second.interest_profile["session"]["events"] == 3
+    assert third.interests == ("current", "text")
+    assert third.interest_profile["long_term"]["version"] == 2  # a text does not move the long-term interest
+    assert third.interest_profile["text"]["version"] == 3 and third.interest_profile["text"]["texts"] == 1
+    assert len(third.interest_profile["current"]["vector"]) == pipeline.refresher.encoder.dim
+    assert third.drift is None  # drift is measured when clicks move the long-term interest
+    body = orjson.loads(second.to_json())
+    assert body["drift"] == body["interest_profile"]["long_term"]["drift"] == second.drift
+    from streams.commands import format_interests
+    line = format_interests(body)
+    assert f"long-term drift {second.drift:.3f}" in line and "session 3 events" in line
+    assert pipeline.metrics.drift._sum.get() == pytest.approx(second.drift)
+    stored = run(pipeline.store.profile("u1"))
+    assert stored["version:long_term"] == b"2" and stored["version:text"] == b"3"
+    assert len(stored["vector:long_term"]) == 4 * pipeline.refresher.encoder.dim
+
+
+def test_the_category_weight_moves_recommendations_toward_the_users_categories(pipeline, run):
+    from encoders.interests import BlendWeights
+
+    encoder = pipeline.refresher.encoder
+    if not encoder.categories:
+        pytest.skip("this checkpoint has no categories")
+    favourite = encoder.categories.names[0]
+    items = [i for i, cats in encoder.categories.categories.items() if favourite in cats][:6]
+    run(pipeline.process([click(n, "u9", item, NOW - 9000 + n) for n, item in enumerate(items)]))
+    share = lambda recs: sum(favourite in encoder.categories.categories.get(i, ()) for i, _ in recs.items)
+    plain = pipeline.publisher.recs[-1]
+    pipeline.refresher.weights = BlendWeights(categories=5.0)
+    run(pipeline.process([click(len(items), "u9", items[0] + "-again", NOW - 100)]))
+    assert share(pipeline.publisher.recs[-1]) >= share(plain)
+    assert pipeline.publisher.recs[-1].interest_profile["categories"]["top"][0][0] == favourite
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from encoders.text import TextEncoder
+
+    return TextEncoder(device="cpu")
+
+
+def test_a_user_whose_first_event_is_a_search_gets_recommendations_from_the_text(pipeline, minilm, run):
+    encoder = pipeline.refresher.encoder
+    assert encoder.fusion is not None  # the synthetic checkpoint is trained with a text fusion
+    pipeline.refresher.text_encoder = minilm
+    run(pipeline.process([text(0, "s1", "looking for jazz", NOW - 1000),
+                          text(1, "s2", "best metal albums", NOW - 1000)]))
+    recs = {r.user_id: r for r in pipeline.publisher.recs}
+    genres = {user: [encoder.categories.categories[item][0] for item, _ in rec.items] for user, rec in recs.items()}
+    assert all(len(rec.items) == 5 and rec.interests == ("current", "text") for rec in recs.values())
+    assert "jazz" in genres["s1"] and "metal" in genres["s2"], genres
+    # A click later, behaviour and text are fused: the list follows both.
+    run(pipeline.process([click(0, "s1", "i0", NOW - 500)]))
+    assert set(pipeline.publisher.recs[-1].interests) >= {"current", "long_term", "session"}

@@ -1,0 +1,103 @@
+"""Continue training a checkpoint on a newer slice of the event log.
+
+The worker's model ages: new items appear and tastes move. ``finetune`` loads
+a checkpoint, keeps the events at or after ``since`` (all of them without it),
+adds the slice's new items to the vocabulary (their embeddings start like a
+fresh model's; every known item keeps its row, so stored histories stay
+valid), and trains on with a lower learning rate, early-stopped on the slice's
+own validation split.  The result is a complete checkpoint with
+``train_args.finetuned_from`` naming its parent; writing it to the directory a
+worker watches (``--checkpoint``) swaps it in without a restart.
+
+The slice is trained on its own: a user's events before ``since`` are not
+used as context.  The text fusion and categories of the parent are carried
+over unchanged (categories gain the slice catalogue's new items).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_categories, load_checkpoint, load_fusion
+from .datasets import Dataset
+from .evaluate import rank_metrics
+from .model import SequenceEncoder
+from .protocols import make_split
+from .train import _finish, _fit, _negatives, _train_windows
+from .vocab import ItemVocab
+
+__all__ = ["finetune", "newer_slice", "extend_vocab"]
+
+
+def newer_slice(dataset: Dataset, since_ms: int | None) -> Dataset:
+    """The events at or after ``since_ms`` (the whole log when None)."""
+    if since_ms is None:
+        return dataset
+    keep = [e for e in dataset.clicks if e.ts >= since_ms]
+    if not keep:
+        raise ValueError(f"no click events at or after {since_ms} in {dataset.name}")
+    return replace(dataset, name=f"{dataset.name} since {since_ms}", clicks=keep,
+                   texts=[e for e in dataset.texts if e.ts >= since_ms])
+
+
+def extend_vocab(model: SequenceEncoder, vocab: ItemVocab, items: list[str], seed: int) -> tuple[SequenceEncoder, ItemVocab]:
+    """Append unseen ``items`` to the vocabulary and the item table; known rows are unchanged."""
+    new = sorted({i for i in items if i not in vocab})
+    if not new:
+        return model, vocab
+    bigger = ItemVocab(vocab.item_ids + new)
+    config = replace(model.config, n_items=len(bigger))
+    torch.manual_seed(seed)
+    grown = SequenceEncoder(config).to(next(model.parameters()).device)
+    state = model.state_dict()
+    table = grown.item_emb.weight.detach().clone()
+    table[: len(vocab)] = state["item_emb.weight"]
+    state["item_emb.weight"] = table
+    grown.load_state_dict(state)
+    return grown, bigger
+
+
+def finetune(
+    checkpoint: str | Path,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    since_ms: int | None = None,
+    epochs: int = 10,
+    lr: float = 3e-4,
+    batch_size: int = 128,
+    patience: int = 3,
+    device: str = "auto",
+    seed: int = 0,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fine-tune ``checkpoint`` on ``dataset`` (from ``since_ms``) and write the result to ``out_dir``.
+
+    ``out_dir`` may be the checkpoint itself: it is read first and replaced atomically.
+
+    >>> finetune("runs/ml1m", load_dataset("new-log.jsonl"), "runs/ml1m", since_ms=1_767_225_600_000)  # doctest: +SKIP
+    """
+    wall_start = time.perf_counter()
+    model, vocab, meta = load_checkpoint(checkpoint, device)
+    fusion, categories = load_fusion(checkpoint), load_categories(checkpoint)
+    part = newer_slice(dataset, since_ms)
+    model, vocab = extend_vocab(model, vocab, [e.item_id for e in part.clicks], seed)
+    args = meta.extra.get("train_args", {})
+    split = make_split(part, vocab, meta.extra.get("protocol", "auto"))
+    before = rank_metrics(model, split.test, exclude_history=split.exclude_history)
+    opts = {**args, "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "seed": seed,
+            "max_seconds": max_seconds, "refit": False, "progress": progress,
+            "negatives": _negatives(args.get("loss", "auto"), args.get("negatives", 256), len(vocab)),
+            "weight_decay": args.get("weight_decay", 0.0), "eval_every": 1,
+            "finetuned_from": meta.model_version, "since_ms": since_ms}
+    windows = _train_windows(split.train, model.config.max_len, bool(args.get("all_windows", False)))
+    fit = _fit(model, windows, split, opts, epochs, f"finetune {part.name}")
+    model.load_state_dict(fit.best_state)
+    categories.update({i: c for i, c in part.catalogue.categories.items() if i in vocab})
+    return _finish(part, out_dir, model, vocab, split, {"select": fit}, wall_start, opts,
+                   {"test_before_finetune": before}, fusion=fusion, categories=categories)

@@ -1,0 +1,152 @@
+"""Multi-granularity interests and how recommendations blend them.
+
+Every interest vector lives in the item-embedding space (a dot product with
+an item's embedding is that item's score), so a weighted sum of vectors
+scores the catalogue in one matrix product:
+
+- ``current``: the encoder's hidden state at the user's last event, fused
+  with the text interest by the learned gate (`encoders.fusion`): what the
+  user is after next;
+- ``long_term``: the mean of the hidden states at every event of the bounded
+  history, each weighted by ``0.5 ** (age / half_life)`` with age measured
+  from the newest event: what the user likes over months;
+- ``session``: the encoder over the current session alone;
+- ``categories``: the same time-decayed weights spread over the items'
+  categories (an item with k categories gives 1/k to each), a distribution.
+  It enters the score as the log *lift* of an item's categories for this user
+  over the catalogue's own category mix, so items without categories, and
+  users whose mix matches the catalogue's, are not moved.
+
+``score(item) = (w_c current + w_l long_term + w_s session) . e_item
++ w_cat * log((share_user(item) + eps) / (share_catalogue(item) + eps))``.
+The worker (`streams.refresh`) and offline evaluation use these same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DAY_MS",
+    "INTERESTS",
+    "BlendWeights",
+    "CategoryIndex",
+    "category_distribution",
+    "decay_weights",
+    "drift",
+]
+
+DAY_MS = 86_400_000
+INTERESTS = ("current", "long_term", "session", "categories", "text")
+_EPS = 1e-3  # smooths the category lift; shares are fractions in [0, 1]
+
+
+@dataclass(frozen=True)
+class BlendWeights:
+    """How much each interest counts when items are scored.
+
+    >>> BlendWeights.parse("current=1,long_term=0.3").long_term
+    0.3
+    """
+
+    current: float = 1.0
+    long_term: float = 0.0
+    session: float = 0.0
+    categories: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> BlendWeights:
+        """``name=weight`` pairs separated by commas; names not given keep their default."""
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, weight = part.partition("=")
+            if not sep or name.strip() not in cls.__dataclass_fields__:
+                raise ValueError(f"blend weight {part!r}: expected name=number with name one of "
+                                 f"{', '.join(cls.__dataclass_fields__)}")
+            try:
+                values[name.strip()] = float(weight)
+            except ValueError:
+                raise ValueError(f"blend weight {part!r}: {weight!r} is not a number") from None
+        return cls(**values)
+
+    def __str__(self) -> str:
+        return ",".join(f"{k}={getattr(self, k):g}" for k in self.__dataclass_fields__)
+
+    def query(self, current: np.ndarray, long_term: np.ndarray, session: np.ndarray) -> np.ndarray:
+        """The one vector per user whose dot product with the item table blends the three."""
+        return self.current * current + self.long_term * long_term + self.session * session
+
+
+def decay_weights(ts: np.ndarray, half_life_ms: float) -> np.ndarray:
+    """``0.5 ** ((newest - ts) / half_life)`` per event; all ones when half_life <= 0."""
+    ts = np.asarray(ts, dtype=np.float64)
+    if len(ts) == 0 or half_life_ms <= 0:
+        return np.ones(len(ts), dtype=np.float64)
+    return np.exp2(-(ts.max() - ts) / half_life_ms)
+
+
+def category_distribution(items: Sequence[str], ts: Sequence[int], categories: Mapping[str, Sequence[str]],
+                          half_life_ms: float) -> dict[str, float]:
+    """Time-decayed share of each category in a history, largest first ({} when none is known).
+
+    >>> category_distribution(["a", "b"], [0, 0], {"a": ["x"], "b": ["x", "y"]}, 0)
+    {'x': 0.75, 'y': 0.25}
+    """
+    mass: dict[str, float] = {}
+    for item, weight in zip(items, decay_weights(np.asarray(ts), half_life_ms)):
+        cats = categories.get(item, ())
+        for cat in cats:
+            mass[cat] = mass.get(cat, 0.0) + float(weight) / len(cats)
+    total = sum(mass.values())
+    return {c: m / total for c, m in sorted(mass.items(), key=lambda kv: (-kv[1], kv[0]))} if total else {}
+
+
+def drift(previous: np.ndarray | None, current: np.ndarray) -> float | None:
+    """Cosine distance (0 same direction .. 2 opposite) between two interests; None without a previous one."""
+    if previous is None or previous.shape != current.shape:
+        return None
+    norms = float(np.linalg.norm(previous) * np.linalg.norm(current))
+    if norms == 0.0:
+        return None
+    return float(1.0 - np.dot(previous, current) / norms)
+
+
+class CategoryIndex:
+    """Item -> category shares over a vocabulary, for the ``categories`` term of the score.
+
+    Row i of ``shares`` spreads item i's weight 1 evenly over its categories
+    (all zeros for padding, unknown and uncategorised items).
+    """
+
+    def __init__(self, item_ids: Sequence[str], categories: Mapping[str, Sequence[str]], offset: int = 2) -> None:
+        self.names = sorted({c for item in item_ids for c in categories.get(item, ())})
+        column = {name: j for j, name in enumerate(self.names)}
+        self.shares = np.zeros((len(item_ids) + offset, len(self.names)), dtype=np.float32)
+        for row, item in enumerate(item_ids, offset):
+            cats = categories.get(item, ())
+            for cat in cats:
+                self.shares[row, column[cat]] += 1.0 / len(cats)
+        mix = self.shares.sum(0)
+        self.catalogue_mix = mix / max(float(mix.sum()), 1e-12)
+        self._baseline = self.shares @ self.catalogue_mix
+        self.categories = {item: tuple(categories[item]) for item in item_ids if categories.get(item)}
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def lift(self, distributions: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """[B, n_items] log lift of each item's categories for each user (0 where unknown)."""
+        user_mix = np.zeros((len(distributions), len(self.names)), dtype=np.float32)
+        column = {name: j for j, name in enumerate(self.names)}
+        for row, dist in enumerate(distributions):
+            for cat, share in dist.items():
+                if cat in column:
+                    user_mix[row, column[cat]] = share
+        user_share = user_mix @ self.shares.T
+        lift = np.log((user_share + _EPS) / (self._baseline[None, :] + _EPS))
+        lift[:, self.shares.sum(1) == 0] = 0.0
+        lift[np.asarray([not d for d in distributions])] = 0.0
+        return lift.astype(np.float32)

@@ -1,0 +1,39 @@
+"""Fine-tuning a checkpoint on a newer slice of the event log."""
+
+import json
+from dataclasses import replace
+
+import torch
+
+from encoders.checkpoint import load_checkpoint, load_fusion, read_metadata
+from encoders.datasets import Event, synthetic
+from encoders.finetune import extend_vocab, finetune, newer_slice
+
+
+def test_new_items_join_the_vocabulary_and_known_rows_keep_their_embeddings(synthetic_checkpoint):
+    model, vocab, _ = load_checkpoint(synthetic_checkpoint, device="cpu")
+    grown, bigger = extend_vocab(model, vocab, ["i0", "brand-new", "another-new"], seed=0)
+    assert len(bigger) == len(vocab) + 2 and bigger.index("i0") == vocab.index("i0")
+    assert bigger.item_ids[-2:] == ["another-new", "brand-new"]
+    assert torch.equal(grown.item_table()[: len(vocab)], model.item_table())
+    assert extend_vocab(model, vocab, ["i0"], seed=0) == (model, vocab)
+
+
+def test_finetune_writes_a_new_checkpoint_from_the_newer_slice(synthetic_checkpoint, tmp_path):
+    base = synthetic()
+    since = sorted(e.ts for e in base.clicks)[len(base.clicks) // 2]
+    users = sorted({e.user_id for e in base.clicks})[:30]
+    extra = [Event(u, f"new-{k % 7}", since + 86_400_000 * (k + 1), "click") for k, u in enumerate(users * 3)]
+    dataset = replace(base, clicks=base.clicks + extra)
+    parent = read_metadata(synthetic_checkpoint)
+
+    out = finetune(synthetic_checkpoint, dataset, tmp_path / "ft", since_ms=since, epochs=2, progress=False)
+
+    meta = read_metadata(out)
+    report = json.loads((out / "report.json").read_text())
+    assert meta.model_version != parent.model_version
+    assert meta.extra["train_args"]["finetuned_from"] == parent.model_version
+    assert {"hr@10", "ndcg@10"} <= set(report["test_before_finetune"]) and report["test"]["cases"] > 0
+    _, vocab, _ = load_checkpoint(out, device="cpu")
+    assert "new-3" in vocab and load_fusion(out) is not None
+    assert len(newer_slice(dataset, since).clicks) < len(dataset.clicks)
