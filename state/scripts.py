@@ -10,7 +10,11 @@ fence orders them exactly as the partition does.
 
 Events are inserted in a sorted set scored by event time, so events arriving out
 of order within the lateness bound land in time order; older ones are refused as
-'late'. The sorted-set member is the event id, so the same event sent twice by a
+'late'. The oldest event is dropped as soon as the set holds more than the bound,
+not after the batch: the set never grows past the bound + 1, so with a bound
+under Redis's zset-max-listpack-entries (128) it keeps its compact listpack
+encoding (a set that once passed 128 entries stays a skiplist for good, about
+twice the memory; the soak at --max-history 100 showed the drift). The sorted-set member is the event id, so the same event sent twice by a
 producer (a new offset, the same id) is recognised as a 'duplicate' while its id
 is still in the bounded history.
 
@@ -57,6 +61,11 @@ for i = 5, #ARGV, 5 do
   else
     redis.call('ZADD', set, ts, id)
     redis.call('HSET', data, id, payload)
+    if redis.call('ZCARD', set) > limit then
+      local oldest = redis.call('ZRANGE', set, 0, 0)[1]
+      redis.call('ZREMRANGEBYRANK', set, 0, 0)
+      redis.call('HDEL', data, oldest)
+    end
     applied = applied + 1
     if not newest or ts > newest then newest = ts end
     outcome = 'applied'
@@ -73,12 +82,6 @@ end
 redis.call('HSET', KEYS[5], fence_field, fence)
 if applied == 0 then return {outcomes, ranks, {}, {}, 0} end
 redis.call('HINCRBY', KEYS[5], 'applied:' .. s, applied)
-local excess = redis.call('ZCARD', set) - limit
-if excess > 0 then
-  local old = redis.call('ZRANGE', set, 0, excess - 1)
-  redis.call('HDEL', data, unpack(old))
-  redis.call('ZREMRANGEBYRANK', set, 0, excess - 1)
-end
 local function history(hset, hdata)
   local ids, out = redis.call('ZRANGE', hset, 0, -1, 'WITHSCORES'), {}
   for j = 1, #ids, 2 do
