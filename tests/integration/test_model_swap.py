@@ -31,6 +31,16 @@ pytestmark = pytest.mark.integration
 
 EVENTS = 1200
 RATE = 150.0  # events/s: the replay lasts about 8 s, the fine-tuning a few
+AFTER = 200  # events sent once the swap is seen, so the new model refreshes some users on any machine
+
+
+def wait_for_swap(port: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if total(scrape(f"http://127.0.0.1:{port}/metrics"), "iu_model_swaps_total", outcome="swapped") >= 1:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"the worker did not swap models within {timeout:.0f}s")
 
 
 def test_a_worker_switches_to_a_finetuned_checkpoint_without_losing_an_event(broker_url, redis_url, data_dir,
@@ -46,12 +56,12 @@ def test_a_worker_switches_to_a_finetuned_checkpoint_without_losing_an_event(bro
                         app_id="sw-group", topic_clicks="sw-clicks", topic_texts="sw-texts", topic_recs="sw-recs",
                         topic_dead="sw-dead", key_prefix="sw", text_encoder=False, batch_within=0.1,
                         max_history=5000, metrics_port=free_port())
-    events = replay_events(dataset, settings.topic_clicks, settings.topic_texts, limit=EVENTS)
+    events = replay_events(dataset, settings.topic_clicks, settings.topic_texts, limit=EVENTS + AFTER)
     ensure_topics(broker_url, [settings.topic_clicks, settings.topic_texts, settings.topic_recs,
                                settings.topic_dead], settings.partitions)
     producer = Producer(broker_url)
     ends: dict = {}
-    sender = threading.Thread(target=lambda: ends.update(producer.send_all(events, rate=RATE)))
+    sender = threading.Thread(target=lambda: ends.update(producer.send_all(events[:EVENTS], rate=RATE)))
     since = sorted(e.ts for e in dataset.clicks)[len(dataset.clicks) // 2]
     with worker_process(settings, tmp_path / "worker.log") as worker:
         wait_ready(settings.metrics_port)
@@ -59,8 +69,11 @@ def test_a_worker_switches_to_a_finetuned_checkpoint_without_losing_an_event(bro
         time.sleep(2.0)
         finetune(live, dataset, live, since_ms=since, epochs=1, progress=False)  # written in place
         new_version = read_metadata(live).model_version
+        wait_for_swap(settings.metrics_port)
         sender.join()
+        later = producer.send_all(events[EVENTS:])
         producer.close()
+        ends = {tp: max(ends.get(tp, -1), later.get(tp, -1)) for tp in ends | later}
         wait_until_applied(settings, ends, worker, timeout=240)
         time.sleep(2.0)
         metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
