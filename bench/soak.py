@@ -154,7 +154,8 @@ def verdict(rows: list[dict], key: str) -> str:
     if not middle or not last:
         return f"{key}: too few samples"
     a, b = mean(r[key] for r in middle), mean(r[key] for r in last)
-    return f"{key}: middle third {a:.1f}, last third {b:.1f} ({100 * (b - a) / a:+.1f}%)"
+    change = f" ({100 * (b - a) / a:+.1f}%)" if a else ""
+    return f"{key}: middle third {a:.2f}, last third {b:.2f}{change}"
 
 
 def main() -> int:
@@ -165,6 +166,9 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=15.0, help="seconds between samples")
     parser.add_argument("--max-history", type=int, default=100,
                         help="the worker's --max-history; only users with this many clicks are sent")
+    parser.add_argument("--max-texts", type=int, default=32,
+                        help="the worker's --max-texts: text events kept per user (the data's tags fill it "
+                             "about 1.5 per user a lap, so a small value shows the text lists at their bound)")
     parser.add_argument("--checkpoint", default=None, help="model to use (default: train a small one)")
     parser.add_argument("--out", default="runs/soak", help="folder for soak.csv and soak.png")
     args = parser.parse_args()
@@ -178,7 +182,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="iu-soak-") as tmp, embedded_stack() as stack:
         checkpoint = args.checkpoint or train_small(dataset, Path(tmp) / "model")
         settings = Settings(broker=stack.broker_url, redis_url=stack.redis_url, checkpoint=checkpoint,
-                            metrics_port=free_port(), log_level="warn", max_history=args.max_history)
+                            metrics_port=free_port(), log_level="warn", max_history=args.max_history,
+                            max_texts=args.max_texts)
         ensure_topics(stack.broker_url, [settings.topic_clicks, settings.topic_texts, settings.topic_recs,
                                          settings.topic_dead], settings.partitions)
         base = replay_events(dataset, settings.topic_clicks, settings.topic_texts)
@@ -219,7 +224,7 @@ def main() -> int:
         writer.writeheader()
         writer.writerows(rows)
     title = (f"soak: {dataset.name} at {args.rate:.0f} events/s for {args.minutes:.0f} min, "
-             f"max history {args.max_history}")
+             f"max history {args.max_history}, max texts {args.max_texts}")
     plot(rows, out / "soak.png", title)
     print(title)
     for key in ("worker_rss_mb", "redis_used_mb", *(f"{k}_mb" for k in KINDS), "texts_per_user"):
