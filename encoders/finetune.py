@@ -44,7 +44,8 @@ def newer_slice(dataset: Dataset, since_ms: int | None) -> Dataset:
                    texts=[e for e in dataset.texts if e.ts >= since_ms])
 
 
-def extend_vocab(model: SequenceEncoder, vocab: ItemVocab, items: list[str], seed: int) -> tuple[SequenceEncoder, ItemVocab]:
+def extend_vocab(model: SequenceEncoder, vocab: ItemVocab, items: list[str],
+                 seed: int) -> tuple[SequenceEncoder, ItemVocab]:
     """Append unseen ``items`` to the vocabulary and the item table; known rows are unchanged."""
     new = sorted({i for i in items if i not in vocab})
     if not new:

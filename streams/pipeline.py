@@ -10,8 +10,10 @@ Order matters for "nothing lost, nothing applied twice":
    dies after this, a replay sends them again: dead letters are at least once);
 3. embed the texts (executor thread);
 4. apply all events to Redis in one round trip; fences skip replays;
-5. encode the changed users in one forward pass and score (executor thread);
-6. write profiles in one round trip, which also returns each user's new version;
+5. read the changed users' previous long-term interests (for the drift), encode
+   them in one forward pass and score (executor thread);
+6. write profiles in one round trip, which also returns each user's new version
+   and the version at which each interest last changed;
 7. publish one recommendation event per refreshed user, then clear the users'
    pending marks (set in step 4's round trip). A worker that dies between 4 and
    7 leaves them marked; the next owner of the partition calls ``recover``.
@@ -119,8 +121,8 @@ class Pipeline:
         await self._publish_dead_letters(late)
         report = BatchReport(self._count_events(entries, applied.outcomes, dead + late), dead + late)
         self._count_online_quality(applied.ranks)
-        changed = {stream: {e.user_id for e, o in zip(entries, applied.outcomes) if o == "applied" and e.stream == stream}
-                   for stream in ("c", "t")}
+        applied_now = [e for e, o in zip(entries, applied.outcomes) if o == "applied"]
+        changed = {stream: {e.user_id for e in applied_now if e.stream == stream} for stream in ("c", "t")}
         report.recommendations = await self._refresh_and_publish(applied.users, changed["c"], changed["t"])
         self._count_freshness(report.recommendations, valid)
         await self.store.clear_pending(pending_marks(entries))
