@@ -30,6 +30,8 @@ from encoders.inference import InterestEncoder  # noqa: E402
 from encoders.interests import DAY_MS, BlendWeights, CategoryIndex, category_distribution  # noqa: E402
 from encoders.protocols import EvalCases, make_split  # noqa: E402
 from encoders.vocab import ACTIONS, UNKNOWN  # noqa: E402
+from state import StoredClick  # noqa: E402
+from state.sessions import current_session  # noqa: E402
 
 GRID = {"long_term": (0.0, 0.25, 0.5, 1.0), "session": (0.0, 0.5), "categories": (0.0, 0.05, 0.1, 0.25)}
 CHUNK = 512
@@ -43,10 +45,9 @@ def _tuples(case, vocab) -> list[tuple[str, str, int]]:
 
 
 def _session(events: list[tuple[str, str, int]], gap_ms: float) -> list[tuple[str, str, int]]:
-    start = len(events) - 1
-    while start > 0 and events[start][2] - events[start - 1][2] <= gap_ms:
-        start -= 1
-    return events[max(start, 0):]
+    """The current session, cut by the worker's own rule (`state.sessions`)."""
+    clicks = [StoredClick(str(n), item, action, ts) for n, (item, action, ts) in enumerate(events)]
+    return [(c.item_id, c.action, c.ts) for c in current_session(clicks, int(gap_ms))]
 
 
 def _interests(encoder: InterestEncoder, cases: EvalCases, gap_ms: float) -> dict[str, object]:

@@ -123,7 +123,7 @@ class CategoryIndex:
 
     def __init__(self, item_ids: Sequence[str], categories: Mapping[str, Sequence[str]], offset: int = 2) -> None:
         self.names = sorted({c for item in item_ids for c in categories.get(item, ())})
-        column = {name: j for j, name in enumerate(self.names)}
+        self._column = column = {name: j for j, name in enumerate(self.names)}
         self.shares = np.zeros((len(item_ids) + offset, len(self.names)), dtype=np.float32)
         for row, item in enumerate(item_ids, offset):
             cats = categories.get(item, ())
@@ -140,11 +140,10 @@ class CategoryIndex:
     def lift(self, distributions: Sequence[Mapping[str, float]]) -> np.ndarray:
         """[B, n_items] log lift of each item's categories for each user (0 where unknown)."""
         user_mix = np.zeros((len(distributions), len(self.names)), dtype=np.float32)
-        column = {name: j for j, name in enumerate(self.names)}
         for row, dist in enumerate(distributions):
             for cat, share in dist.items():
-                if cat in column:
-                    user_mix[row, column[cat]] = share
+                if cat in self._column:
+                    user_mix[row, self._column[cat]] = share
         user_share = user_mix @ self.shares.T
         lift = np.log((user_share + _EPS) / (self._baseline[None, :] + _EPS))
         lift[:, self.shares.sum(1) == 0] = 0.0

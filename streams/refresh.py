@@ -101,7 +101,7 @@ class Refresher:
         return [
             self._result(encoder, user, {"current": current[i], "long_term": long_term[i],
                                          "session": session_vectors[i]},
-                         sessions[i], categories[i], ranked[i],
+                         sessions[i], categories[i], ranked[i], texts[i],
                          _changed(user, changed_clicks, changed_texts, bool(categories[i])),
                          _previous(previous[i], long_term[i]),
                          None if actions is None else actions[i])
@@ -122,9 +122,9 @@ class Refresher:
                                      encoder.categories.categories, encoder.half_life_ms)
 
     def _result(self, encoder, user: AppliedUser, vectors: dict[str, np.ndarray], session, categories,
-                items, changed: tuple[str, ...], previous: np.ndarray | None, actions) -> Refreshed:
+                items, texts, changed: tuple[str, ...], previous: np.ndarray | None, actions) -> Refreshed:
         stored = {name: v.astype(np.float32).tobytes() for name, v in vectors.items()}
-        text_vector = _mean_text(user)
+        text_vector = _mean_text(texts)
         if text_vector is not None:
             stored["text"] = text_vector.tobytes()
         shift = drift(previous, vectors["long_term"]) if "long_term" in changed else None
@@ -176,8 +176,8 @@ def _embeddings(user: AppliedUser) -> list[tuple[np.ndarray, int]]:
             for t in user.texts if t.embedding]
 
 
-def _mean_text(user: AppliedUser) -> np.ndarray | None:
-    rows = [vector for vector, _ in _embeddings(user)]
+def _mean_text(texts: list[tuple[np.ndarray, int]]) -> np.ndarray | None:
+    rows = [vector for vector, _ in texts]
     if not rows:
         return None
     mean = np.mean(np.stack(rows), axis=0)

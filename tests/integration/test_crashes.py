@@ -10,17 +10,14 @@ clicks (versions are unique per user; a consumer keeps the highest).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 from collections import Counter, defaultdict
 
-import orjson
 import pytest
 
 from encoders.datasets import load_movielens_small
-from state import KeySpace, Store
 from streams.demo import stop_process, wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
 from streams.replay import Producer, ensure_topics, replay_events
@@ -41,24 +38,13 @@ def checkpoint(data_dir, tmp_path_factory):
                  max_len=50, epochs=1, progress=False)
 
 
-def read_recommendations(broker: str, topic: str) -> list[dict]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=broker, group_id=None, auto_offset_reset="earliest",
-                             consumer_timeout_ms=3000)
-    try:
-        return [orjson.loads(message.value) for message in consumer]
-    finally:
-        consumer.close()
-
-
 # Seconds into the replay at which worker A is killed; more points: IU_TEST_KILL_POINTS="0.5,1.5,2.5,3.5,4.5".
 KILL_POINTS = [float(x) for x in os.environ.get("IU_TEST_KILL_POINTS", "1.0,3.5").split(",")]
 
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
 def test_kill_restart_and_rebalance_apply_every_event_once(kill_at, broker_url, redis_url, data_dir, checkpoint,
-                                                           tmp_path):
+                                                           tmp_path, assert_clicks_applied_once, read_recommendations):
     name = f"cr{int(kill_at * 10)}"
     base = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(checkpoint), app_id=f"{name}-group",
                     topic_clicks=f"{name}-clicks", topic_texts=f"{name}-texts", topic_recs=f"{name}-recs",
@@ -88,22 +74,9 @@ def test_kill_restart_and_rebalance_apply_every_event_once(kill_at, broker_url, 
                 wait_until_applied(base, ends, worker_c, timeout=240)
                 time.sleep(2.0)  # recommendations of the last batches, and pending recoveries
 
-    clicks = defaultdict(list)
-    for event in events:
-        body = orjson.loads(event.value)
-        if event.topic == base.topic_clicks:
-            clicks[body["user_id"]].append(body["event_id"])
+    clicks = assert_clicks_applied_once(events, base.topic_clicks, name)
 
-    async def stored():
-        store = Store.from_url(redis_url, keys=KeySpace(name))
-        return {user: (await store.meta(user), await store.history(user)) for user in clicks}
-
-    for user, (meta, history) in asyncio.run(stored()).items():
-        assert meta.get("applied:c") == len(clicks[user]), user  # exactly once
-        assert sorted(c.event_id for c in history.clicks) == sorted(clicks[user])
-        assert [c.ts for c in history.clicks] == sorted(c.ts for c in history.clicks)
-
-    recommendations = read_recommendations(broker_url, base.topic_recs)
+    recommendations = read_recommendations(base.topic_recs)
     versions = defaultdict(list)
     newest: dict[str, dict] = {}
     for rec in recommendations:

@@ -10,17 +10,14 @@ increasing with no repeats, published by the old model and then the new one
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import defaultdict
 
-import orjson
 import pytest
 
 from encoders.checkpoint import read_metadata
 from encoders.datasets import load_movielens_small
-from state import KeySpace, Store
 from streams.demo import wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
 from streams.metrics import scrape, total
@@ -44,7 +41,8 @@ def wait_for_swap(port: int, timeout: float = 120.0) -> None:
 
 
 def test_a_worker_switches_to_a_finetuned_checkpoint_without_losing_an_event(broker_url, redis_url, data_dir,
-                                                                               tmp_path):
+                                                                               tmp_path, assert_clicks_applied_once,
+                                                                               read_recommendations):
     from encoders.finetune import finetune
     from encoders.train import train
 
@@ -83,29 +81,8 @@ def test_a_worker_switches_to_a_finetuned_checkpoint_without_losing_an_event(bro
     assert total(metrics, "iu_model_swaps_total", outcome="swapped") == 1
     assert total(metrics, "iu_model_info", model_version=new_version) == 1
 
-    clicks = defaultdict(list)
-    for event in events:
-        body = orjson.loads(event.value)
-        if event.topic == settings.topic_clicks:
-            clicks[body["user_id"]].append(body["event_id"])
-
-    async def stored():
-        store = Store.from_url(redis_url, keys=KeySpace("sw"))
-        try:
-            return {user: (await store.meta(user), await store.history(user)) for user in clicks}
-        finally:
-            await store.close()
-
-    for user, (meta, history) in asyncio.run(stored()).items():
-        assert meta.get("applied:c") == len(clicks[user]), user
-        assert sorted(c.event_id for c in history.clicks) == sorted(clicks[user])
-
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(settings.topic_recs, bootstrap_servers=broker_url, group_id=None,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000)
-    recs = [orjson.loads(m.value) for m in consumer]
-    consumer.close()
+    clicks = assert_clicks_applied_once(events, settings.topic_clicks, "sw")
+    recs = read_recommendations(settings.topic_recs)
     by_user = defaultdict(list)
     for rec in recs:
         by_user[rec["user_id"]].append(rec)
