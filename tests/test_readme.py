@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +29,14 @@ def test_the_demo_command_runs_and_stops_cleanly():
     out = result.stdout
     assert "training a small model" in out and "metrics: http://127.0.0.1:" in out
     # The first 12 events, then the first events of 3 followed users, each with its interests.
+    # How many refreshes a followed user gets depends on how the machine batches their events
+    # (a slow machine folds more of them into one refresh), so the bound is an upper one.
     from streams.demo import FOLLOWED_EVENTS, FOLLOWED_USERS
-    assert len(re.findall(r"^user .* -> ", out, re.M)) == 12 + FOLLOWED_USERS * FOLLOWED_EVENTS
+    users = re.findall(r"^user +(\S+) .* -> ", out, re.M)
+    assert len(users) > 12
+    followed = Counter(users[12:])
+    assert len(followed) == FOLLOWED_USERS and max(followed.values()) <= FOLLOWED_EVENTS
+    assert max(followed.values()) >= 2, "no followed user was seen changing"
     assert len(re.findall(r"^ +interests: .*categories .*\| next ", out, re.M)) > 12
     assert re.search(r"long-term drift \d\.\d{3}", out)
     applied = re.search(r"applied (\d+) events in \d+ micro-batches, dead-lettered 0", out)
