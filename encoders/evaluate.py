@@ -298,17 +298,22 @@ def action_metrics(
 def next_action_report(
     model: SequenceEncoder, cases: EvalCases, classes: Sequence[int], majority: int
 ) -> dict[str, Any]:
-    """The head beside the majority-class baseline on ``cases`` (which must carry ``actions``).
+    """The head beside two baselines on ``cases`` (which must carry ``actions``):
+    the majority class, and repeating the user's last action (the majority
+    class for an empty history), which is hard to beat where actions persist.
 
     >>> next_action_report(model, split.test, [2, 3, 5], majority=5)  # doctest: +SKIP
-    {'classes': ['view', 'click', 'buy'], 'majority_class': 'buy', 'model': {...}, 'majority': {...}}
+    {'classes': ['view', 'click', 'buy'], 'majority_class': 'buy', 'model': {...}, 'majority': {...},
+     'last_action': {...}}
     """
     if cases.actions is None:
         raise ValueError("these evaluation cases carry no target actions")
-    baseline = np.full(len(cases), majority, dtype=np.int64)
+    majority_guess = np.full(len(cases), majority, dtype=np.int64)
+    last_action = np.array([seq.actions[-1] if len(seq) else majority for seq in cases.inputs], dtype=np.int64)
     return {"classes": [ACTIONS[c] for c in classes], "majority_class": ACTIONS[majority],
             "model": action_metrics(model, cases.inputs, cases.actions, classes),
-            "majority": classification_metrics(baseline, cases.actions, classes)}
+            "majority": classification_metrics(majority_guess, cases.actions, classes),
+            "last_action": classification_metrics(last_action, cases.actions, classes)}
 
 
 def evaluate_actions(
@@ -340,10 +345,14 @@ def evaluate_actions(
 
 
 def action_table(report: dict[str, Any]) -> str:
-    """A `next_action_report` as a small text table (model vs majority class)."""
+    """A `next_action_report` as a small text table (model vs the baselines)."""
     lines = [f"next action over {report['classes']} (majority class: {report['majority_class']})",
              f"{'model':<40} {'accuracy':>8} {'macro-F1':>8} {'cases':>7}"]
-    for name, key in (("next-action head", "model"), (f"majority ({report['majority_class']})", "majority")):
+    rows = (("next-action head", "model"), (f"majority ({report['majority_class']})", "majority"),
+            ("repeat the last action", "last_action"))
+    for name, key in rows:
+        if key not in report:  # reports saved before the last-action baseline existed
+            continue
         m = report[key]
         lines.append(f"{name:<40} {m['accuracy']:>8.4f} {m['macro_f1']:>8.4f} {m['cases']:>7}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from encoders.checkpoint import CheckpointMetadata, load_checkpoint, read_metada
 from encoders.config import EncoderConfig
 from encoders.datasets import Dataset, synthetic
 from encoders.errors import CheckpointError
-from encoders.evaluate import classification_metrics, evaluate_actions
+from encoders.evaluate import action_table, classification_metrics, evaluate_actions
 from encoders.model import SequenceEncoder
 from encoders.protocols import make_split
 from encoders.vocab import ACTIONS, ItemVocab
@@ -51,6 +51,9 @@ def test_head_learns_a_predictable_next_action(trained: Path, cyclic: Dataset) -
     assert report["model"]["cases"] == report["majority"]["cases"] == 120
     assert report["model"]["macro_f1"] > report["majority"]["macro_f1"] + 0.5
     assert report["model"]["accuracy"] > 0.9
+    # In a cycle the next action is never the last one: the head must have learned the order.
+    assert report["last_action"]["accuracy"] == 0.0 and report["last_action"]["cases"] == 120
+    assert "repeat the last action" in action_table(report)
     # train's report and metadata carry the same figures.
     saved = json.loads((trained / "report.json").read_text())["next_action_test"]
     assert saved["majority"] == report["majority"] and saved["model"]["cases"] == report["model"]["cases"]
