@@ -26,11 +26,14 @@ meet, atomically, with nothing extra to store.
 
 KEYS: clicks set, clicks data, texts set, texts data, meta, profile (one user).
 ARGV: [1] stream of this call ('c' clicks or 't' texts), [2] its fence field,
-[3] max entries kept for that stream, [4] lateness ms, then one group of five
-per event: offset, ts, event id, item id ('' for texts), payload.
-Returns {outcomes, ranks, clicks, texts, clicks applied ever}: clicks and texts
-are flat [id, ts, payload, ...] histories, oldest first, present only when
-something was applied (they feed the refresh).
+[3] max entries kept for that stream, [4] lateness ms, [5] a profile field to
+return, then one group of five per event: offset, ts, event id, item id ('' for
+texts), payload.
+Returns {outcomes, ranks, clicks, texts, clicks applied ever, profile field}:
+clicks and texts are flat [id, ts, payload, ...] histories, oldest first,
+present only when something was applied (they feed the refresh). The profile
+field is the previous long-term vector, which the refresh measures drift from:
+returned here, it costs no extra round trip.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
 local newest = last[2] and tonumber(last[2]) or nil
 local recs = s == 'c' and redis.call('HGET', KEYS[6], 'rec_items')
 local outcomes, ranks, applied = {}, {}, 0
-for i = 5, #ARGV, 5 do
+for i = 6, #ARGV, 5 do
   local offset, ts, id, item, payload = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local outcome, rank = nil, -1
   if offset <= fence then
@@ -80,7 +83,7 @@ for i = 5, #ARGV, 5 do
   ranks[#ranks + 1] = rank
 end
 redis.call('HSET', KEYS[5], fence_field, fence)
-if applied == 0 then return {outcomes, ranks, {}, {}, 0} end
+if applied == 0 then return {outcomes, ranks, {}, {}, 0, false} end
 redis.call('HINCRBY', KEYS[5], 'applied:' .. s, applied)
 local function history(hset, hdata)
   local ids, out = redis.call('ZRANGE', hset, 0, -1, 'WITHSCORES'), {}
@@ -92,7 +95,8 @@ local function history(hset, hdata)
   return out
 end
 local clicks_applied = tonumber(redis.call('HGET', KEYS[5], 'applied:c') or '0')
-return {outcomes, ranks, history(KEYS[1], KEYS[2]), history(KEYS[3], KEYS[4]), clicks_applied}
+return {outcomes, ranks, history(KEYS[1], KEYS[2]), history(KEYS[3], KEYS[4]), clicks_applied,
+        redis.call('HGET', KEYS[6], ARGV[5])}
 """
 
 # KEYS[1] offsets hash; ARGV[1] partition, ARGV[2] offset. Never moves backwards.

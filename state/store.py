@@ -26,6 +26,8 @@ from redis.asyncio.cluster import RedisCluster
 from state.keys import KeySpace
 from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, WRITE_PROFILE
 
+LONG_TERM_FIELD = "vector:long_term"  # the profile field read back with each history (``AppliedUser.long_term``)
+
 __all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "Written",
            "pending_marks", "partition_ends"]
 
@@ -91,6 +93,7 @@ class AppliedUser:
     clicks: tuple[StoredClick, ...]
     texts: tuple[StoredText, ...]
     clicks_applied: int = 0  # ever, unlike ``clicks``, which is bounded
+    long_term: bytes | None = None  # the stored long-term vector before this change: drift is measured from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +183,8 @@ class Store:
             pipe.sadd(self.keys.pending(topic, partition), *users)
         for (user_id, stream, topic, partition), members in groups.items():
             limit = self.max_clicks if stream == "c" else self.max_texts
-            args: list[bytes | str | int] = [stream, KeySpace.fence_field(topic, partition), limit, self.lateness_ms]
+            args: list[bytes | str | int] = [stream, KeySpace.fence_field(topic, partition), limit,
+                                             self.lateness_ms, LONG_TERM_FIELD]
             for _, entry in members:
                 item = entry.record.item_id if stream == "c" else ""
                 args += [entry.offset, entry.record.ts, entry.record.event_id, item, entry.record.payload()]
@@ -217,8 +221,9 @@ class Store:
                 pipe.zrange(zset, 0, -1, withscores=True)
                 pipe.hgetall(data)
             pipe.hget(keys.meta, "applied:c")
+            pipe.hget(keys.profile, LONG_TERM_FIELD)
         replies = await pipe.execute()
-        return [_history(user_id, *replies[5 * i: 5 * i + 5]) for i, user_id in enumerate(user_ids)]
+        return [_history(user_id, *replies[6 * i: 6 * i + 6]) for i, user_id in enumerate(user_ids)]
 
     async def write_profiles(self, profiles: Sequence[Profile], interests: Sequence[str] = ()) -> list[Written]:
         """Store refreshed profiles; one round trip.
@@ -242,13 +247,6 @@ class Store:
         return [Written(int(reply[0]), {name: int(v) for name, v in zip(interests, reply[1:]) if v})
                 for reply in replies]
 
-    async def vectors(self, user_ids: Sequence[str], name: str) -> list[bytes | None]:
-        """The stored ``vector:<name>`` of each user (None where absent); one round trip."""
-        pipe = self._pipeline()
-        for user_id in user_ids:
-            pipe.hget(self.keys.user(user_id).profile, f"vector:{name}")
-        return await pipe.execute() if user_ids else []
-
     async def resume_offsets(self, topic: str) -> dict[int, int]:
         """Last applied offset of each partition of ``topic`` (absent: nothing applied yet)."""
         raw = await self.client.hgetall(self.keys.offsets(topic))
@@ -267,10 +265,10 @@ class Store:
         return (await self.histories([user_id]))[0]
 
 
-def _history(user_id: str, click_ids, click_data, text_ids, text_data, clicks_applied) -> AppliedUser:
+def _history(user_id: str, click_ids, click_data, text_ids, text_data, clicks_applied, long_term) -> AppliedUser:
     clicks = tuple(StoredClick.parse(i, str(ts).encode(), click_data[i]) for i, ts in click_ids)
     texts = tuple(StoredText.parse(i, str(ts).encode(), text_data[i]) for i, ts in text_ids)
-    return AppliedUser(user_id, clicks, texts, int(clicks_applied or 0))
+    return AppliedUser(user_id, clicks, texts, int(clicks_applied or 0), long_term)
 
 
 def pending_marks(entries: Iterable[Entry]) -> dict[tuple[str, int], set[str]]:
@@ -306,14 +304,14 @@ def _collect(entries: Sequence[Entry], groups: dict[GroupKey, list[tuple[int, En
     ranks = [-1] * len(entries)
     latest: dict[str, AppliedUser] = {}
     for ((user_id, *_), members), reply in zip(groups.items(), replies):
-        group_outcomes, group_ranks, clicks, texts, clicks_applied = reply
+        group_outcomes, group_ranks, clicks, texts, clicks_applied, long_term = reply
         for (index, _), outcome, rank in zip(members, group_outcomes, group_ranks):
             outcomes[index] = outcome.decode()
             ranks[index] = int(rank)
         if clicks or texts:
             # Later groups of the same user ran later in the pipeline: their history is newer.
             latest[user_id] = AppliedUser(user_id, _parse(StoredClick, clicks), _parse(StoredText, texts),
-                                          int(clicks_applied))
+                                          int(clicks_applied), long_term)
     return ApplyResult(outcomes, ranks, list(latest.values()))
 
 

@@ -9,9 +9,10 @@ Order matters for "nothing lost, nothing applied twice":
 2. publish the dead letters and wait until the broker has them (if the worker
    dies after this, a replay sends them again: dead letters are at least once);
 3. embed the texts (executor thread);
-4. apply all events to Redis in one round trip; fences skip replays;
-5. read the changed users' previous long-term interests (for the drift), encode
-   them in one forward pass and score (executor thread);
+4. apply all events to Redis in one round trip; fences skip replays; the reply
+   carries each changed user's history and previous long-term interest;
+5. encode the changed users in one forward pass, measure their drift from the
+   previous long-term interest, and score (executor thread);
 6. write profiles in one round trip, which also returns each user's new version
    and the version at which each interest last changed;
 7. publish one recommendation event per refreshed user, then clear the users'
@@ -147,8 +148,7 @@ class Pipeline:
         """One forward pass for all users, one round trip to store, one event per user."""
         if not users:
             return []
-        with self.metrics.redis_seconds.labels("read").time():
-            previous = await self.store.vectors([u.user_id for u in users], "long_term")
+        previous = [u.long_term for u in users]  # read with the histories, no round trip of its own
         refreshed = await self._run(self.refresher.refresh, users, changed_clicks, changed_texts, previous)
         with self.metrics.redis_seconds.labels("write").time():
             written = await self.store.write_profiles([r.profile for r in refreshed], INTERESTS)

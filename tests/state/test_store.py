@@ -63,7 +63,18 @@ def test_write_profiles_returns_increasing_versions(store, run):
     written = run(store.write_profiles([profile, Profile("u2", {}, b"[]", (), "m1", 5)]))
     assert [w.version for w in written] == [2, 1]
     assert run(store.profile("u1"))["model_version"] == b"m1"
-    assert run(store.vectors(["u1", "u2"], "current")) == [b"\x00" * 8, None]
+    assert run(store.profile("u1"))["vector:current"] == b"\x00" * 8
+
+
+def test_the_previous_long_term_vector_comes_back_with_the_history(store, run):
+    from state import Profile
+
+    assert run(store.apply([click("u1", 0, 1000)])).users[0].long_term is None  # a new user has none
+    run(store.write_profiles([Profile("u1", {"long_term": b"\x01" * 8}, b"[]", (), "m1", 1000)]))
+    (user,) = run(store.apply([click("u1", 1, 2000)])).users
+    assert user.long_term == b"\x01" * 8  # as it was before this batch's refresh
+    assert run(store.histories(["u1", "u2"]))[0].long_term == b"\x01" * 8  # the recovery path reads it too
+    assert run(store.histories(["u2"]))[0].long_term is None
 
 
 def test_each_interest_keeps_the_version_at_which_it_last_changed(store, run):
