@@ -9,9 +9,14 @@ own validation split.  The result is a complete checkpoint with
 ``train_args.finetuned_from`` naming its parent; writing it to the directory a
 worker watches (``--checkpoint``) swaps it in without a restart.
 
-The slice is trained on its own: a user's events before ``since`` are not
-used as context.  The text fusion and categories of the parent are carried
-over unchanged (categories gain the slice catalogue's new items).
+Each user active in the slice keeps up to ``context`` of their events from
+before ``since`` (by default the model's ``max_len``): without them a
+long-standing user would look new, and the model would be tuned on histories
+the worker never sees.  Those events are trained on only where the slice is
+shorter than a training window, which also guards against forgetting.
+``context=0`` trains on the slice alone.  The text fusion and categories of
+the parent are carried over unchanged (categories gain the slice catalogue's
+new items).
 """
 
 from __future__ import annotations
@@ -33,15 +38,30 @@ from .vocab import ItemVocab
 __all__ = ["finetune", "newer_slice", "extend_vocab"]
 
 
-def newer_slice(dataset: Dataset, since_ms: int | None) -> Dataset:
-    """The events at or after ``since_ms`` (the whole log when None)."""
+def newer_slice(dataset: Dataset, since_ms: int | None, context: int = 0) -> Dataset:
+    """The events at or after ``since_ms`` (the whole log when None), with up to
+    ``context`` earlier clicks of each user who has a click since then.
+
+    A user's texts are kept from their first kept click on (from ``since_ms``
+    for users without context).
+    """
+    if context < 0:
+        raise ValueError(f"context must be 0 or more events, got {context}")
     if since_ms is None:
         return dataset
-    keep = [e for e in dataset.clicks if e.ts >= since_ms]
-    if not keep:
+    clicks, starts = [], {}
+    for user, events in dataset.sequences().items():  # each user's clicks, oldest first
+        first_new = next((k for k, e in enumerate(events) if e.ts >= since_ms), None)
+        if first_new is None:
+            continue
+        kept = events[max(0, first_new - context):]
+        clicks.extend(kept)
+        starts[user] = kept[0].ts
+    if not clicks:
         raise ValueError(f"no click events at or after {since_ms} in {dataset.name}")
-    return replace(dataset, name=f"{dataset.name} since {since_ms}", clicks=keep,
-                   texts=[e for e in dataset.texts if e.ts >= since_ms])
+    name = f"{dataset.name} since {since_ms}" + (f" with {context} events of context" if context else "")
+    return replace(dataset, name=name, clicks=clicks,
+                   texts=[e for e in dataset.texts if e.ts >= starts.get(e.user_id, since_ms)])
 
 
 def extend_vocab(model: SequenceEncoder, vocab: ItemVocab, items: list[str],
@@ -68,6 +88,7 @@ def finetune(
     out_dir: str | Path,
     *,
     since_ms: int | None = None,
+    context: int | None = None,
     epochs: int = 10,
     lr: float = 3e-4,
     batch_size: int = 128,
@@ -79,14 +100,17 @@ def finetune(
 ) -> Path:
     """Fine-tune ``checkpoint`` on ``dataset`` (from ``since_ms``) and write the result to ``out_dir``.
 
-    ``out_dir`` may be the checkpoint itself: it is read first and replaced atomically.
+    ``context`` earlier events of each active user are kept (see the module
+    docstring; None: the model's ``max_len``).  ``out_dir`` may be the
+    checkpoint itself: it is read first and replaced atomically.
 
     >>> finetune("runs/ml1m", load_dataset("new-log.jsonl"), "runs/ml1m", since_ms=1_767_225_600_000)  # doctest: +SKIP
     """
     wall_start = time.perf_counter()
     model, vocab, meta = load_checkpoint(checkpoint, device)
     fusion, categories = load_fusion(checkpoint), load_categories(checkpoint)
-    part = newer_slice(dataset, since_ms)
+    context = model.config.max_len if context is None else context
+    part = newer_slice(dataset, since_ms, context)
     model, vocab = extend_vocab(model, vocab, [e.item_id for e in part.clicks], seed)
     args = meta.extra.get("train_args", {})
     split = make_split(part, vocab, meta.extra.get("protocol", "auto"))
@@ -95,7 +119,7 @@ def finetune(
             "max_seconds": max_seconds, "refit": False, "progress": progress,
             "negatives": _negatives(args.get("loss", "auto"), args.get("negatives", 256), len(vocab)),
             "weight_decay": args.get("weight_decay", 0.0), "eval_every": 1,
-            "finetuned_from": meta.model_version, "since_ms": since_ms}
+            "finetuned_from": meta.model_version, "since_ms": since_ms, "context": context}
     windows = _train_windows(split.train, model.config.max_len, bool(args.get("all_windows", False)))
     fit = _fit(model, windows, split, opts, epochs, f"finetune {part.name}")
     model.load_state_dict(fit.best_state)

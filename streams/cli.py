@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
 
     finetune = commands.add_parser(
         "finetune", help="continue training a checkpoint on a newer slice of the event log",
-        description="Load --checkpoint, keep the events of --data at or after --since, add their new items "
+        description="Load --checkpoint, keep the events of --data at or after --since (with --context earlier "
+                    "events of each user active since then), add their new items "
                     "to the vocabulary and train on with early stopping on the slice's validation split. "
                     "Write the result to --out; when --out is the directory a worker watches "
                     "(its --checkpoint), the worker switches to it without a restart.")
@@ -127,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--since", default=None,
                           help="first event time to train on: seconds or ms since the epoch, or ISO 8601 "
                                "[default: the whole log]")
+    finetune.add_argument("--context", type=int, default=None,
+                          help="earlier events kept for each user active since --since, as the history "
+                               "the slice's events follow (0: the slice alone) [default: the model's max_len]")
     finetune.add_argument("--epochs", type=int, default=10, help="most epochs (early stopping on validation)")
     finetune.add_argument("--patience", type=int, default=3)
     finetune.add_argument("--lr", type=float, default=3e-4, help="learning rate (lower than train's: the "

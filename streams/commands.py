@@ -97,8 +97,9 @@ def finetune(args: argparse.Namespace) -> int:
     since = parse_ts(args.since, Path("--since"), 0) if args.since is not None else None
     started = time.monotonic()
     out = finetune_encoder(args.checkpoint, _dataset(args.data, args), args.out, since_ms=since,
-                           epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-                           device=args.device, seed=args.seed, max_seconds=args.max_seconds)
+                           context=args.context, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                           patience=args.patience, device=args.device, seed=args.seed,
+                           max_seconds=args.max_seconds)
     report = orjson.loads((out / "report.json").read_bytes())
     test, before = report["test"], report["test_before_finetune"]
     print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s (best epoch {report['best_epoch']}); "

@@ -3,6 +3,7 @@
 import json
 from dataclasses import replace
 
+import pytest
 import torch
 
 from encoders.checkpoint import load_checkpoint, load_fusion, read_metadata
@@ -37,3 +38,20 @@ def test_finetune_writes_a_new_checkpoint_from_the_newer_slice(synthetic_checkpo
     _, vocab, _ = load_checkpoint(out, device="cpu")
     assert "new-3" in vocab and load_fusion(out) is not None
     assert len(newer_slice(dataset, since).clicks) < len(dataset.clicks)
+    assert meta.extra["train_args"]["context"] == load_checkpoint(synthetic_checkpoint, device="cpu")[0].config.max_len
+
+
+def test_the_slice_keeps_earlier_events_of_active_users_as_context():
+    base = synthetic()
+    since = sorted(e.ts for e in base.clicks)[len(base.clicks) // 2]
+    alone, with_context = newer_slice(base, since), newer_slice(base, since, context=5)
+    assert all(e.ts >= since for e in alone.clicks)
+    active = {e.user_id for e in alone.clicks}
+    assert {e.user_id for e in with_context.clicks} == active  # users gone quiet stay out
+    history, kept = base.sequences(), with_context.sequences()
+    for user in active:
+        older = [e for e in history[user] if e.ts < since]
+        assert kept[user][: min(5, len(older))] == older[len(older) - min(5, len(older)):]
+        assert kept[user][min(5, len(older)):] == [e for e in history[user] if e.ts >= since]
+    with pytest.raises(ValueError, match="context"):
+        newer_slice(base, since, context=-1)
