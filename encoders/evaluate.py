@@ -36,11 +36,13 @@ __all__ = [
     "Scorer",
     "action_metrics",
     "action_table",
+    "add_rank_metrics",
     "baseline_metrics",
     "classification_metrics",
     "cooccurrence_scorer",
     "evaluate",
     "evaluate_actions",
+    "mask_scores",
     "model_scorer",
     "next_action_report",
     "popularity_scorer",
@@ -65,14 +67,17 @@ def _history(inputs: Sequence[SeqArrays], device: torch.device) -> torch.Tensor:
     return torch.from_numpy(hist).to(device)
 
 
-def _mask(scores: torch.Tensor, inputs: Sequence[SeqArrays], exclude_history: bool) -> torch.Tensor:
+def mask_scores(scores: torch.Tensor, inputs: Sequence[SeqArrays], exclude_history: bool) -> torch.Tensor:
+    """The evaluation's ranking rule, in place: padding, unknown and (optionally) each input's items score -inf."""
     scores[:, :2] = float("-inf")  # padding and unknown are never recommendations
     if exclude_history:
         scores.scatter_(1, _history(inputs, scores.device), float("-inf"))
     return scores
 
 
-def _add_metrics(sums: dict[str, float], scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> None:
+def add_rank_metrics(
+    sums: dict[str, float], scores: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]
+) -> None:
     """Add a batch's hits, NDCG and reciprocal ranks, per k, to ``sums``."""
     target_scores = scores.gather(1, targets[:, None])[:, 0]
     ranks = (scores > target_scores[:, None]).sum(1).to(torch.float64)
@@ -94,8 +99,8 @@ def score_cases(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         inputs = [cases.inputs[i] for i in idx]
-        scores = _mask(scorer(inputs), inputs, exclude_history)
-        _add_metrics(sums, scores, torch.from_numpy(cases.targets[idx]).to(scores.device), ks)
+        scores = mask_scores(scorer(inputs), inputs, exclude_history)
+        add_rank_metrics(sums, scores, torch.from_numpy(cases.targets[idx]).to(scores.device), ks)
     n = len(order)
     return {**{key: value / max(n, 1) for key, value in sums.items()}, "cases": n}
 

@@ -49,6 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .datasets import Dataset, Event
+from .evaluate import add_rank_metrics, mask_scores  # the evaluation's own ranking rule
 from .features import SeqArrays, from_events, pad_batch
 from .model import SequenceEncoder
 from .protocols import EvalCases
@@ -370,13 +371,11 @@ def _loss(vectors: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> 
 
 def _ndcg10(vectors: torch.Tensor, table: torch.Tensor, cases: FusionCases) -> float:
     """NDCG@10 with history excluded (the evaluation's rule), for early stopping."""
-    from .evaluate import _add_metrics, _mask  # the same ranking rule as the evaluation
-
     if len(cases.targets) == 0:
         return 0.0
-    scores = _mask((vectors @ table.T).detach().clone(), cases.inputs, True)
+    scores = mask_scores((vectors @ table.T).detach().clone(), cases.inputs, True)
     sums = {f"{m}@10": 0.0 for m in ("hr", "ndcg", "mrr")}
-    _add_metrics(sums, scores, cases.targets, (10,))
+    add_rank_metrics(sums, scores, cases.targets, (10,))
     return sums["ndcg@10"] / max(len(cases.targets), 1)
 
 
