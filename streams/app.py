@@ -27,6 +27,7 @@ from encoders.interests import BlendWeights
 from state import Store
 from state.keys import KeySpace
 from streams.events import DeadLetter, Limits, RecommendationEvent
+from streams.faults import FaultPoints
 from streams.metrics import Health, Metrics
 from streams.pipeline import Pipeline, RawRecord
 from streams.refresh import Refresher
@@ -83,7 +84,7 @@ class Worker:
             self.store, refresher, FaustPublisher(self.recs, self.dead), self.metrics,
             click_topic=settings.topic_clicks,
             limits=Limits(settings.max_text_chars, int(settings.max_future * 1000)),
-            known_items=getattr(encoder, "vocab", None))
+            known_items=getattr(encoder, "vocab", None), faults=FaultPoints.from_env())
         self.metrics.model.labels(encoder.model_version).set(1)
         # Batches and recoveries take turns: both bump versions and publish.
         self._turn = asyncio.Lock()
@@ -104,6 +105,11 @@ class Worker:
             records = [_raw(event) for event in events]
             await self._process_until_done(records)
             self._record_lag(records)
+
+    def stopping(self, reason: str) -> None:
+        """A signal asked the worker to stop: say so, and stop answering ready at once."""
+        self.health.ready = False
+        log.info("%s received: finishing the micro-batch in flight, then stopping", reason)
 
     async def _on_shutdown(self, app, **kwargs) -> None:
         # No need to wait for the batch in flight here: take_events acknowledges a

@@ -28,7 +28,8 @@ from streams.embedded import die_with_parent, embedded_stack, free_port
 from streams.metrics import histogram_quantile, scrape, since, total
 from streams.settings import Settings, secret_env, settings_argv
 
-__all__ = ["demo", "worker_process", "wait_until_applied", "wait_ready", "stop_process"]
+__all__ = ["demo", "worker_process", "wait_until_applied", "wait_ready", "wait_not_ready", "wait_for_fault",
+           "stop_process"]
 
 FOLLOWED_USERS, FOLLOWED_EVENTS = 3, 6  # whose interests the demo prints as they change
 DEMO_EPOCHS = 40  # small data: ~2 min on 2 cores, and well above popularity (ML-latest-small: HR@10 0.089 vs 0.043)
@@ -121,18 +122,51 @@ def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], wor
 
 def wait_ready(metrics_port: int, timeout: float = 90.0) -> None:
     """Block until the worker serving ``metrics_port`` answers /readyz with 200 (partitions assigned)."""
-    from urllib.request import urlopen
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
+        if _readyz(metrics_port) == 200:
+            return
         time.sleep(0.3)
     raise TimeoutError(f"the worker on metrics port {metrics_port} was not ready within {timeout:.0f}s")
+
+
+def wait_not_ready(metrics_port: int, timeout: float = 30.0) -> None:
+    """Block until the worker serving ``metrics_port`` answers /readyz with 503 (it is stopping)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _readyz(metrics_port) == 503:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the worker on metrics port {metrics_port} still answered ready after {timeout:.0f}s")
+
+
+def _readyz(metrics_port: int) -> int | None:
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as reply:
+            return reply.status
+    except HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def wait_for_fault(meeting: Path, point: str, worker: subprocess.Popen, timeout: float = 120.0) -> dict:
+    """Block until ``worker`` reaches the fault point ``point`` (streams/faults.py); return what it wrote."""
+    reached = meeting / f"{point}.reached"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if reached.exists():
+            try:
+                return orjson.loads(reached.read_bytes())
+            except orjson.JSONDecodeError:
+                pass  # still being written
+        if worker.poll() is not None and not reached.exists():
+            raise RuntimeError(f"the worker exited with code {worker.returncode} before reaching {point}")
+        time.sleep(0.05)
+    raise TimeoutError(f"the worker did not reach fault point {point} within {timeout:.0f}s")
 
 
 @contextlib.contextmanager

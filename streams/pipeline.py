@@ -36,6 +36,7 @@ from state import AppliedUser, Entry, Store, StoredClick, StoredText
 from state.store import partition_ends, pending_marks
 from streams.events import (ClickEvent, DeadLetter, InvalidEvent, Limits, RecommendationEvent, TextEvent,
                             decode_click, decode_text)
+from streams.faults import NO_FAULTS, FaultPoints
 from streams.metrics import Metrics
 from streams.refresh import Refresher
 
@@ -98,7 +99,8 @@ class Pipeline:
     """Processes micro-batches; one instance per worker."""
 
     def __init__(self, store: Store, refresher: Refresher, publisher: Publisher, metrics: Metrics, *,
-                 click_topic: str, limits: Limits = Limits(), known_items=None) -> None:
+                 click_topic: str, limits: Limits = Limits(), known_items=None,
+                 faults: FaultPoints = NO_FAULTS) -> None:
         self.store = store
         self.refresher = refresher
         self.publisher = publisher
@@ -106,6 +108,7 @@ class Pipeline:
         self.click_topic = click_topic
         self.limits = limits
         self.known_items = known_items
+        self.faults = faults  # test-only: stop a batch at an exact step (streams/faults.py)
         # One thread: the encoders are not re-entrant and a second core is better
         # left to the event loop.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")
@@ -116,15 +119,20 @@ class Pipeline:
         valid, dead = decode_batch(records, self.click_topic, now_ms, self.limits)
         await self._publish_dead_letters(dead)
         entries = await self._entries(valid)
+        await self.faults.at("after_embed", records)
         with self.metrics.redis_seconds.labels("apply").time():
             applied = await self.store.apply(entries, partition_ends(records))  # dead letters included
+        await self.faults.at("after_apply", records)
         late = _late_letters(valid, entries, applied.outcomes, now_ms)
         await self._publish_dead_letters(late)
         report = BatchReport(self._count_events(entries, applied.outcomes, dead + late), dead + late)
         self._count_online_quality(applied.ranks)
         applied_now = [e for e, o in zip(entries, applied.outcomes) if o == "applied"]
         changed = {stream: {e.user_id for e in applied_now if e.stream == stream} for stream in ("c", "t")}
-        report.recommendations = await self._refresh_and_publish(applied.users, changed["c"], changed["t"])
+        report.recommendations = await self._refresh_and_write(applied.users, changed["c"], changed["t"])
+        await self.faults.at("after_write", records)
+        await self._publish(report.recommendations)
+        await self.faults.at("after_publish", records)
         self._count_freshness(report.recommendations, valid)
         await self.store.clear_pending(pending_marks(entries))
         self.metrics.batch_size.observe(len(records))
@@ -138,14 +146,15 @@ class Pipeline:
             histories = await self.store.histories(users)
         # Their events were applied but never published: every interest they have may have changed.
         users = [h for h in histories if h.clicks or h.texts]
-        events = await self._refresh_and_publish(users, {u.user_id for u in users if u.clicks},
-                                                 {u.user_id for u in users if u.texts})
+        events = await self._refresh_and_write(users, {u.user_id for u in users if u.clicks},
+                                               {u.user_id for u in users if u.texts})
+        await self._publish(events)
         await self.store.clear_pending(marks)
         return events
 
-    async def _refresh_and_publish(self, users: Sequence[AppliedUser], changed_clicks: set[str],
-                                   changed_texts: set[str]) -> list[RecommendationEvent]:
-        """One forward pass for all users, one round trip to store, one event per user."""
+    async def _refresh_and_write(self, users: Sequence[AppliedUser], changed_clicks: set[str],
+                                 changed_texts: set[str]) -> list[RecommendationEvent]:
+        """One forward pass for all users and one round trip to store: one event per user, to publish."""
         if not users:
             return []
         previous = [u.long_term for u in users]  # read with the histories, no round trip of its own
@@ -156,10 +165,13 @@ class Pipeline:
         for r in refreshed:
             if r.drift is not None:
                 self.metrics.drift.observe(r.drift)
-        await self.publisher.publish_recommendations(events)
         self.metrics.users_refreshed.inc(len(events))
-        self.metrics.recommendations.inc(len(events))
         return events
+
+    async def _publish(self, events: list[RecommendationEvent]) -> None:
+        if events:
+            await self.publisher.publish_recommendations(events)
+            self.metrics.recommendations.inc(len(events))
 
     async def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         if letters:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():
+        if os.environ.get("CI"):  # a CI run without the data must not look green
+            pytest.fail(f"shared datasets not found at {DATA} (CI is set, so this is a failure, not a skip)")
         pytest.skip(f"shared datasets not found at {DATA}")
     return DATA
 

@@ -20,7 +20,7 @@ import pytest
 
 from encoders.datasets import load_movielens_small
 from state import Store
-from streams.demo import wait_ready, wait_until_applied, worker_process
+from streams.demo import wait_for_fault, wait_not_ready, wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
 from streams.metrics import scrape, total
 from streams.replay import Producer, ensure_topics, replay_events
@@ -263,41 +263,47 @@ def test_two_workers_on_a_redis_cluster_split_the_partitions_and_apply_each_even
 
 
 def test_sigterm_finishes_the_micro_batch_in_flight(broker_url, redis_url, movielens_checkpoint, tmp_path):
-    """SIGTERM arrives while a big batch of texts is being embedded: the worker finishes
-    and publishes it before it leaves, so no user is left pending."""
+    """SIGTERM arrives while a batch of texts is held right after embedding (a test fault
+    point): the worker finishes, applies and publishes that batch before it leaves, so no
+    user is left pending, and it exits 0."""
     from state import KeySpace
+    from streams.replay import OutgoingEvent
 
     settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
                         topic_clicks="gs-clicks", topic_texts="gs-texts", topic_recs="gs-recs",
                         topic_dead="gs-dead", app_id="gs-worker", key_prefix="gs", metrics_port=free_port(),
                         batch_max=1000, batch_within=0.5)
-    from streams.replay import OutgoingEvent
-
     review = "a long review of the film, its actors, its music and its ending; " * 20
     texts = [OutgoingEvent("gs-texts", f"u{i % 50}", orjson.dumps(
         {"event_id": f"r{i}", "user_id": f"u{i % 50}", "kind": "review", "text": f"{i} {review}", "ts": NOW}))
-        for i in range(1000)]
+        for i in range(200)]
     ensure_topics(broker_url, ["gs-clicks", "gs-texts", "gs-recs", "gs-dead"], settings.partitions)
     producer = Producer(broker_url)
-    log = tmp_path / "worker.log"
-    with worker_process(settings, log) as worker:
+    fault = {"IU_TEST_FAULT": "after_embed:hold", "IU_TEST_FAULT_DIR": str(tmp_path)}
+    with worker_process(settings, tmp_path / "worker.log", extra_env=fault) as worker:
         wait_ready(settings.metrics_port)
         producer.send_all(texts)
-        time.sleep(2.0)  # the batch is taken within 0.5 s; 1000 long texts take seconds to embed on a CPU
+        held = wait_for_fault(tmp_path, "after_embed", worker)  # the batch is in flight, not yet applied
         worker.terminate()
+        wait_not_ready(settings.metrics_port)  # the worker has seen SIGTERM
+        (tmp_path / "after_embed.release").touch()
         assert worker.wait(60) == 0
     producer.close()
-    # Faust's consumer waits for unacknowledged events at shutdown and the agent's
-    # batch is shielded from cancellation: either way the batch must be complete.
+    assert "SIGTERM received" in (tmp_path / "worker.log").read_text()
 
     async def check():
         store = Store.from_url(redis_url, keys=KeySpace("gs"))
-        applied = await store.resume_offsets("gs-texts")
-        pending = await store.pending_users("gs-texts", range(settings.partitions))
-        return sum(offset + 1 for offset in applied.values()), pending
+        try:
+            applied = await store.resume_offsets("gs-texts")
+            pending = await store.pending_users("gs-texts", range(settings.partitions))
+        finally:
+            await store.close()
+        return applied, pending
 
     applied, pending = asyncio.run(check())
-    assert applied == len(texts) and pending == {}
+    for where, last in held["last_offsets"].items():  # the held batch is applied whole
+        assert applied[int(where.rsplit(":", 1)[1])] >= last, where
+    assert held["records"] > 0 and pending == {}
 
 
 def test_a_redis_outage_of_ten_seconds_loses_nothing(broker_url, movielens_checkpoint, data_dir, tmp_path):
