@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.datasets import load_dataset  # noqa: E402
+from encoders.data import load_dataset  # noqa: E402
 from encoders.inference import InterestEncoder  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     print(f"one call per user:      {single * 1e3:8.1f} ms  ({len(seqs) / single:7.0f} users/s)")
     print(f"batched speed-up: {single / batched:.1f}x")
     if args.texts:
-        from encoders.text import TextEncoder
+        from encoders.nn.text import TextEncoder
 
         text_encoder = TextEncoder(device=args.device)
         texts = [f"looking for something like item {i} with a longer description" for i in range(len(seqs))]

@@ -2,8 +2,8 @@
 
 Cuts a timestamped log at a quantile of its click times (``--cut``, 0.8), then:
 
-1. trains a base model on the events before the cut (`encoders.train.train`);
-2. fine-tunes it on the events after the cut (`encoders.finetune.finetune`)
+1. trains a base model on the events before the cut (`encoders.training.train.train`);
+2. fine-tunes it on the events after the cut (`encoders.training.finetune.finetune`)
    twice: on the slice alone (``context=0``) and with each active user's
    ``max_len`` earlier events (the default);
 3. ranks the same test cases with all three models: for every user with a
@@ -27,11 +27,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.checkpoint import load_checkpoint  # noqa: E402
-from encoders.datasets import load_dataset  # noqa: E402
-from encoders.evaluate import rank_metrics  # noqa: E402
-from encoders.finetune import finetune, newer_slice  # noqa: E402
+from encoders.data import load_dataset  # noqa: E402
+from encoders.evaluation.evaluate import rank_metrics  # noqa: E402
+from encoders.training.finetune import finetune, newer_slice  # noqa: E402
 from encoders.protocols import make_split  # noqa: E402
-from encoders.train import train  # noqa: E402
+from encoders.training.train import train  # noqa: E402
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.datasets import load_dataset  # noqa: E402
+from encoders.data import load_dataset  # noqa: E402
 from encoders.inference import InterestEncoder  # noqa: E402
 from encoders.interests import DAY_MS, BlendWeights, CategoryIndex, category_distribution  # noqa: E402
 from encoders.protocols import EvalCases, make_split  # noqa: E402

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.datasets import load_dataset  # noqa: E402
+from encoders.data import load_dataset  # noqa: E402
 from streams.demo import wait_until_applied, worker_process  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
 from streams.metrics import histogram_quantile, scrape, since  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
         workdir = Path(tmp)
         checkpoint = args.checkpoint
         if checkpoint is None:
-            from encoders.train import train
+            from encoders.training.train import train
             checkpoint = str(train(dataset, workdir / "model", d_model=48, n_layers=2, n_heads=2, max_len=100,
                                    epochs=3, progress=False))
 

@@ -30,7 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoders.datasets import Dataset, load_dataset  # noqa: E402
+from encoders.data import Dataset, load_dataset  # noqa: E402
 from streams.demo import wait_ready, wait_until_applied, worker_process  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
 from streams.metrics import histogram_quantile, scrape, since, total  # noqa: E402
@@ -114,7 +114,7 @@ def full_users_only(dataset: Dataset, min_clicks: int) -> Dataset:
 
 
 def train_small(dataset: Dataset, out: Path) -> str:
-    from encoders.train import train
+    from encoders.training.train import train
 
     return str(train(dataset, out, d_model=48, n_layers=2, n_heads=2, max_len=100, epochs=3, progress=False))
 

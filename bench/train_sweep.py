@@ -1,6 +1,6 @@
 """Train several encoder configurations side by side and print their test figures.
 
-Each configuration is one `encoders.train.train` run in its own process, so
+Each configuration is one `encoders.training.train.train` run in its own process, so
 several small models share one GPU (or the CPU cores); a table of validation
 and test figures, epochs and training time comes last, sorted by test NDCG@10,
 and every run's report.json is kept under --out.
@@ -47,8 +47,8 @@ def parse_config(spec: str) -> tuple[str, dict[str, Any]]:
 def run_one(data: str, out: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from encoders.datasets import load_dataset
-    from encoders.train import train
+    from encoders.data import load_dataset
+    from encoders.training.train import train
 
     torch.set_num_threads(2)  # the processes share the machine's cores
     started = time.perf_counter()

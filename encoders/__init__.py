@@ -1,16 +1,24 @@
 """Interest encoders: event logs, the sequence model, training, evaluation, inference.
 
-Importing the package is cheap (no torch): the dataset loaders, config,
-vocabulary and errors are imported eagerly; the torch-backed names
-(`SequenceEncoder`, `train`, `evaluate`, `InterestEncoder`, `TextEncoder`, ...)
-are imported on first access.  ``train`` and ``evaluate`` are not
-re-exported: their names equal their modules', and an attribute that is a
-function or a module depending on import order would be a trap; import them
-from `encoders.train` / `encoders.evaluate`.  This package knows nothing of
-Kafka, Faust or Redis.
+Layers, each importing only those above it in this list (checked by
+import-linter, see pyproject.toml):
+
+- ``errors``, ``config``, ``vocab``: torch-free bottom (exceptions, the model's
+  dimensions, the item and action vocabularies, `vocab.FIRST_ITEM`);
+- ``features``, ``protocols``, ``interests``, ``data``: numpy only: event
+  arrays, train/valid/test splits, multi-granularity interests, and the
+  records and file formats of event logs (`data.load_dataset`);
+- ``ranking``: the one ranking rule (masking, exclusion, metric sums);
+- ``nn``: torch modules: the sequence model, the text fusion, the text encoder;
+- ``checkpoint``: config + weights + vocabulary + metadata on disk;
+- ``inference``: `InterestEncoder`, what the worker imports, and nothing above;
+- ``evaluation`` then ``training``: offline only.
+
+This package knows nothing of Kafka, Faust or Redis.  Importing it is cheap:
+the names below are loaded on first access.
 
 >>> from encoders import load_dataset, InterestEncoder
->>> from encoders.train import train  # doctest: +SKIP
+>>> from encoders.training.train import train  # doctest: +SKIP
 >>> path = train(load_dataset("synthetic"), "/tmp/ckpt-synth", epochs=5)  # doctest: +SKIP
 >>> enc = InterestEncoder.from_checkpoint(path)  # doctest: +SKIP
 """
@@ -18,70 +26,25 @@ Kafka, Faust or Redis.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .config import EncoderConfig
-from .datasets import (
-    Catalogue,
-    Dataset,
-    Event,
-    load_dataset,
-    load_ml1m,
-    load_movielens_small,
-    synthetic,
-)
-from .errors import CheckpointError, ConfigError, DataFormatError, EncoderError
-from .vocab import ACTIONS, ItemVocab, action_index
-
-if TYPE_CHECKING:
-    from .checkpoint import CheckpointMetadata, load_categories, load_checkpoint, load_fusion, save_checkpoint
-    from .fusion import TextFusion
-    from .evaluate import baseline_metrics
-    from .inference import InterestEncoder
-    from .model import SequenceEncoder
-    from .text import TextEncoder
-
-# name -> submodule, for names whose modules import torch.
+# name -> the module that defines it, imported on first access so that, say,
+# the worker's `import encoders.inference` does not load the dataset loaders.
 _LAZY = {
-    "SequenceEncoder": "model",
-    "CheckpointMetadata": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "load_fusion": "checkpoint",
-    "load_categories": "checkpoint",
-    "TextFusion": "fusion",
-    "baseline_metrics": "evaluate",
+    "CheckpointError": "errors", "ConfigError": "errors", "DataFormatError": "errors", "EncoderError": "errors",
+    "EncoderConfig": "config",
+    "ACTIONS": "vocab", "ItemVocab": "vocab", "action_index": "vocab",
+    "Catalogue": "data.records", "Dataset": "data.records", "Event": "data.records",
+    "load_dataset": "data.formats", "load_ml1m": "data.builtin", "load_movielens_small": "data.builtin",
+    "synthetic": "data.builtin",
+    "SequenceEncoder": "nn.model", "TextFusion": "nn.fusion", "TextEncoder": "nn.text",
+    "CheckpointMetadata": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "load_fusion": "checkpoint", "load_categories": "checkpoint",
     "InterestEncoder": "inference",
-    "TextEncoder": "text",
+    "baseline_metrics": "evaluation.evaluate",
 }
 
-__all__ = [
-    "ACTIONS",
-    "Catalogue",
-    "CheckpointError",
-    "CheckpointMetadata",
-    "ConfigError",
-    "DataFormatError",
-    "Dataset",
-    "EncoderConfig",
-    "EncoderError",
-    "Event",
-    "InterestEncoder",
-    "ItemVocab",
-    "SequenceEncoder",
-    "TextEncoder",
-    "TextFusion",
-    "action_index",
-    "baseline_metrics",
-    "load_categories",
-    "load_checkpoint",
-    "load_dataset",
-    "load_fusion",
-    "load_ml1m",
-    "load_movielens_small",
-    "save_checkpoint",
-    "synthetic",
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -32,11 +32,11 @@ from safetensors.torch import load_file, save_file
 
 from .config import EncoderConfig
 from .errors import CheckpointError, EncoderError
-from .model import SequenceEncoder, resolve_device
+from .nn.model import SequenceEncoder, resolve_device
 from .vocab import ItemVocab
 
-if TYPE_CHECKING:  # fusion imports this package's model; imported lazily in load_fusion
-    from .fusion import TextFusion
+if TYPE_CHECKING:  # imported when a checkpoint has a fusion, in load_fusion
+    from .nn.fusion import TextFusion
 
 __all__ = ["CheckpointMetadata", "load_categories", "load_checkpoint", "load_fusion", "read_metadata",
            "save_checkpoint"]
@@ -212,7 +212,7 @@ def load_fusion(dir: str | Path, device: str | torch.device = "cpu") -> TextFusi
 
     >>> fusion = load_fusion("/tmp/ckpt-amazon")  # doctest: +SKIP
     """
-    from .fusion import TextFusion
+    from .nn.fusion import TextFusion
 
     root = Path(dir)
     if not (root / FUSION_WEIGHTS).is_file():

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .datasets import Event
 from .vocab import ItemVocab, action_index
+
+if TYPE_CHECKING:  # a type only: the worker's imports never reach the data package
+    from .data.records import Event
 
 __all__ = ["Batch", "SeqArrays", "from_events", "from_tuples", "pad_batch", "split_input"]
 

@@ -28,8 +28,9 @@ import torch
 from .checkpoint import load_categories, load_checkpoint, load_fusion
 from .features import SeqArrays, from_tuples, pad_batch
 from .interests import DAY_MS, CategoryIndex, decay_weights
-from .model import SequenceEncoder
-from .vocab import ACTIONS, ItemVocab
+from .nn.model import SequenceEncoder
+from .ranking import mask_rows
+from .vocab import ACTIONS, FIRST_ITEM, ItemVocab
 
 __all__ = ["LENGTH_BUCKETS", "Encoded", "InterestEncoder"]
 
@@ -171,16 +172,6 @@ class InterestEncoder:
             fused = self.fusion.fuse_numpy(behaviour, text, has_behaviour, has_text)
         return fused.astype(np.float32)
 
-    def _exclusion_mask(self, scores: torch.Tensor, exclude: Sequence[set[str]]) -> None:
-        rows: list[int] = []
-        cols: list[int] = []
-        for row, items in enumerate(exclude):
-            idx = [self.vocab.index(i) for i in items if i in self.vocab]
-            rows.extend([row] * len(idx))
-            cols.extend(idx)
-        if cols:
-            scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
-
     def top_k(
         self, vectors: np.ndarray, k: int, exclude: Sequence[set[str]] | None = None,
         bias: np.ndarray | None = None,
@@ -198,16 +189,15 @@ class InterestEncoder:
             raise ValueError(f"vectors must be [B, {self.dim}], got shape {vectors.shape}")
         if exclude is not None and len(exclude) != len(vectors):
             raise ValueError(f"exclude has {len(exclude)} sets for {len(vectors)} vectors")
-        k = min(k, len(self.vocab) - 2)
+        k = min(k, len(self.vocab) - FIRST_ITEM)
         if k <= 0 or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
         with self._lock, torch.inference_mode():
             scores = self._to_device(np.ascontiguousarray(vectors)) @ self._table.T
             if bias is not None:
                 scores += self._to_device(np.ascontiguousarray(bias, dtype=np.float32))
-            scores[:, :2] = float("-inf")
-            if exclude is not None:
-                self._exclusion_mask(scores, exclude)
+            mask_rows(scores, None if exclude is None else
+                      [[self.vocab.index(i) for i in items if i in self.vocab] for items in exclude])
             values, indices = (t.cpu().tolist() for t in scores.topk(k, dim=1))
         return [
             [(self.vocab.item_id(i), v) for v, i in zip(vals, idx) if v != float("-inf")]

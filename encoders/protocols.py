@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .datasets import Dataset, Event
+from .data.records import Dataset, Event
 from .features import SeqArrays, from_events, split_input
 from .vocab import UNKNOWN, ItemVocab
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from .errors import CheckpointError
 
-__all__ = ["ACTIONS", "PAD", "UNKNOWN", "ItemVocab", "action_index"]
+__all__ = ["ACTIONS", "FIRST_ITEM", "PAD", "UNKNOWN", "ItemVocab", "action_index"]
 
 PAD = 0
 UNKNOWN = 1
+FIRST_ITEM = 2  # the first row of a real item: rows PAD and UNKNOWN are never recommended
 
 ACTIONS: tuple[str, ...] = ("pad", "unknown", "view", "click", "cart", "buy", "search", "other")
 _ACTION_INDEX = {a: i for i, a in enumerate(ACTIONS)}
@@ -77,7 +78,7 @@ class ItemVocab:
     @property
     def item_ids(self) -> list[str]:
         """Real item ids in index order (index = position + 2)."""
-        return self._ids[2:]
+        return self._ids[FIRST_ITEM:]
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -28,7 +28,7 @@ DATA_HELP = ("event log: 'synthetic', a dataset folder (ML-1M sequences.txt.gz, 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--data and how to read it (train and evaluate share these)."""
-    from encoders.loaders import FORMATS
+    from encoders.data import FORMATS
 
     parser.add_argument("--data", required=True, help=DATA_HELP)
     parser.add_argument("--format", default="auto", choices=FORMATS,

@@ -24,8 +24,8 @@ log = logging.getLogger("interest_updater")
 
 def _dataset(path: str, args: argparse.Namespace | None = None):
     """Load ``path``, read as the --format / --*-col / --test flags of ``args`` say (when present)."""
-    from encoders.datasets import load_dataset
-    from encoders.loaders import Columns
+    from encoders.data import load_dataset
+    from encoders.data import Columns
 
     if args is None or not hasattr(args, "format"):
         return load_dataset(path)
@@ -34,7 +34,7 @@ def _dataset(path: str, args: argparse.Namespace | None = None):
 
 
 def train(args: argparse.Namespace) -> int:
-    from encoders.train import train as train_encoder
+    from encoders.training.train import train as train_encoder
 
     dataset = _dataset(args.data, args)
     started = time.monotonic()
@@ -52,12 +52,12 @@ def train(args: argparse.Namespace) -> int:
           f"(training {report['train_seconds']:.0f}s, best epoch {report['best_epoch']}); "
           f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}{refit}; curve in {out / 'training.png'}")
     if report.get("next_action_test"):
-        from encoders.evaluate import action_table
+        from encoders.evaluation.actions import action_table
 
         print(action_table(report["next_action_test"]))
     fusion = report.get("text_fusion") or {}
     if fusion.get("test"):
-        from encoders.fusion import fusion_table
+        from encoders.training.fusion import fusion_table
 
         print(fusion_table(fusion["test"]))
     elif fusion.get("skipped"):
@@ -73,8 +73,9 @@ def _wants_text_fusion(choice: str, dataset) -> bool:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from encoders.evaluate import action_table, baseline_metrics, evaluate_actions
-    from encoders.evaluate import evaluate as evaluate_encoder
+    from encoders.evaluation.actions import action_table, evaluate_actions
+    from encoders.evaluation.evaluate import baseline_metrics
+    from encoders.evaluation.evaluate import evaluate as evaluate_encoder
     from encoders.protocols import default_protocol
 
     dataset = _dataset(args.data, args)
@@ -91,8 +92,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def finetune(args: argparse.Namespace) -> int:
-    from encoders.finetune import finetune as finetune_encoder
-    from encoders.loaders import parse_ts
+    from encoders.training.finetune import finetune as finetune_encoder
+    from encoders.data import parse_ts
 
     since = parse_ts(args.since, Path("--since"), 0) if args.since is not None else None
     started = time.monotonic()
@@ -110,7 +111,7 @@ def finetune(args: argparse.Namespace) -> int:
 
 def evaluation_table(dataset: str, protocol: str, split: str, rows: list[tuple[str, dict]]) -> str:
     """Our rows, then the published figures for ``dataset`` with the protocol notes."""
-    from encoders.published import PROTOCOL_NOTES, PUBLISHED
+    from encoders.evaluation.published import PROTOCOL_NOTES, PUBLISHED
 
     cases = rows[0][1]["cases"]
     lines = [f"{dataset}: {protocol}, split={split}, full ranking, {cases} cases",
@@ -136,7 +137,7 @@ def load_encoders(settings: Settings):
     encoder = load_sequence_encoder(settings)
     text_encoder = None
     if settings.text_encoder:
-        from encoders.text import TextEncoder
+        from encoders.nn.text import TextEncoder
         text_encoder = TextEncoder(device=settings.device)
     return encoder, text_encoder
 

@@ -36,7 +36,7 @@ DEMO_EPOCHS = 40  # small data: ~2 min on 2 cores, and well above popularity (ML
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> int:
-    from encoders.datasets import load_dataset
+    from encoders.data import load_dataset
 
     dataset = load_dataset(args.data)
     print(f"dataset {dataset.name}: {len(dataset.clicks)} clicks, {len(dataset.texts)} texts")
@@ -55,7 +55,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train_small(dataset, out: Path, epochs: int | None) -> Path:
-    from encoders.train import train
+    from encoders.training.train import train
 
     print("no --checkpoint given: training a small model on this data")
     return train(dataset, out, d_model=48, n_layers=2, n_heads=2, max_len=100,

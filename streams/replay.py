@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 
 import orjson
 
-from encoders.datasets import Dataset, Event
+from encoders.data import Dataset, Event
 from streams.events import MIN_TS_MS, SCHEMA_VERSION
 
 __all__ = ["OutgoingEvent", "replay_events", "Producer", "ensure_topics", "recommendation_consumer"]

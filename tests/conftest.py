@@ -80,8 +80,8 @@ def run():
 @pytest.fixture(scope="session")
 def synthetic_checkpoint(tmp_path_factory) -> Path:
     """A small encoder trained for real on the synthetic stream."""
-    from encoders.datasets import synthetic
-    from encoders.train import train
+    from encoders.data import synthetic
+    from encoders.training.train import train
 
     out = tmp_path_factory.mktemp("ckpt") / "synthetic"
     return train(synthetic(), out, d_model=32, n_layers=1, n_heads=2, max_len=50, epochs=3, progress=False,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from encoders.datasets import Dataset, load_ml1m, load_movielens_small
+from encoders.data import Dataset, load_ml1m, load_movielens_small
 
 # tests/encoders/conftest.py -> repo root -> its parent holds shared/data.
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -12,10 +12,10 @@ import torch
 
 from encoders.checkpoint import CheckpointMetadata, load_checkpoint, read_metadata, save_checkpoint
 from encoders.config import EncoderConfig
-from encoders.datasets import Dataset, synthetic
+from encoders.data import Dataset, synthetic
 from encoders.errors import CheckpointError
-from encoders.evaluate import action_table, classification_metrics, evaluate_actions
-from encoders.model import SequenceEncoder
+from encoders.evaluation.actions import action_table, classification_metrics, evaluate_actions
+from encoders.nn.model import SequenceEncoder
 from encoders.protocols import make_split
 from encoders.vocab import ACTIONS, ItemVocab
 
@@ -39,7 +39,7 @@ def cyclic() -> Dataset:
 
 @pytest.fixture(scope="module")
 def trained(cyclic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from encoders.train import train
+    from encoders.training.train import train
 
     return train(cyclic, tmp_path_factory.mktemp("actions") / "cyclic", epochs=6, lr=5e-3, patience=6,
                  device="cpu", **TINY)
@@ -72,7 +72,7 @@ def test_metadata_carries_action_classes(trained: Path) -> None:
 
 
 def test_metadata_classes_are_the_training_targets_only(tmp_path: Path) -> None:
-    from encoders.train import train
+    from encoders.training.train import train
 
     # "cart" appears only as each user's first event, which is never a target.
     data = _with_actions(synthetic(n_users=40, n_items=60, seed=4), lambda k: "cart" if k == 0 else CYCLE[k % 2])
@@ -81,7 +81,7 @@ def test_metadata_classes_are_the_training_targets_only(tmp_path: Path) -> None:
 
 
 def test_one_action_or_zero_weight_trains_the_plain_model(tmp_path: Path) -> None:
-    from encoders.train import train
+    from encoders.training.train import train
 
     base = synthetic(n_users=40, n_items=60, seed=5)
     one_action = _with_actions(base, lambda k: "click")  # like ML-1M
@@ -128,7 +128,7 @@ def test_config_without_the_key_loads_old_weights(tmp_path: Path) -> None:
 
 
 def test_action_loss_ignores_padding() -> None:
-    from encoders.train import next_action_loss
+    from encoders.training.train import next_action_loss
 
     torch.manual_seed(0)
     model = SequenceEncoder(EncoderConfig(n_items=12, d_model=16, n_heads=2, max_len=8, action_head=True))

@@ -16,7 +16,7 @@ from encoders.checkpoint import (
 )
 from encoders.config import EncoderConfig
 from encoders.errors import CheckpointError
-from encoders.model import SequenceEncoder
+from encoders.nn.model import SequenceEncoder
 from encoders.vocab import ItemVocab
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from encoders.config import EncoderConfig
-from encoders.datasets import SYNTHETIC_START_MS, Dataset, load_dataset, synthetic
+from encoders.data import SYNTHETIC_START_MS, Dataset, load_dataset, synthetic
 from encoders.errors import ConfigError, DataFormatError
 from encoders.vocab import ACTIONS, ItemVocab, action_index
 
@@ -71,7 +71,7 @@ def test_synthetic_is_seeded_and_plausible() -> None:
 def test_datasets_module_does_not_import_torch() -> None:
     import subprocess
 
-    code = "import encoders, encoders.datasets, sys; print('torch' in sys.modules)"
+    code = "import encoders, encoders.data, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

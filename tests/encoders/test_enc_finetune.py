@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from encoders.checkpoint import load_checkpoint, load_fusion, read_metadata
-from encoders.datasets import Event, synthetic
-from encoders.finetune import extend_vocab, finetune, newer_slice
+from encoders.data import Event, synthetic
+from encoders.training.finetune import extend_vocab, finetune, newer_slice
 
 
 def test_new_items_join_the_vocabulary_and_known_rows_keep_their_embeddings(synthetic_checkpoint):

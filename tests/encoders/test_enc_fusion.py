@@ -12,9 +12,10 @@ import torch
 from encoders.checkpoint import (CheckpointMetadata, load_categories, load_checkpoint, load_fusion,
                                  read_metadata, save_checkpoint)
 from encoders.config import EncoderConfig
-from encoders.datasets import Catalogue, Dataset, Event
-from encoders.fusion import TextFusion, build_cases, catalogue_pairs, evaluate_fusion, prepare, train_fusion, user_texts
-from encoders.model import SequenceEncoder
+from encoders.data import Catalogue, Dataset, Event
+from encoders.nn.fusion import TextFusion
+from encoders.training.fusion import build_cases, catalogue_pairs, evaluate_fusion, prepare, train_fusion, user_texts
+from encoders.nn.model import SequenceEncoder
 from encoders.vocab import ItemVocab
 
 DAY = 86_400_000

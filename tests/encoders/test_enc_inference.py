@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from encoders.config import EncoderConfig
-from encoders.datasets import Dataset
+from encoders.data import Dataset
 from encoders.features import from_tuples
 from encoders.inference import InterestEncoder
-from encoders.model import SequenceEncoder
+from encoders.nn.model import SequenceEncoder
 from encoders.vocab import ItemVocab
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from encoders.datasets import load_dataset
 from encoders.errors import DataFormatError
-from encoders.loaders import Columns, load_event_log, parse_ts, sniff_format
+from encoders.data import Columns, load_dataset, parse_ts, sniff_format
 
 
 def _write(path: Path, text: str) -> Path:
@@ -23,36 +22,36 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_plain_lines_keep_file_order_per_user(tmp_path: Path) -> None:
-    log = load_event_log(_write(tmp_path / "log.txt", "u1 a\nu2 b\nu1 c\n\nu1 a\n"))
+    log = load_dataset(_write(tmp_path / "log.txt", "u1 a\nu2 b\nu1 c\n\nu1 a\n"))
     assert sniff_format(tmp_path / "log.txt") == "lines"
     assert [e.item_id for e in log.sequences()["u1"]] == ["a", "c", "a"]
     assert [e.ts for e in log.sequences()["u1"]] == [0, 1000, 2000]
 
 
 def test_lines_with_timestamps_are_sorted_by_time(tmp_path: Path) -> None:
-    log = load_event_log(_write(tmp_path / "log.txt.gz", "u1 a 1700000300\nu1 b 1700000100\n"))
+    log = load_dataset(_write(tmp_path / "log.txt.gz", "u1 a 1700000300\nu1 b 1700000100\n"))
     assert [(e.item_id, e.ts) for e in log.sequences()["u1"]] == [("b", 1_700_000_100_000), ("a", 1_700_000_300_000)]
 
 
 def test_csv_with_known_header_and_ratings(tmp_path: Path) -> None:
     text = "userId,movieId,rating,timestamp\n1,10,4.5,1000000000\n1,11,2.0,999999999\n"
-    log = load_event_log(_write(tmp_path / "r.csv", text))
+    log = load_dataset(_write(tmp_path / "r.csv", text))
     assert [(e.item_id, e.action) for e in log.sequences()["1"]] == [("11", "view"), ("10", "buy")]
 
 
 def test_tsv_with_named_columns_and_iso_times(tmp_path: Path) -> None:
     text = "who\twhat\twhen\tkind\nann\tx\t2024-01-02T00:00:00Z\tCart\nann\ty\t2024-01-01T00:00:00\tview\n"
-    log = load_event_log(_write(tmp_path / "e.tsv", text), columns=Columns(user="who", item="what", time="when",
+    log = load_dataset(_write(tmp_path / "e.tsv", text), columns=Columns(user="who", item="what", time="when",
                                                                           action="kind"))
     assert [(e.item_id, e.action) for e in log.sequences()["ann"]] == [("y", "view"), ("x", "cart")]
     with pytest.raises(DataFormatError, match=r"e.tsv:1: no user column in header \['who'"):
-        load_event_log(tmp_path / "e.tsv")
+        load_dataset(tmp_path / "e.tsv")
 
 
 def test_product_schema_jsonl_with_texts(tmp_path: Path) -> None:
     lines = [{"event_id": "1", "user_id": "u", "item_id": "i1", "action": "buy", "ts": 1_700_000_000_000},
              {"event_id": "2", "user_id": "u", "kind": "search", "text": "red shoes", "ts": 1_700_000_001_000}]
-    log = load_event_log(_write(tmp_path / "events.jsonl", "\n".join(json.dumps(x) for x in lines)))
+    log = load_dataset(_write(tmp_path / "events.jsonl", "\n".join(json.dumps(x) for x in lines)))
     assert [(e.item_id, e.action, e.ts) for e in log.clicks] == [("i1", "buy", 1_700_000_000_000)]
     assert [(e.kind, e.text) for e in log.texts] == [("search", "red shoes")]
 
@@ -84,16 +83,16 @@ def test_otto_and_amazon(shared_folder) -> None:
 )
 def test_errors_name_file_line_and_expectation(tmp_path: Path, name: str, text: str, error: str) -> None:
     with pytest.raises(DataFormatError, match=error):
-        load_event_log(_write(tmp_path / name, text))
+        load_dataset(_write(tmp_path / name, text))
 
 
 def test_folder_and_format_errors(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="expected a folder with sequences.txt.gz"):
-        load_event_log(tmp_path)
+        load_dataset(tmp_path)
     with pytest.raises(DataFormatError, match="no such file or folder"):
-        load_event_log(tmp_path / "missing.csv")
+        load_dataset(tmp_path / "missing.csv")
     with pytest.raises(DataFormatError, match="unknown format 'parquet'"):
-        load_event_log(tmp_path, fmt="parquet")
+        load_dataset(tmp_path, fmt="parquet")
 
 
 def test_timestamp_units() -> None:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.datasets import Dataset, Event, load_dataset
-from encoders.evaluate import baseline_metrics, cooccurrence_scorer, score_cases
+from encoders.data import Dataset, Event, load_dataset
+from encoders.evaluation.evaluate import baseline_metrics, cooccurrence_scorer, score_cases
 from encoders.features import SeqArrays
 from encoders.protocols import EvalCases, make_split
-from encoders.train import _train_windows
+from encoders.training.train import _train_windows
 from encoders.vocab import ItemVocab
 
 
@@ -79,7 +79,7 @@ def test_cooccurrence_follows_the_last_item() -> None:
 
 
 def test_sampled_softmax_masks_the_target_among_its_negatives() -> None:
-    from encoders.train import sampled_softmax_loss
+    from encoders.training.train import sampled_softmax_loss
 
     # Two items: every sampled negative is either the target (masked) or the other item.
     table = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

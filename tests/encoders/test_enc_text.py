@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from encoders.text import TextEncoder
+from encoders.nn.text import TextEncoder
 
 
 @pytest.fixture(scope="module")

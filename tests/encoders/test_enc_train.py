@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from encoders.checkpoint import read_metadata
-from encoders.datasets import Dataset, synthetic
-from encoders.evaluate import baseline_metrics, evaluate
+from encoders.data import Dataset, synthetic
+from encoders.evaluation.evaluate import baseline_metrics, evaluate
 from encoders.inference import InterestEncoder
 
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 50, "batch_size": 64, "progress": False}
@@ -26,7 +26,7 @@ def trained(data: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(data: Dataset, out: Path, epochs: int) -> Path:
-    from encoders.train import train
+    from encoders.training.train import train
 
     return train(data, out, epochs=epochs, lr=5e-3, patience=15, **TINY)
 
@@ -64,7 +64,7 @@ def test_worker_inference_equals_the_training_forward(trained: Path, data: Datas
 
     from encoders.checkpoint import load_checkpoint
     from encoders.features import SeqArrays, from_events
-    from encoders.train import _batch_tensors
+    from encoders.training.train import _batch_tensors
 
     worker = InterestEncoder.from_checkpoint(trained, device="cpu")  # as streams/commands.load_encoders does
     model, vocab, _ = load_checkpoint(trained, device="cpu")
@@ -86,7 +86,7 @@ def test_worker_inference_equals_the_training_forward(trained: Path, data: Datas
 
 
 def test_refit_sampled_loss_and_training_curve(data: Dataset, tmp_path: Path) -> None:
-    from encoders.train import train
+    from encoders.training.train import train
 
     out = train(data, tmp_path / "refit", epochs=3, lr=5e-3, patience=3, loss="sampled", negatives=32,
                 refit=True, all_windows=True, **TINY)

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from encoders.datasets import load_movielens_small
+from encoders.data import load_movielens_small
 from streams.demo import stop_process, wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
 from streams.replay import Producer, ensure_topics, replay_events
@@ -31,7 +31,7 @@ RATE = 300.0  # events/s: the replay lasts about 5 s
 
 @pytest.fixture(scope="module")
 def checkpoint(data_dir, tmp_path_factory):
-    from encoders.train import train
+    from encoders.training.train import train
 
     dataset = load_movielens_small(data_dir / "ml-latest-small")
     return train(dataset, tmp_path_factory.mktemp("crash") / "ckpt", d_model=32, n_layers=1, n_heads=2,

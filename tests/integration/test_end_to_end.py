@@ -18,7 +18,7 @@ from urllib.request import urlopen
 import orjson
 import pytest
 
-from encoders.datasets import load_movielens_small
+from encoders.data import load_movielens_small
 from state import Store
 from streams.demo import wait_for_fault, wait_not_ready, wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
@@ -57,7 +57,7 @@ def bad_events(click_topic: str, text_topic: str) -> list[tuple[str, bytes | Non
 
 @pytest.fixture(scope="module")
 def movielens_checkpoint(data_dir, tmp_path_factory):
-    from encoders.train import train
+    from encoders.training.train import train
 
     dataset = load_movielens_small(data_dir / "ml-latest-small")
     return train(dataset, tmp_path_factory.mktemp("ml") / "ckpt", d_model=32, n_layers=1, n_heads=2,

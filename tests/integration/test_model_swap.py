@@ -17,7 +17,7 @@ from collections import defaultdict
 import pytest
 
 from encoders.checkpoint import read_metadata
-from encoders.datasets import load_movielens_small
+from encoders.data import load_movielens_small
 from streams.demo import wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
 from streams.metrics import scrape, total
@@ -43,8 +43,8 @@ def wait_for_swap(port: int, timeout: float = 120.0) -> None:
 def test_a_worker_switches_to_a_finetuned_checkpoint_without_losing_an_event(broker_url, redis_url, data_dir,
                                                                                tmp_path, assert_clicks_applied_once,
                                                                                read_recommendations):
-    from encoders.finetune import finetune
-    from encoders.train import train
+    from encoders.training.finetune import finetune
+    from encoders.training.train import train
 
     dataset = load_movielens_small(data_dir / "ml-latest-small")
     live = train(dataset, tmp_path / "live", d_model=32, n_layers=1, n_heads=2, max_len=50, epochs=1,

@@ -128,7 +128,7 @@ def test_the_category_weight_moves_recommendations_toward_the_users_categories(p
 
 @pytest.fixture(scope="module")
 def minilm():
-    from encoders.text import TextEncoder
+    from encoders.nn.text import TextEncoder
 
     return TextEncoder(device="cpu")
 

@@ -39,10 +39,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from .datasets import Catalogue, Dataset, Event, load_ml1m, load_movielens_small, rating_action, synthetic
-from .errors import DataFormatError
+from ..errors import DataFormatError
+from .builtin import load_ml1m, load_movielens_small, rating_action, synthetic
+from .records import Catalogue, Dataset, Event
 
-__all__ = ["FORMATS", "Columns", "load_event_log", "sniff_format"]
+__all__ = ["FORMATS", "Columns", "load_dataset", "parse_ts", "sniff_format"]
 
 FORMATS = ("auto", "lines", "csv", "sessions", "jsonl", "otto", "amazon", "ml-1m", "movielens")
 
@@ -326,7 +327,7 @@ def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str |
     return Dataset(name or path.name.split(".")[0], clicks, texts, Catalogue({}, {}), test_clicks)
 
 
-def load_event_log(
+def load_dataset(
     path_or_name: str | Path, fmt: str = "auto", columns: Columns | None = None, test: str | Path | None = None
 ) -> Dataset:
     """Load ``"synthetic"``, a dataset folder or an event-log file into a `Dataset`.
@@ -334,7 +335,7 @@ def load_event_log(
     ``test`` names a held-out test file (session data); a folder's
     ``test.tsv[.gz]`` beside its ``train.tsv[.gz]`` is found on its own.
 
-    >>> load_event_log("../shared/data/yoochoose-100k").test_clicks[:1]  # doctest: +SKIP
+    >>> load_dataset("../shared/data/yoochoose-100k").test_clicks[:1]  # doctest: +SKIP
     [Event(user_id='1', item_id='214536502', ts=1396860669277, action='click', ...)]
     """
     if fmt not in FORMATS:

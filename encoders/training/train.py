@@ -35,15 +35,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointMetadata, save_checkpoint
-from .config import EncoderConfig
-from .datasets import Dataset
-from .evaluate import baseline_metrics, next_action_report, rank_metrics, target_action_counts
-from .features import SeqArrays, pad_batch
-from .model import SequenceEncoder, resolve_device
+from ..checkpoint import CheckpointMetadata, save_checkpoint
+from ..config import EncoderConfig
+from ..data.records import Dataset
+from ..evaluation.actions import next_action_report, target_action_counts
+from ..evaluation.evaluate import baseline_metrics, rank_metrics
+from ..features import SeqArrays, pad_batch
+from ..nn.model import SequenceEncoder, resolve_device
+from ..protocols import Split, make_split
+from ..vocab import FIRST_ITEM, ItemVocab
 from .plots import plot_training
-from .protocols import Split, make_split
-from .vocab import ItemVocab
 
 __all__ = ["LOSSES", "full_softmax_loss", "next_action_loss", "sampled_softmax_loss", "train"]
 
@@ -181,7 +182,7 @@ def _step(model: SequenceEncoder, opt: torch.optim.Optimizer, batch: tuple[torch
     hidden = model(items, actions, gaps)
     valid = targets > 0
     # Score only real items (rows 2..): padding/unknown are never targets.
-    h, table, t = hidden[valid], model.item_table()[2:], targets[valid] - 2
+    h, table, t = hidden[valid], model.item_table()[FIRST_ITEM:], targets[valid] - FIRST_ITEM
     loss = full_softmax_loss(h, table, t) if negatives is None else sampled_softmax_loss(h, table, t, negatives)
     if action_weight > 0 and model.has_action_head:
         loss = loss + action_weight * next_action_loss(model, hidden, target_actions)
@@ -398,7 +399,7 @@ def _text_fusion(model: SequenceEncoder, vocab: ItemVocab, dataset: Dataset, spl
                  seed: int) -> tuple[Any, dict[str, Any] | None]:
     """A `TextFusion` trained on the frozen encoder, and its report with the test figures."""
     from .fusion import evaluate_fusion, prepare, train_fusion
-    from .text import TextEncoder
+    from ..nn.text import TextEncoder
 
     if split.protocol != "leave-one-out":
         return None, {"skipped": f"text fusion is trained on leave-one-out splits, not {split.protocol}"}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .model import resolve_device
 
 __all__ = ["TextEncoder"]

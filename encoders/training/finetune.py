@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_categories, load_checkpoint, load_fusion
-from .datasets import Dataset
-from .evaluate import rank_metrics
-from .model import SequenceEncoder
-from .protocols import make_split
+from ..checkpoint import load_categories, load_checkpoint, load_fusion
+from ..data.records import Dataset
+from ..evaluation.evaluate import rank_metrics
+from ..nn.model import SequenceEncoder
+from ..protocols import make_split
+from ..vocab import ItemVocab
 from .train import _finish, _fit, _negatives, _train_windows
-from .vocab import ItemVocab
 
 __all__ = ["finetune", "newer_slice", "extend_vocab"]
 

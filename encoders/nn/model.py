@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
-from .config import EncoderConfig
+from ..config import EncoderConfig
 
 __all__ = ["SequenceEncoder", "resolve_device", "time_buckets"]
 

@@ -1,9 +1,7 @@
-"""Canonical event logs for training and evaluating the encoders.
+"""The built-in datasets: ML-1M (SASRec's preprocessing), MovieLens latest-small, a synthetic stream.
 
-Every source (ML-1M, MovieLens latest-small, a seeded synthetic stream) is
-turned into the same three things: click events, text events and an item
-catalogue.  This module deliberately imports neither torch nor numpy so that
-the CLI can list and load datasets cheaply.
+Every source is turned into the records of `encoders.data.records`.  This
+module imports neither torch nor numpy, so the CLI can load datasets cheaply.
 """
 
 from __future__ import annotations
@@ -13,22 +11,14 @@ import gzip
 import random
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from .errors import DataFormatError
+from ..errors import DataFormatError
+from .records import Catalogue, Dataset, Event
 
-__all__ = [
-    "Catalogue",
-    "Dataset",
-    "Event",
-    "load_dataset",
-    "load_ml1m",
-    "load_movielens_small",
-    "rating_action",
-    "synthetic",
-]
+__all__ = ["load_ml1m", "load_movielens_small", "rating_action", "synthetic", "SYNTHETIC_START_MS"]
 
 # 2026-01-01T00:00:00Z, the synthetic stream's first day.
 SYNTHETIC_START_MS = 1_767_225_600_000
@@ -37,70 +27,6 @@ _CATEGORY_NAMES = (
     "jazz", "rock", "pop", "classical", "hiphop", "country", "blues", "metal",
     "folk", "reggae", "soul", "punk", "techno", "opera", "indie", "ambient",
 )
-
-
-# slots: ML-1M holds a million of these, and slots make them ~35% cheaper.
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One user event; clicks and text events share this record.
-
-    ``ts`` is milliseconds since the epoch, or an order index where the data
-    has no timestamps.  Text events carry ``text`` and ``kind`` ("search",
-    "review" or "comment"); their ``item_id`` is "" when about no item.
-    """
-
-    user_id: str
-    item_id: str
-    ts: int
-    action: str = "click"
-    text: str | None = None
-    kind: str | None = None
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """Item metadata: item_id -> title and item_id -> categories."""
-
-    titles: dict[str, str]
-    categories: dict[str, tuple[str, ...]]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A named event log: click events, text events and the catalogue.
-
-    ``test_clicks`` holds a held-out test file's clicks where the source has
-    one (session data such as YOOCHOOSE); it is never used for training.
-    """
-
-    name: str
-    clicks: list[Event]
-    texts: list[Event]
-    catalogue: Catalogue
-    test_clicks: list[Event] = field(default_factory=list)
-
-    def sequences(self) -> dict[str, list[Event]]:
-        """Clicks grouped by user, each list stable-sorted by ``ts``.
-
-        Stable sorting keeps the file order of same-timestamp events, which
-        is the only order ML-1M has within a second.
-        """
-        return _group(self.clicks)
-
-    def test_sequences(self) -> dict[str, list[Event]]:
-        """``test_clicks`` grouped like `sequences`."""
-        return _group(self.test_clicks)
-
-
-def _group(events: list[Event]) -> dict[str, list[Event]]:
-    by_user: dict[str, list[Event]] = defaultdict(list)
-    for event in events:
-        by_user[event.user_id].append(event)
-    return {user: sorted(seq, key=_ts) for user, seq in by_user.items()}
-
-
-def _ts(event: Event) -> int:
-    return event.ts
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -326,17 +252,3 @@ def synthetic(
         clicks.extend(c)
         texts.extend(t)
     return Dataset("synthetic", clicks, texts, catalogue)
-
-
-# ---------------------------------------------------------------- dispatcher
-def load_dataset(
-    path_or_name: str | Path, fmt: str = "auto", columns: Any = None, test: str | Path | None = None
-) -> Dataset:
-    """Load ``"synthetic"``, a dataset folder or an event-log file (see `encoders.loaders`).
-
-    >>> load_dataset("synthetic").name
-    'synthetic'
-    """
-    from .loaders import load_event_log  # the loaders build on this module's records
-
-    return load_event_log(path_or_name, fmt, columns, test)
