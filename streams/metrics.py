@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics", "Health", "serve_http", "scrape", "total", "histogram_quantile", "since"]
+__all__ = ["Metrics", "Health", "serve_http"]
 
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -112,54 +112,3 @@ def serve_http(port: int, registry: CollectorRegistry, health: Health) -> Thread
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="ops-http", daemon=True).start()
     return server
-
-
-def scrape(url: str, timeout: float = 5.0) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Samples of a /metrics endpoint by sample name: [(labels, value), ...]."""
-    from urllib.request import urlopen
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urlopen(url, timeout=timeout) as response:
-        text = response.read().decode()
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return samples
-
-
-def total(samples: dict, name: str, **labels: str) -> float:
-    """Sum of a sample's values over the series whose labels include ``labels``."""
-    return sum(value for found, value in samples.get(name, [])
-               if all(found.get(k) == v for k, v in labels.items()))
-
-
-def histogram_quantile(samples: dict, name: str, q: float) -> float | None:
-    """Upper-bound estimate of quantile ``q`` from a histogram's cumulative buckets."""
-    buckets = sorted((float(labels["le"]), value) for labels, value in samples.get(name + "_bucket", []))
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    rank = q * buckets[-1][1]
-    previous_bound, previous_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if bound == float("inf"):
-                return previous_bound
-            # Linear within the bucket, as PromQL's histogram_quantile does.
-            share = (rank - previous_count) / max(count - previous_count, 1e-12)
-            return previous_bound + (bound - previous_bound) * share
-        previous_bound, previous_count = bound, count
-    return previous_bound
-
-
-def since(after: dict, before: dict) -> dict:
-    """Samples of ``after`` minus ``before`` (counters and histograms over an interval)."""
-    def key(labels: dict[str, str]) -> tuple:
-        return tuple(sorted(labels.items()))
-
-    delta = {}
-    for name, series in after.items():
-        earlier = {key(labels): value for labels, value in before.get(name, [])}
-        delta[name] = [(labels, value - earlier.get(key(labels), 0.0)) for labels, value in series]
-    return delta

@@ -31,7 +31,7 @@ def test_the_demo_command_runs_and_stops_cleanly():
     # The first 12 events, then the first events of 3 followed users, each with its interests.
     # How many refreshes a followed user gets depends on how the machine batches their events
     # (a slow machine folds more of them into one refresh), so the bound is an upper one.
-    from streams.demo import FOLLOWED_EVENTS, FOLLOWED_USERS
+    from streams.cli.demo import FOLLOWED_EVENTS, FOLLOWED_USERS
     users = re.findall(r"^user +(\S+) .* -> ", out, re.M)
     assert len(users) > 12
     followed = Counter(users[12:])

@@ -107,7 +107,7 @@ def test_cli_prints_one_line_for_a_bad_file(tmp_path: Path) -> None:
     import sys
 
     _write(tmp_path / "bad.txt", "just-one-field\n")
-    out = subprocess.run([sys.executable, "-m", "streams.cli", "train", "--data", str(tmp_path / "bad.txt"),
+    out = subprocess.run([sys.executable, "-m", "streams", "train", "--data", str(tmp_path / "bad.txt"),
                           "--out", str(tmp_path / "ckpt")], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [

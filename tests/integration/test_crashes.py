@@ -18,9 +18,10 @@ from collections import Counter, defaultdict
 import pytest
 
 from encoders.data import load_movielens_small
-from streams.demo import stop_process, wait_ready, wait_until_applied, worker_process
+from streams.harness import stop_process, wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
-from streams.replay import Producer, ensure_topics, replay_events
+from streams.cli.replay import replay_events
+from streams.clients.kafka import Producer, ensure_topics
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,11 @@ import pytest
 
 from encoders.data import load_movielens_small
 from state import Store
-from streams.demo import wait_for_fault, wait_not_ready, wait_ready, wait_until_applied, worker_process
+from streams.harness import wait_for_fault, wait_not_ready, wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
-from streams.metrics import scrape, total
-from streams.replay import Producer, ensure_topics, replay_events
+from streams.harness import scrape, total
+from streams.cli.replay import replay_events
+from streams.clients.kafka import Producer, ensure_topics
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -267,7 +268,7 @@ def test_sigterm_finishes_the_micro_batch_in_flight(broker_url, redis_url, movie
     point): the worker finishes, applies and publishes that batch before it leaves, so no
     user is left pending, and it exits 0."""
     from state import KeySpace
-    from streams.replay import OutgoingEvent
+    from streams.clients.kafka import OutgoingEvent
 
     settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
                         topic_clicks="gs-clicks", topic_texts="gs-texts", topic_recs="gs-recs",
@@ -401,7 +402,7 @@ def malformed_events(n: int, topic_clicks: str, topic_texts: str, seed: int = 7)
 def test_ten_thousand_malformed_events_are_dead_lettered_and_good_ones_all_applied(
         broker_url, redis_url, data_dir, movielens_checkpoint, tmp_path):
     from state import KeySpace
-    from streams.replay import OutgoingEvent
+    from streams.clients.kafka import OutgoingEvent
 
     settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
                         topic_clicks="fz-clicks", topic_texts="fz-texts", topic_recs="fz-recs", topic_dead="fz-dead",

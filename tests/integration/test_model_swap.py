@@ -18,10 +18,11 @@ import pytest
 
 from encoders.checkpoint import read_metadata
 from encoders.data import load_movielens_small
-from streams.demo import wait_ready, wait_until_applied, worker_process
+from streams.harness import wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
-from streams.metrics import scrape, total
-from streams.replay import Producer, ensure_topics, replay_events
+from streams.harness import scrape, total
+from streams.cli.replay import replay_events
+from streams.clients.kafka import Producer, ensure_topics
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -41,7 +41,7 @@ def test_help_names_environment_variables_and_hides_secrets():
 
 
 def test_evaluation_table_puts_published_figures_and_notes_beside_ours():
-    from streams.commands import evaluation_table
+    from streams.cli.offline import evaluation_table
 
     ours = {"hr@10": 0.3, "ndcg@10": 0.17, "hr@20": 0.4, "ndcg@20": 0.2, "mrr@20": 0.13, "cases": 6040}
     table = evaluation_table("ml-1m", "leave-one-out", "test", [("sequence encoder", ours)]).splitlines()

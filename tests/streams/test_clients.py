@@ -13,11 +13,11 @@ import uuid
 import orjson
 import pytest
 
-from streams.consumer import LatestRecommendations, follow
+from streams.clients.consumer import LatestRecommendations, follow
 from streams.errors import InvalidEvent
 from streams.events import SCHEMA_VERSION, decode_click, decode_text
-from streams.producer import EventProducer, validate_click, validate_text
-from streams.replay import ensure_topics
+from streams.clients.producer import EventProducer, validate_click, validate_text
+from streams.clients.kafka import ensure_topics
 
 NOW = int(time.time() * 1000)
 CLICK = {"schema": SCHEMA_VERSION, "event_id": "e1", "user_id": "u1", "item_id": "i1", "action": "view", "ts": NOW}

@@ -100,7 +100,7 @@ def test_events_carry_every_interest_with_the_version_at_which_it_changed(pipeli
     assert third.drift is None  # drift is measured when clicks move the long-term interest
     body = orjson.loads(second.to_json())
     assert body["drift"] == body["interest_profile"]["long_term"]["drift"] == second.drift
-    from streams.commands import format_interests
+    from streams.cli.format import format_interests
     line = format_interests(body)
     assert f"long-term drift {second.drift:.3f}" in line and "session 3 events" in line
     assert pipeline.metrics.drift._sum.get() == pytest.approx(second.drift)

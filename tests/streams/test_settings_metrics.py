@@ -2,7 +2,8 @@ import argparse
 
 import pytest
 
-from streams.metrics import Metrics, histogram_quantile
+from streams.harness import histogram_quantile
+from streams.metrics import Metrics
 from streams.settings import Settings, add_arguments, secret_env, settings_argv, settings_from_args
 
 

@@ -7,7 +7,7 @@ keeps, per user, only the event with the highest version it has seen.
 
 Example::
 
-    from streams.consumer import LatestRecommendations, follow
+    from streams.clients.consumer import LatestRecommendations, follow
     latest = LatestRecommendations()
     for event in follow("localhost:9092", stop=lambda: len(latest) >= 100):
         if latest.offer(event):
@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from streams.replay import iter_messages, recommendation_consumer
+from streams.clients.kafka import iter_messages, recommendation_consumer
 
 __all__ = ["LatestRecommendations", "follow"]
 

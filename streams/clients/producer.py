@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import orjson
 
+from streams.clients.kafka import PRODUCER_DEFAULTS
 from streams.errors import InvalidEvent
 from streams.events import SCHEMA_VERSION
 
@@ -105,8 +106,8 @@ def _present(**fields: Any) -> dict[str, Any]:
 class EventProducer:
     """Send click and text events to the topics the workers read, validated first.
 
-    Settings follow :class:`streams.replay.Producer` (``acks="all"``,
-    ``linger_ms=5``); ``kafka_config`` is passed to ``KafkaProducer`` and
+    Settings are `streams.clients.kafka.PRODUCER_DEFAULTS` (``acks="all"``,
+    ``linger_ms=5``, no idempotence, as the replay helper); ``kafka_config`` is passed to ``KafkaProducer`` and
     overrides them. Sends are asynchronous: call :meth:`flush` (or leave the
     ``with`` block) to wait for the broker.
 
@@ -121,11 +122,7 @@ class EventProducer:
                  **kafka_config: Any) -> None:
         from kafka import KafkaProducer
 
-        # kafka-python 3 turns idempotence on by default; it is off here unless asked
-        # for, because not every Kafka-compatible broker serves InitProducerId, and a
-        # resend is already harmless: the worker drops repeated event ids.
-        config = {"linger_ms": 5, "acks": "all", "enable_idempotence": False,
-                  "client_id": "interest-updater-events", **kafka_config}
+        config = {**PRODUCER_DEFAULTS, "client_id": "interest-updater-events", **kafka_config}
         self._producer = KafkaProducer(bootstrap_servers=broker, **config)
         self.click_topic = click_topic
         self.text_topic = text_topic

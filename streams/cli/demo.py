@@ -10,26 +10,21 @@ stops everything (also on Ctrl-C or an error).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 
-from streams.commands import format_interests, format_recommendation
-from streams.embedded import die_with_parent, embedded_stack, free_port
-from streams.metrics import histogram_quantile, scrape, since, total
-from streams.settings import Settings, secret_env, settings_argv
+from streams.cli.format import format_interests, format_recommendation
+from streams.embedded import embedded_stack, free_port
+from streams.harness import histogram_quantile, scrape, since, total, wait_until_applied, worker_process
+from streams.settings import Settings
 
-__all__ = ["demo", "worker_process", "wait_until_applied", "wait_ready", "wait_not_ready", "wait_for_fault",
-           "stop_process"]
+__all__ = ["demo"]
 
 FOLLOWED_USERS, FOLLOWED_EVENTS = 3, 6  # whose interests the demo prints as they change
 DEMO_EPOCHS = 40  # small data: ~2 min on 2 cores, and well above popularity (ML-latest-small: HR@10 0.089 vs 0.043)
@@ -65,7 +60,8 @@ def _train_small(dataset, out: Path, epochs: int | None) -> Path:
 def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen) -> None:
     from tqdm import tqdm
 
-    from streams.replay import Producer, ensure_topics, replay_events
+    from streams.cli.replay import replay_events
+    from streams.clients.kafka import Producer, ensure_topics
 
     events = replay_events(dataset, settings.topic_clicks, settings.topic_texts, limit=args.limit)
     ensure_topics(settings.broker, [settings.topic_clicks, settings.topic_texts, settings.topic_recs,
@@ -93,106 +89,6 @@ def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen
         time.sleep(args.linger)
 
 
-def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], worker: subprocess.Popen | None = None,
-                       timeout: float = 600.0) -> None:
-    """Block until Redis records every (topic, partition) offset in ``ends`` as applied."""
-    import asyncio
-
-    from state import Store
-    from state.keys import KeySpace
-
-    async def applied() -> dict[tuple[str, int], int]:
-        store = Store.from_url(settings.redis_url, cluster=settings.redis_cluster, keys=KeySpace(settings.key_prefix))
-        try:
-            return {(topic, p): o for topic in {t for t, _ in ends}
-                    for p, o in (await store.resume_offsets(topic)).items()}
-        finally:
-            await store.close()
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = asyncio.run(applied())
-        if all(done.get(tp, -1) >= offset for tp, offset in ends.items()):
-            return
-        if worker is not None and worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with code {worker.returncode} before applying the replay")
-        time.sleep(0.5)
-    raise TimeoutError(f"the worker did not apply the replay within {timeout:.0f}s")
-
-
-def wait_ready(metrics_port: int, timeout: float = 90.0) -> None:
-    """Block until the worker serving ``metrics_port`` answers /readyz with 200 (partitions assigned)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _readyz(metrics_port) == 200:
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"the worker on metrics port {metrics_port} was not ready within {timeout:.0f}s")
-
-
-def wait_not_ready(metrics_port: int, timeout: float = 30.0) -> None:
-    """Block until the worker serving ``metrics_port`` answers /readyz with 503 (it is stopping)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _readyz(metrics_port) == 503:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"the worker on metrics port {metrics_port} still answered ready after {timeout:.0f}s")
-
-
-def _readyz(metrics_port: int) -> int | None:
-    from urllib.error import HTTPError
-    from urllib.request import urlopen
-
-    try:
-        with urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2) as reply:
-            return reply.status
-    except HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-def wait_for_fault(meeting: Path, point: str, worker: subprocess.Popen, timeout: float = 120.0) -> dict:
-    """Block until ``worker`` reaches the fault point ``point`` (streams/faults.py); return what it wrote."""
-    reached = meeting / f"{point}.reached"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if reached.exists():
-            try:
-                return orjson.loads(reached.read_bytes())
-            except orjson.JSONDecodeError:
-                pass  # still being written
-        if worker.poll() is not None and not reached.exists():
-            raise RuntimeError(f"the worker exited with code {worker.returncode} before reaching {point}")
-        time.sleep(0.05)
-    raise TimeoutError(f"the worker did not reach fault point {point} within {timeout:.0f}s")
-
-
-@contextlib.contextmanager
-def worker_process(settings: Settings, log_path: Path, extra_env: dict | None = None) -> Iterator[subprocess.Popen]:
-    """A worker in a child process, stopped with SIGTERM (then SIGKILL) on exit."""
-    argv = [sys.executable, "-m", "streams", "worker", *settings_argv(settings)]
-    env = {**os.environ, **secret_env(settings), **(extra_env or {})}
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                   cwd=Path(__file__).resolve().parents[1], preexec_fn=die_with_parent)
-    try:
-        yield process
-    finally:
-        stop_process(process)
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 class _RecommendationPrinter(threading.Thread):
     """Prints the first recommendation events in full, then a count every few seconds."""
 
@@ -204,7 +100,7 @@ class _RecommendationPrinter(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
-        from streams.replay import recommendation_consumer
+        from streams.clients.kafka import recommendation_consumer
 
         consumer = recommendation_consumer(self.settings.broker, self.settings.topic_recs)
         last_report = time.monotonic()

@@ -13,34 +13,13 @@ import logging
 import sys
 from typing import Sequence
 
+from streams.cli.args import DATA_HELP, add_data_arguments
 from streams.errors import InterestUpdaterError
 from streams.settings import add_arguments, settings_from_args
 
 __all__ = ["main"]
 
 log = logging.getLogger("interest_updater")
-
-DATA_HELP = ("event log: 'synthetic', a dataset folder (ML-1M sequences.txt.gz, MovieLens ratings.csv, "
-             "session-rec train.tsv[+test.tsv], Amazon reviews.jsonl, OTTO or product-schema train.jsonl) "
-             "or a file: 'user item [ts]' lines, CSV/TSV with a header, SessionId/ItemId/Time sessions, "
-             "JSON lines (see README, 'Event logs')")
-
-
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """--data and how to read it (train and evaluate share these)."""
-    from encoders.data import FORMATS
-
-    parser.add_argument("--data", required=True, help=DATA_HELP)
-    parser.add_argument("--format", default="auto", choices=FORMATS,
-                        help="how to read --data [default: auto, sniffed from the file]")
-    parser.add_argument("--test", default=None, help="held-out test sessions (same format as --data)")
-    for role in ("user", "item", "time", "rating", "action"):
-        parser.add_argument(f"--{role}-col", default=None, metavar="NAME",
-                            help=f"CSV/TSV: the {role} column, when the header's name is not a common one")
-    parser.add_argument("--protocol", default="auto", choices=("auto", "leave-one-out", "session"),
-                        help="evaluation split: leave-one-out per user, or next item within held-out "
-                             "sessions [default: session when there are test sessions]")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -69,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Train the sequence encoder (causal Transformer, softmax over "
                                             "the catalogue) with early stopping on validation NDCG@10; write "
                                             "a checkpoint with report.json and training.png.")
-    _add_data_arguments(train)
+    add_data_arguments(train)
     train.add_argument("--out", required=True, help="checkpoint directory to write")
     train.add_argument("--epochs", type=int, default=200, help="most epochs (early stopping on validation)")
     train.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
@@ -107,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="HR, NDCG and MRR at 10 and 20, full ranking, "
                                                     "beside baselines and published figures")
-    _add_data_arguments(evaluate)
+    add_data_arguments(evaluate)
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory from `train`")
     evaluate.add_argument("--split", choices=("test", "valid"), default="test")
     evaluate.add_argument("--history", choices=("auto", "exclude", "keep"), default="auto",
@@ -122,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                     "to the vocabulary and train on with early stopping on the slice's validation split. "
                     "Write the result to --out; when --out is the directory a worker watches "
                     "(its --checkpoint), the worker switches to it without a restart.")
-    _add_data_arguments(finetune)
+    add_data_arguments(finetune)
     finetune.add_argument("--checkpoint", required=True, help="checkpoint directory to start from")
     finetune.add_argument("--out", required=True, help="checkpoint directory to write (may be --checkpoint)")
     finetune.add_argument("--since", default=None,
@@ -162,26 +141,27 @@ def _demo_doc() -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Each subcommand's module is imported only when it runs: `tail` need not load torch.
     if args.command == "train":
-        from streams.commands import train
+        from streams.cli.offline import train
         return train(args)
     if args.command == "evaluate":
-        from streams.commands import evaluate
+        from streams.cli.offline import evaluate
         return evaluate(args)
     if args.command == "finetune":
-        from streams.commands import finetune
+        from streams.cli.offline import finetune
         return finetune(args)
     settings = settings_from_args(args)
     if args.command == "worker":
-        from streams.commands import worker
+        from streams.cli.worker import worker
         return worker(settings)
     if args.command == "produce":
-        from streams.commands import produce
+        from streams.cli.topics import produce
         return produce(args, settings)
     if args.command == "tail":
-        from streams.commands import tail
+        from streams.cli.topics import tail
         return tail(args, settings)
-    from streams.demo import demo
+    from streams.cli.demo import demo
     return demo(args, settings)
 
 

@@ -1,78 +1,38 @@
-"""Replaying an event log into the topics, and reading recommendations back.
+"""Plain kafka-python helpers: create topics, send keyed messages at a rate, read recommendations back.
 
-Uses kafka-python (a plain synchronous client) so a producer script needs no
-event loop. Events are sent in event-time order, keyed by user, so one worker
-owns all of a user's events.
+A synchronous client, so a producer script needs no event loop.  Importable
+with kafka-python and orjson alone: no torch, no Faust, no Redis.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
-import orjson
+__all__ = ["OutgoingEvent", "PRODUCER_DEFAULTS", "Producer", "ensure_topics", "recommendation_consumer",
+           "iter_messages"]
 
-from encoders.data import Dataset, Event
-from streams.events import MIN_TS_MS, SCHEMA_VERSION
-
-__all__ = ["OutgoingEvent", "replay_events", "Producer", "ensure_topics", "recommendation_consumer"]
+# Both producers of events (this replay helper and `streams.clients.producer.EventProducer`)
+# use these. Idempotence is off although kafka-python 3 turns it on by default: not every
+# Kafka-compatible broker serves InitProducerId (the embedded Tansu does not), and a
+# resent event is already harmless, because the worker drops repeated event ids.
+PRODUCER_DEFAULTS = {"linger_ms": 5, "acks": "all", "enable_idempotence": False}
 
 
 @dataclass(frozen=True, slots=True)
 class OutgoingEvent:
+    """A message to send: its topic, its key (the user id) and its encoded value."""
+
     topic: str
     key: str
     value: bytes
 
 
-def _time_shift(events: Sequence[Event], now_ms: int) -> int:
-    """0 when the data's own times are valid event times; else move the newest event to now."""
-    if not events:
-        return 0
-    lowest = min(e.ts for e in events)
-    highest = max(e.ts for e in events)
-    if lowest >= MIN_TS_MS and highest <= now_ms:
-        return 0
-    return now_ms - highest
-
-
-def replay_events(dataset: Dataset, click_topic: str, text_topic: str, *, limit: int | None = None,
-                  now_ms: int | None = None) -> list[OutgoingEvent]:
-    """The dataset's clicks and texts as topic messages, in event-time order.
-
-    Event ids are stable (dataset name, kind, position in the file), so replaying
-    the same file twice sends the same ids: the second replay is recognised as
-    duplicates, not applied again. Data without real timestamps (ML-1M) is moved
-    so that its newest event happens now.
-    """
-    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    tagged = [(e.ts, 0, i, e) for i, e in enumerate(dataset.clicks)]
-    tagged += [(e.ts, 1, i, e) for i, e in enumerate(dataset.texts)]
-    tagged.sort(key=lambda t: (t[0], t[1], t[2]))
-    if limit is not None:
-        tagged = tagged[:limit]
-    shift = _time_shift([t[3] for t in tagged], now_ms)
-    return [_message(dataset.name, kind, index, event, shift, click_topic, text_topic)
-            for _, kind, index, event in tagged]
-
-
-def _message(name: str, kind: int, index: int, event: Event, shift: int, click_topic: str,
-             text_topic: str) -> OutgoingEvent:
-    common = {"schema": SCHEMA_VERSION, "user_id": event.user_id, "ts": event.ts + shift}
-    if kind == 0:
-        body = {"event_id": f"{name}.c{index}", "item_id": event.item_id, "action": event.action, **common}
-        return OutgoingEvent(click_topic, event.user_id, orjson.dumps(body))
-    body = {"event_id": f"{name}.t{index}", "kind": event.kind or "comment", "text": event.text or "", **common}
-    if event.item_id:
-        body["item_id"] = event.item_id
-    return OutgoingEvent(text_topic, event.user_id, orjson.dumps(body))
-
-
 def ensure_topics(broker: str, topics: Iterable[str], partitions: int, **config) -> None:
     """Create missing topics with ``partitions`` partitions (replication 1 when the cluster has one broker).
 
-    ``config``: kafka-python connection settings (see streams.security).
+    ``config``: kafka-python connection settings (see streams.security.kafka_client_config).
     """
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -98,8 +58,8 @@ class Producer:
     def __init__(self, broker: str, **config) -> None:
         from kafka import KafkaProducer
 
-        self._producer = KafkaProducer(bootstrap_servers=broker, linger_ms=5, acks="all",
-                                       client_id="interest-updater-producer", **config)
+        self._producer = KafkaProducer(bootstrap_servers=broker, **{
+            **PRODUCER_DEFAULTS, "client_id": "interest-updater-producer", **config})
 
     def send_all(self, events: Iterable[OutgoingEvent], rate: float = 0.0,
                  progress=None) -> dict[tuple[str, int], int]:

@@ -1,0 +1,108 @@
+"""The offline subcommands: ``train``, ``evaluate`` and ``finetune`` the encoders on an event log."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import orjson
+
+from streams.cli.args import dataset_from_args
+
+__all__ = ["train", "evaluate", "finetune", "evaluation_table"]
+
+
+def train(args: argparse.Namespace) -> int:
+    from encoders.training.train import train as train_encoder
+
+    dataset = dataset_from_args(args.data, args)
+    started = time.monotonic()
+    out = train_encoder(dataset, args.out, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                        max_len=args.max_len, dropout=args.dropout, epochs=args.epochs,
+                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, loss=args.loss,
+                        negatives=args.negatives, all_windows=args.all_windows, refit=args.refit,
+                        protocol=args.protocol, device=args.device, seed=args.seed, patience=args.patience,
+                        eval_every=args.eval_every, max_seconds=args.max_seconds,
+                        action_weight=args.action_weight, text_fusion=_wants_text_fusion(args.text_fusion, dataset))
+    report = orjson.loads((out / "report.json").read_bytes())
+    test, before = report["test"], report["test_before_refit"]
+    refit = f" (before --refit: {before['hr@10']:.4f} / {before['ndcg@10']:.4f})" if before else ""
+    print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s "
+          f"(training {report['train_seconds']:.0f}s, best epoch {report['best_epoch']}); "
+          f"test HR@10 {test['hr@10']:.4f}, NDCG@10 {test['ndcg@10']:.4f}{refit}; curve in {out / 'training.png'}")
+    if report.get("next_action_test"):
+        from encoders.evaluation.actions import action_table
+
+        print(action_table(report["next_action_test"]))
+    fusion = report.get("text_fusion") or {}
+    if fusion.get("test"):
+        from encoders.training.fusion import fusion_table
+
+        print(fusion_table(fusion["test"]))
+    elif fusion.get("skipped"):
+        print(f"no text fusion: {fusion['skipped']}")
+    return 0
+
+
+def _wants_text_fusion(choice: str, dataset) -> bool:
+    """--text-fusion: auto trains one when the data has texts or catalogue titles to pair with items."""
+    if choice != "auto":
+        return choice == "on"
+    return bool(dataset.texts or dataset.catalogue.titles)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from encoders.evaluation.actions import action_table, evaluate_actions
+    from encoders.evaluation.evaluate import baseline_metrics
+    from encoders.evaluation.evaluate import evaluate as evaluate_encoder
+    from encoders.protocols import default_protocol
+
+    dataset = dataset_from_args(args.data, args)
+    protocol = default_protocol(dataset) if args.protocol == "auto" else args.protocol
+    exclude = {"auto": None, "exclude": True, "keep": False}[args.history]
+    ours = evaluate_encoder(args.checkpoint, dataset, split=args.split, protocol=protocol,
+                            exclude_history=exclude, device=args.device)
+    rows = [("sequence encoder", ours), *baseline_metrics(dataset, args.split, protocol).items()]
+    print(evaluation_table(dataset.name, protocol, args.split, rows))
+    actions = evaluate_actions(args.checkpoint, dataset, split=args.split, protocol=protocol, device=args.device)
+    if actions is not None:  # the checkpoint has a next-action head
+        print(action_table(actions))
+    return 0
+
+
+def finetune(args: argparse.Namespace) -> int:
+    from encoders.training.finetune import finetune as finetune_encoder
+    from encoders.data import parse_ts
+
+    since = parse_ts(args.since, Path("--since"), 0) if args.since is not None else None
+    started = time.monotonic()
+    out = finetune_encoder(args.checkpoint, dataset_from_args(args.data, args), args.out, since_ms=since,
+                           context=args.context, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                           patience=args.patience, device=args.device, seed=args.seed,
+                           max_seconds=args.max_seconds)
+    report = orjson.loads((out / "report.json").read_bytes())
+    test, before = report["test"], report["test_before_finetune"]
+    print(f"checkpoint written to {out} in {time.monotonic() - started:.0f}s (best epoch {report['best_epoch']}); "
+          f"on the slice's test cases HR@10 {before['hr@10']:.4f} -> {test['hr@10']:.4f}, "
+          f"NDCG@10 {before['ndcg@10']:.4f} -> {test['ndcg@10']:.4f}")
+    return 0
+
+
+def evaluation_table(dataset: str, protocol: str, split: str, rows: list[tuple[str, dict]]) -> str:
+    """Our rows, then the published figures for ``dataset`` with the protocol notes."""
+    from encoders.evaluation.published import PROTOCOL_NOTES, PUBLISHED
+
+    cases = rows[0][1]["cases"]
+    lines = [f"{dataset}: {protocol}, split={split}, full ranking, {cases} cases",
+             f"{'model':<40} {'HR@10':>7} {'NDCG@10':>8} {'HR@20':>7} {'NDCG@20':>8} {'MRR@20':>7}"]
+    for name, m in rows:
+        lines.append(f"{name:<40} {m['hr@10']:>7.4f} {m['ndcg@10']:>8.4f} {m['hr@20']:>7.4f} "
+                     f"{m['ndcg@20']:>8.4f} {m['mrr@20']:>7.4f}")
+    published = PUBLISHED.get(dataset, ()) if protocol == "leave-one-out" and split == "test" else ()
+    for p in published:
+        lines.append(f"{'published: ' + p.model:<40} {p.hr10:>7.4f} {p.ndcg10:>8.4f} {'':>7} {'':>8} {'':>7}"
+                     f"  ({p.source})")
+    if published:
+        lines.append(PROTOCOL_NOTES[dataset])
+    return "\n".join(lines)
