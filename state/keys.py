@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from state.errors import InvalidUserId
+
 __all__ = ["KeySpace", "UserKeys"]
 
 
@@ -52,10 +54,9 @@ class KeySpace:
     prefix: str = "iu"
 
     def user(self, user_id: str) -> UserKeys:
-        """The keys of one user; ValueError for an id that could break out of its hash tag."""
+        """The keys of one user; `InvalidUserId` for an id that could break out of its hash tag."""
         if not user_id or _UNSAFE_IN_KEY.search(user_id):
-            raise ValueError(f"user id {user_id[:40]!r} cannot be part of a Redis key: it is empty or holds a "
-                             "brace, whitespace or a control character")
+            raise InvalidUserId(user_id)
         base = f"{self.prefix}:{{u:{user_id}}}"
         return UserKeys(
             clicks=f"{base}:clicks", clicks_data=f"{base}:clicks:data",

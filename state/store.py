@@ -1,4 +1,8 @@
-"""The Redis store: one round trip to apply a micro-batch, one to write results.
+"""The Redis store: one pipeline to apply a micro-batch, one to write results, one to clear marks.
+
+A batch costs five round trips today, not three: redis-py checks with
+``SCRIPT EXISTS`` before each pipeline that queues scripts (the apply and the
+write pipelines), then sends the pipeline.
 
 ``apply`` sends, in one pipeline, the pending marks of the batch's users, one
 APPLY_EVENTS call per (user, stream) and then one ADVANCE_OFFSET per source

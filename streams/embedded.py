@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from streams.errors import InterestUpdaterError
+
 __all__ = ["EmbeddedStack", "ManagedProcess", "die_with_parent", "free_port", "start_broker", "start_redis"]
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-class EmbeddedStackError(RuntimeError):
+class EmbeddedStackError(InterestUpdaterError, RuntimeError):
     """A child server did not start or become ready."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
 from encoders.interests import BlendWeights
+from streams.errors import ConfigurationError
 
 __all__ = ["Settings", "add_arguments", "settings_from_args", "settings_argv", "secret_env", "ENV_PREFIX"]
 
@@ -138,25 +139,28 @@ def _check(settings: Settings) -> None:
     positive = ("partitions", "batch_max", "top_k", "max_history", "max_texts", "max_text_chars")
     for name in positive:
         if getattr(settings, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
+            raise ConfigurationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
     if settings.checkpoint_poll < 0 or settings.long_term_half_life < 0:
-        raise ValueError("--checkpoint-poll and --long-term-half-life cannot be negative")
-    BlendWeights.parse(settings.blend)  # a bad weight fails here, as one clear line
+        raise ConfigurationError("--checkpoint-poll and --long-term-half-life cannot be negative")
+    try:
+        BlendWeights.parse(settings.blend)  # a bad weight fails here, as one clear line
+    except ValueError as exc:
+        raise ConfigurationError(f"--blend: {exc}") from None
     if settings.batch_within <= 0:
-        raise ValueError(f"--batch-within must be positive, got {settings.batch_within}")
+        raise ConfigurationError(f"--batch-within must be positive, got {settings.batch_within}")
     if settings.kafka_security_protocol not in KAFKA_PROTOCOLS:
-        raise ValueError(f"--kafka-security-protocol must be one of {', '.join(KAFKA_PROTOCOLS)}, "
+        raise ConfigurationError(f"--kafka-security-protocol must be one of {', '.join(KAFKA_PROTOCOLS)}, "
                          f"got {settings.kafka_security_protocol!r}")
     if settings.kafka_sasl_mechanism not in SASL_MECHANISMS:
-        raise ValueError(f"--kafka-sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
+        raise ConfigurationError(f"--kafka-sasl-mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
                          f"got {settings.kafka_sasl_mechanism!r}")
     if settings.kafka_security_protocol.startswith("SASL") and not (settings.kafka_username and
                                                                      settings.kafka_password):
-        raise ValueError("SASL needs --kafka-username and IU_KAFKA_PASSWORD")
+        raise ConfigurationError("SASL needs --kafka-username and IU_KAFKA_PASSWORD")
     if settings.log_format not in {"plain", "json"}:
-        raise ValueError(f"--log-format must be plain or json, got {settings.log_format!r}")
+        raise ConfigurationError(f"--log-format must be plain or json, got {settings.log_format!r}")
     if settings.device not in {"auto", "cpu", "cuda"} and not settings.device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {settings.device!r}")
+        raise ConfigurationError(f"--device must be auto, cpu or cuda, got {settings.device!r}")
 
 
 def settings_argv(settings: Settings) -> list[str]:

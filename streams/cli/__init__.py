@@ -3,16 +3,21 @@
 Subcommands: ``demo`` (everything on one machine), ``worker`` (the stream
 processor), ``train``, ``finetune`` and ``evaluate`` (the encoders, offline), ``produce``
 (replay a dataset into the topics) and ``tail`` (print recommendation events).
-Errors the operator can fix print one line and exit with status 2.
+Errors the operator can fix print one line and exit with status 2 (``--debug``, or
+``IU_DEBUG=1``, prints the traceback too).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from typing import Sequence
 
+from encoders.errors import EncoderError
+from state.errors import StateError
 from streams.cli.args import DATA_HELP, add_data_arguments
 from streams.errors import InterestUpdaterError
 from streams.settings import add_arguments, settings_from_args
@@ -20,6 +25,7 @@ from streams.settings import add_arguments, settings_from_args
 __all__ = ["main"]
 
 log = logging.getLogger("interest_updater")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -130,7 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not the newest")
     tail.add_argument("--max", type=int, default=0, help="stop after N events (0: never)")
     add_arguments(tail)
+    for sub in commands.choices.values():
+        sub.add_argument("--debug", action="store_true", default=_env_flag("IU_DEBUG"),
+                         help="on an error, print the traceback as well as the one-line message "
+                              "[env: IU_DEBUG; default: off]")
     return parser
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _demo_doc() -> str:
@@ -176,20 +190,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if not _is_operator_error(exc):
-            raise
+            raise  # a bug: the whole traceback
+        if args.debug:
+            traceback.print_exc()
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"interest-updater: error: {message}", file=sys.stderr)
         return 2
 
 
-# Failures an operator fixes (a path, a flag, an unreachable server) get one line, not a traceback.
-_OPERATOR_ERROR_MODULES = ("encoders", "kafka", "redis", "streams", "state")
+# Failures an operator fixes (a path, a flag, an unreachable server) get one line, not a
+# traceback: our three packages' own errors, the clients' errors, and the OS's.
+_OPERATOR_ERRORS = (InterestUpdaterError, EncoderError, StateError, ValueError, OSError, TimeoutError)
+_CLIENT_MODULES = ("kafka", "aiokafka", "redis")
 
 
 def _is_operator_error(exc: Exception) -> bool:
-    if isinstance(exc, (InterestUpdaterError, ValueError, OSError, TimeoutError)):
-        return True
-    return type(exc).__module__.split(".")[0] in _OPERATOR_ERROR_MODULES
+    return isinstance(exc, _OPERATOR_ERRORS) or type(exc).__module__.split(".")[0] in _CLIENT_MODULES
 
 
 if __name__ == "__main__":

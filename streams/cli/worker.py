@@ -54,7 +54,11 @@ def worker(settings: Settings) -> int:
         ensure_topics(settings.broker, topics(settings), settings.partitions, **kafka_client_config(settings))
         service = Worker(settings, encoder, text_encoder)
         if settings.metrics_port:
-            service.metrics.serve(settings.metrics_port, service.health)
+            try:
+                service.metrics.serve(settings.metrics_port, service.health)
+            except OSError as exc:  # most often: the port is taken by another worker
+                raise ConfigurationError(f"--metrics-port {settings.metrics_port} (IU_METRICS_PORT): cannot serve "
+                                         f"metrics there: {exc.strerror or exc}") from None
             log.info("metrics on http://127.0.0.1:%d/metrics (also /healthz, /readyz)", settings.metrics_port)
         log.info("worker %s: broker %s, redis %s, model %s", settings.app_id, settings.broker,
                  redact_url(settings.redis_url), encoder.model_version)

@@ -51,3 +51,42 @@ def test_evaluation_table_puts_published_figures_and_notes_beside_ours():
     assert "excludes items already in the user's history" in table[-1]
     # Published figures are leave-one-out test figures only.
     assert len(evaluation_table("ml-1m", "leave-one-out", "valid", [("m", ours)]).splitlines()) == 3
+
+
+def test_debug_shows_the_traceback_the_error_line_hides():
+    import os
+
+    quiet = cli("evaluate", "--data", "/no/such/folder", "--checkpoint", "/tmp/none")
+    loud = cli("evaluate", "--data", "/no/such/folder", "--checkpoint", "/tmp/none", "--debug")
+    by_env = cli("evaluate", "--data", "/no/such/folder", "--checkpoint", "/tmp/none",
+                 env={**os.environ, "IU_DEBUG": "1"})
+    assert "Traceback" not in quiet.stderr
+    for result in (loud, by_env):
+        assert result.returncode == 2 and "Traceback (most recent call last)" in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
+
+
+def test_a_bad_setting_is_one_line_naming_the_flag():
+    for flags, named in ((["--batch-max", "0"], "--batch-max"), (["--blend", "current=lots"], "--blend")):
+        result = cli("worker", *flags, "--checkpoint", "/tmp/none")
+        assert result.returncode == 2 and named in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_busy_metrics_port_names_the_port_and_the_flag(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The port check comes after the checkpoint loads: give the worker one to load.
+        from encoders.data import synthetic
+        from encoders.training.train import train
+
+        checkpoint = train(synthetic(n_users=30), tmp_path / "ckpt", d_model=16, n_layers=1, n_heads=1, max_len=20,
+                           epochs=1, progress=False)
+        result = cli("worker", "--checkpoint", str(checkpoint), "--metrics-port", str(port), "--text-encoder",
+                     "false")
+    assert result.returncode == 2, result.stderr
+    assert f"--metrics-port {port}" in result.stderr and "Traceback" not in result.stderr
