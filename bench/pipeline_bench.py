@@ -23,11 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.data import load_dataset  # noqa: E402
-from streams.harness import wait_until_applied, worker_process  # noqa: E402
-from streams.embedded import embedded_stack, free_port  # noqa: E402
-from streams.harness import histogram_quantile, scrape, since  # noqa: E402
 from streams.cli.replay import replay_events  # noqa: E402
 from streams.clients.kafka import Producer, ensure_topics  # noqa: E402
+from streams.embedded import embedded_stack, free_port  # noqa: E402
+from streams.harness import histogram_quantile, scrape, since, wait_until_applied, worker_process  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 

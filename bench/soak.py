@@ -31,11 +31,11 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.data import Dataset, load_dataset  # noqa: E402
-from streams.harness import wait_ready, wait_until_applied, worker_process  # noqa: E402
-from streams.embedded import embedded_stack, free_port  # noqa: E402
-from streams.harness import histogram_quantile, scrape, since, total  # noqa: E402
 from streams.cli.replay import replay_events  # noqa: E402
 from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
+from streams.embedded import embedded_stack, free_port  # noqa: E402
+from streams.harness import histogram_quantile, scrape, since, total  # noqa: E402
+from streams.harness import wait_ready, wait_until_applied, worker_process  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 KINDS = ("clicks", "texts", "profile", "meta")  # per-user key groups whose memory is accounted

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.checkpoint import load_checkpoint  # noqa: E402
 from encoders.data import load_dataset  # noqa: E402
-from encoders.training.fusion import evaluate_fusion, fusion_table, prepare, train_fusion  # noqa: E402
 from encoders.nn.text import TextEncoder  # noqa: E402
+from encoders.training.fusion import evaluate_fusion, fusion_table, prepare, train_fusion  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
