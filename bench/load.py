@@ -1,0 +1,437 @@
+"""Capacity of one worker on production-shaped traffic: the rate it sustains in real time.
+
+Drives the real pipeline (embedded Tansu + Valkey by default, or --broker and
+--redis for real servers; one worker process) with synthetic traffic of the
+production shape, or with a replay of a dataset:
+
+- synthetic (default): --users users with Zipf-distributed activity (a few
+  users send most events, most send one or two), --items items with Zipf
+  popularity, --categories categories and a title each, sessions cut by
+  30 minutes of inactivity, --text-share of events are searches. The model
+  has the production shape (d=64, 2 blocks, max_len 200, a text fusion) and
+  UNTRAINED weights: it measures cost, not quality.
+- --data D: the dataset's events in time order (cycled when a step needs more),
+  with a trained --checkpoint (or a small model trained here first).
+
+Steps: --rate R --seconds S holds one steady rate. --find-capacity measures
+150 events/s, one burst (--burst events as fast as the producer sends) and
+then ramps the rate (doubling, then bisecting) to the highest one at which p99
+freshness stays under 500 ms and the worker keeps up (every event of the step
+applied within a second of the last one sent). Each step prints rate sent,
+events applied per second, freshness p50/p99 (event entering Kafka ->
+recommendation published), consumer lag, worker CPU and RSS, Redis used
+memory and bytes per active user. At the end, bytes per user at the default
+bounds is measured with MEMORY USAGE on users who sent --max-history clicks
+and --max-texts texts through the pipeline. The last line is:
+
+RESULT capacity_events_per_s=N p99_ms_at_capacity=N p99_ms_at_150=N burst_events_per_s=N bytes_per_user=N users=N items=N
+
+The producer (kafka-python, in this process) and the broker and Redis share
+the machine's cores with the worker, as they do in `make demo`.
+
+    python bench/load.py --find-capacity
+    python bench/load.py --find-capacity --data ../shared/data/ml-latest-small
+    python bench/load.py --rate 1000 --seconds 20 --items 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
+from streams.embedded import embedded_stack, free_port  # noqa: E402
+from streams.harness import histogram_quantile, scrape, since, total  # noqa: E402
+from streams.harness import wait_ready, wait_until_applied, worker_process  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+
+P99_LIMIT_MS = 500.0
+KEEP_UP_SECONDS = 1.0  # the step's last event applied at most this long after it was sent
+SESSION_GAP_MS = 30 * 60 * 1000
+ACTIONS, ACTION_P = ("view", "click", "cart", "buy"), (0.55, 0.30, 0.10, 0.05)
+
+
+# ---------------------------------------------------------------- traffic
+class SyntheticTraffic:
+    """Production-shaped events: Zipf users and items, categories, sessions, a share of searches."""
+
+    def __init__(self, users: int, items: int, categories: int, text_share: float, seed: int = 0) -> None:
+        self.users, self.items, self.categories, self.text_share = users, items, categories, text_share
+        self.rng = np.random.default_rng(seed)
+        self._user_cdf = _zipf_cdf(users, 1.05)
+        self._item_cdf = _zipf_cdf(items, 0.9)
+        self._last_ts: dict[int, int] = {}
+        self._sessions: dict[int, int] = {}
+        self._sent = 0
+
+    def events(self, n: int, click_topic: str, text_topic: str) -> list[OutgoingEvent]:
+        users = np.searchsorted(self._user_cdf, self.rng.random(n))
+        items = np.searchsorted(self._item_cdf, self.rng.random(n))
+        is_text = self.rng.random(n) < self.text_share
+        actions = self.rng.choice(len(ACTIONS), size=n, p=ACTION_P)
+        now = int(time.time() * 1000)
+        out = []
+        for user, item, text, action in zip(users.tolist(), items.tolist(), is_text.tolist(), actions.tolist()):
+            self._sent += 1
+            uid = f"u{user}"
+            session = self._session(user, now)
+            if text:
+                body = {"event_id": f"t{self._sent}", "user_id": uid, "kind": "search", "ts": now,
+                        "text": f"looking for {category_name(item % self.categories)} number {item % 97}"}
+                out.append(OutgoingEvent(text_topic, uid, orjson.dumps(body)))
+            else:
+                body = {"event_id": f"c{self._sent}", "user_id": uid, "item_id": f"i{item}",
+                        "action": ACTIONS[action], "ts": now, "session_id": session}
+                out.append(OutgoingEvent(click_topic, uid, orjson.dumps(body)))
+        return out
+
+    def _session(self, user: int, now: int) -> str:
+        if now - self._last_ts.get(user, -SESSION_GAP_MS) >= SESSION_GAP_MS:
+            self._sessions[user] = self._sessions.get(user, 0) + 1
+        self._last_ts[user] = now
+        return f"s{user}-{self._sessions[user]}"
+
+
+class ReplayTraffic:
+    """A dataset's events in time order, with fresh event ids and times on every pass."""
+
+    def __init__(self, dataset) -> None:
+        from streams.cli.replay import replay_events
+
+        self._base = replay_events(dataset, "c", "t")
+        self._next = 0
+        self._pass = 0
+        self.users = len({e.key for e in self._base})
+        self.items = len({e.item_id for e in dataset.clicks})
+
+    def events(self, n: int, click_topic: str, text_topic: str) -> list[OutgoingEvent]:
+        out = []
+        now = int(time.time() * 1000)
+        for _ in range(n):
+            if self._next == len(self._base):
+                self._next, self._pass = 0, self._pass + 1
+            event = self._base[self._next]
+            self._next += 1
+            body = orjson.loads(event.value)
+            body["event_id"] = f"{body['event_id']}.p{self._pass}"
+            body["ts"] = now  # the dataset's order, today's clock: nothing is late, nothing in the future
+            out.append(OutgoingEvent(click_topic if event.topic == "c" else text_topic, event.key,
+                                     orjson.dumps(body)))
+        return out
+
+
+def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
+    cdf = np.cumsum(weights)
+    return cdf / cdf[-1]
+
+
+def category_name(index: int) -> str:
+    return f"category-{index}"
+
+
+# ---------------------------------------------------------------- model
+def untrained_checkpoint(out: Path, items: int, categories: int) -> Path:
+    """A checkpoint of the production shape with untrained weights over ``items`` items."""
+    import torch
+
+    from encoders.checkpoint import CheckpointMetadata, save_checkpoint
+    from encoders.config import EncoderConfig
+    from encoders.nn.fusion import TextFusion
+    from encoders.nn.model import SequenceEncoder
+    from encoders.vocab import ItemVocab
+
+    torch.manual_seed(0)
+    vocab = ItemVocab(f"i{n}" for n in range(items))
+    model = SequenceEncoder(EncoderConfig(n_items=len(vocab), d_model=64, n_layers=2, n_heads=2, max_len=200,
+                                          action_head=True))
+    cats = {f"i{n}": (category_name(n % categories),) for n in range(items)}
+    meta = CheckpointMetadata("synthetic-load", extra={"untrained": True, "action_classes": list(ACTIONS)})
+    return save_checkpoint(out, model, vocab, meta, fusion=TextFusion(384, 64), categories=cats)
+
+
+# ---------------------------------------------------------------- one step
+@dataclass
+class Step:
+    label: str
+    rate_sent: float
+    applied_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    lag: float
+    drain_s: float
+    cpu: float
+    rss_mib: float
+    redis_mib: float
+    bytes_per_user: float
+
+    @property
+    def keeps_up(self) -> bool:
+        return (self.p99_ms is not None and self.p99_ms <= P99_LIMIT_MS and self.drain_s <= KEEP_UP_SECONDS)
+
+    def line(self) -> str:
+        p50 = f"{self.p50_ms:.0f}" if self.p50_ms is not None else "-"
+        p99 = f"{self.p99_ms:.0f}" if self.p99_ms is not None else "-"
+        verdict = "keeps up" if self.keeps_up else "falls behind"
+        return (f"{self.label:<14} sent {self.rate_sent:>7.0f} ev/s  applied {self.applied_per_s:>7.0f} ev/s  "
+                f"freshness p50 {p50:>5} ms p99 {p99:>5} ms  lag {self.lag:>6.0f}  drain {self.drain_s:>5.1f} s  "
+                f"worker cpu {100 * self.cpu:>4.0f}% rss {self.rss_mib:>5.0f} MiB  redis {self.redis_mib:>6.1f} MiB "
+                f"({self.bytes_per_user:>6.0f} B/active user)  {verdict}")
+
+
+class Run:
+    """The stack, the worker and the traffic of one benchmark run."""
+
+    def __init__(self, settings: Settings, worker, traffic) -> None:
+        self.settings, self.worker, self.traffic = settings, worker, traffic
+        self.producer = Producer(settings.broker)
+        self.metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+
+    def step(self, label: str, rate: float, n_events: int) -> Step:
+        events = self.traffic.events(n_events, self.settings.topic_clicks, self.settings.topic_texts)
+        before, cpu_before = scrape(self.metrics_url), _cpu_seconds(self.worker.pid)
+        started = time.monotonic()
+        ends = self.producer.send_all(events, rate=rate)
+        sent_at = time.monotonic()
+        lag = total(scrape(self.metrics_url), "iu_consumer_lag")
+        wait_until_applied(self.settings, ends, self.worker, timeout=3600)
+        done = time.monotonic()
+        time.sleep(0.3)  # the last batch's recommendations: published just after Redis has its offsets
+        samples = since(scrape(self.metrics_url), before)
+        cpu = (_cpu_seconds(self.worker.pid) - cpu_before) / max(done - started, 1e-9)
+        applied = total(samples, "iu_events_total", outcome="applied")
+        quantile = (lambda q: None if (v := histogram_quantile(samples, "iu_freshness_seconds", q)) is None
+                    else 1000 * v)
+        memory, per_user = asyncio.run(_redis_memory(self.settings))
+        return Step(label, len(events) / max(sent_at - started, 1e-9), applied / max(done - started, 1e-9),
+                    quantile(0.5), quantile(0.99), lag, done - sent_at, cpu, _rss_mib(self.worker.pid),
+                    memory / 2**20, per_user)
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _redis_memory(settings: Settings, sample: int = 200) -> tuple[float, float]:
+    """Redis used memory, and the mean MEMORY USAGE of a sample of users' keys."""
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        used = float((await client.info("memory"))["used_memory"])
+        keys = []
+        async for key in client.scan_iter(match=f"{settings.key_prefix}:{{u:*}}:meta", count=1000):
+            keys.append(key)
+            if len(keys) >= sample:
+                break
+        return used, await _bytes_per_user(client, [k.decode().split("{u:", 1)[1].split("}", 1)[0] for k in keys],
+                                           settings)
+    finally:
+        await client.aclose()
+
+
+async def _bytes_per_user(client, users: list[str], settings: Settings) -> float:
+    from state.keys import KeySpace
+
+    if not users:
+        return 0.0
+    space = KeySpace(settings.key_prefix)
+    sizes = []
+    for user in users:
+        keys = space.user(user)
+        usage = [await client.memory_usage(k) for k in (keys.clicks, keys.clicks_data, keys.texts, keys.texts_data,
+                                                         keys.meta, keys.profile)]
+        sizes.append(sum(u or 0 for u in usage))
+    return float(np.mean(sizes))
+
+
+def bytes_at_bounds(run: Run, probe_users: int = 20) -> float:
+    """MEMORY USAGE per user of users who sent --max-history clicks and --max-texts texts through the pipeline."""
+    s = run.settings
+    events = []
+    for u in range(probe_users):
+        uid = f"probe{u}"
+        base = int(time.time() * 1000) - 10_000
+        for n in range(s.max_history):
+            body = {"event_id": f"pc{u}.{n}", "user_id": uid, "item_id": f"i{n % 1000}", "action": "view",
+                    "ts": base + n, "session_id": f"ps{u}"}
+            events.append(OutgoingEvent(s.topic_clicks, uid, orjson.dumps(body)))
+        for n in range(s.max_texts):
+            body = {"event_id": f"pt{u}.{n}", "user_id": uid, "kind": "review", "ts": base + n,
+                    "text": f"probe review {n} of a fine item, with some words about it"}
+            events.append(OutgoingEvent(s.topic_texts, uid, orjson.dumps(body)))
+    wait_until_applied(s, run.producer.send_all(events), run.worker, timeout=3600)
+    time.sleep(1.0)  # profiles are written after the offsets
+
+    async def measure() -> float:
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url(s.redis_url)
+        try:
+            return await _bytes_per_user(client, [f"probe{u}" for u in range(probe_users)], s)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(measure())
+
+
+# ---------------------------------------------------------------- the run
+def find_capacity(run: Run, seconds: float, start_rate: float, max_rate: float) -> tuple[Step | None, list[Step]]:
+    """Double the rate until a step falls behind, then bisect twice between the last pass and that step."""
+    steps: list[Step] = []
+    best: Step | None = None
+    low, high, rate = 0.0, None, start_rate
+    while rate <= max_rate:
+        step = run.step(f"ramp {rate:.0f}", rate, int(rate * seconds))
+        steps.append(step)
+        print(step.line(), flush=True)
+        if step.keeps_up:
+            best, low = step, rate
+            rate *= 2
+        else:
+            high = rate
+            break
+    for _ in range(2 if high is not None else 0):
+        rate = (low + high) / 2 if low else high / 2
+        step = run.step(f"bisect {rate:.0f}", rate, int(rate * seconds))
+        steps.append(step)
+        print(step.line(), flush=True)
+        if step.keeps_up:
+            best, low = step, rate
+        else:
+            high = rate
+    return best, steps
+
+
+@contextlib.contextmanager
+def servers(args) -> Iterator[tuple[str, str]]:
+    if args.broker and args.redis:
+        yield args.broker, args.redis
+        return
+    with embedded_stack() as stack:
+        yield args.broker or stack.broker_url, args.redis or stack.redis_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=1_000_000, help="synthetic users [default: 1,000,000]")
+    parser.add_argument("--items", type=int, default=1_000_000, help="synthetic catalogue size [default: 1,000,000]")
+    parser.add_argument("--categories", type=int, default=20, help="synthetic categories [default: 20]")
+    parser.add_argument("--text-share", type=float, default=0.05, help="share of text events [default: 0.05]")
+    parser.add_argument("--data", default=None, help="replay this dataset instead of synthetic traffic")
+    parser.add_argument("--checkpoint", default=None,
+                        help="model for --data [default: a small one trained here on it]")
+    parser.add_argument("--broker", default=None, help="Kafka bootstrap servers [default: embedded Tansu]")
+    parser.add_argument("--redis", default=None, help="Redis URL [default: embedded Valkey]")
+    parser.add_argument("--rate", type=float, default=None, help="hold this many events/s (with --seconds)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each step [default: 10]")
+    parser.add_argument("--find-capacity", action="store_true", help="150 ev/s, a burst, then ramp (see above)")
+    parser.add_argument("--burst", type=int, default=20_000, help="events of the burst step [default: 20,000]")
+    parser.add_argument("--start-rate", type=float, default=250.0, help="first rate of the ramp [default: 250]")
+    parser.add_argument("--max-rate", type=float, default=64_000.0, help="stop the ramp here [default: 64,000]")
+    parser.add_argument("--batch-max", type=int, default=None, help="worker --batch-max [default: the worker's]")
+    args = parser.parse_args(argv)
+    if not args.find_capacity and args.rate is None:
+        parser.error("give --rate R (with --seconds S) or --find-capacity")
+
+    with tempfile.TemporaryDirectory(prefix="iu-load-") as tmp, servers(args) as (broker, redis_url):
+        workdir = Path(tmp)
+        traffic, checkpoint = _traffic_and_model(args, workdir)
+        name = f"load{os.getpid()}"
+        overrides = {"batch_max": args.batch_max} if args.batch_max else {}
+        settings = Settings(broker=broker, redis_url=redis_url, checkpoint=str(checkpoint), app_id=f"{name}-group",
+                            topic_clicks=f"{name}-clicks", topic_texts=f"{name}-texts", topic_recs=f"{name}-recs",
+                            topic_dead=f"{name}-dead", key_prefix=name, metrics_port=free_port(), log_level="warn",
+                            checkpoint_poll=0, **overrides)
+        ensure_topics(broker, [settings.topic_clicks, settings.topic_texts, settings.topic_recs, settings.topic_dead],
+                      settings.partitions)
+        with worker_process(settings, workdir / "worker.log") as worker:
+            wait_ready(settings.metrics_port, timeout=600)
+            run = Run(settings, worker, traffic)
+            try:
+                warm = run.step("warm-up", 200, 200)  # models loaded, group joined, first shapes compiled
+                print(warm.line(), flush=True)
+                result = _measure(run, args)
+                result["bytes_per_user"] = bytes_at_bounds(run)
+                print(f"bytes per user at the default bounds ({settings.max_history} clicks, "
+                      f"{settings.max_texts} texts; MEMORY USAGE of every key): {result['bytes_per_user']:.0f}")
+            finally:
+                run.close()
+    print("RESULT " + " ".join(f"{key}={_fmt(result.get(key))}" for key in (
+        "capacity_events_per_s", "p99_ms_at_capacity", "p99_ms_at_150", "burst_events_per_s", "bytes_per_user"))
+          + f" users={traffic.users} items={traffic.items}")
+    return 0
+
+
+def _traffic_and_model(args, workdir: Path):
+    if args.data:
+        from encoders.data import load_dataset
+
+        dataset = load_dataset(args.data)
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            from encoders.training.train import train
+
+            print(f"training a small model on {dataset.name} (pass --checkpoint to use yours)", flush=True)
+            checkpoint = train(dataset, workdir / "model", d_model=48, n_layers=2, n_heads=2, max_len=100, epochs=5,
+                               progress=False)
+        print(f"traffic: replay of {dataset.name} ({len(dataset.clicks)} clicks, {len(dataset.texts)} texts), "
+              f"trained model {checkpoint}", flush=True)
+        return ReplayTraffic(dataset), checkpoint
+    started = time.monotonic()
+    checkpoint = untrained_checkpoint(workdir / "model", args.items, args.categories)
+    print(f"traffic: synthetic, {args.users} users (Zipf), {args.items} items (Zipf), {args.categories} categories, "
+          f"{100 * args.text_share:.0f}% searches; model: production shape with UNTRAINED weights (this measures "
+          f"cost, not quality), written in {time.monotonic() - started:.0f}s", flush=True)
+    return SyntheticTraffic(args.users, args.items, args.categories, args.text_share), checkpoint
+
+
+def _measure(run: Run, args) -> dict:
+    if not args.find_capacity:
+        step = run.step(f"rate {args.rate:.0f}", args.rate, int(args.rate * args.seconds))
+        print(step.line(), flush=True)
+        return {"capacity_events_per_s": step.applied_per_s if step.keeps_up else None,
+                "p99_ms_at_capacity": step.p99_ms if step.keeps_up else None,
+                "p99_ms_at_150": step.p99_ms if args.rate == 150 else None}
+    at_150 = run.step("steady 150", 150, int(150 * args.seconds))
+    print(at_150.line(), flush=True)
+    burst = run.step("burst", 0, args.burst)
+    print(burst.line(), flush=True)
+    best, _ = find_capacity(run, args.seconds, args.start_rate, args.max_rate)
+    if best is None:
+        print(f"no rate from {args.start_rate:.0f} events/s up keeps p99 under {P99_LIMIT_MS:.0f} ms", flush=True)
+    return {"capacity_events_per_s": best.rate_sent if best else 0, "p99_ms_at_capacity": best.p99_ms if best else None,
+            "p99_ms_at_150": at_150.p99_ms, "burst_events_per_s": burst.applied_per_s}
+
+
+def _fmt(value) -> str:
+    return "NA" if value is None else f"{value:.0f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
