@@ -54,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
-from streams.harness import histogram_quantile, scrape, since, total, wait_ready, wait_until_applied, worker_process  # noqa: E402  # noqa: E402
+from streams.harness import (  # noqa: E402
+    histogram_quantile, scrape, since, total, wait_ready, wait_until_applied, worker_process)
 from streams.settings import Settings  # noqa: E402
 
 P99_LIMIT_MS = 500.0
