@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-rate", type=float, default=250.0, help="first rate of the ramp [default: 250]")
     parser.add_argument("--max-rate", type=float, default=64_000.0, help="stop the ramp here [default: 64,000]")
     parser.add_argument("--batch-max", type=int, default=None, help="worker --batch-max [default: the worker's]")
+    parser.add_argument("--batch-within", type=float, default=None,
+                        help="worker --batch-within [default: the worker's]")
     args = parser.parse_args(argv)
     if not args.find_capacity and args.rate is None:
         parser.error("give --rate R (with --seconds S) or --find-capacity")
@@ -363,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         traffic, checkpoint = _traffic_and_model(args, workdir)
         name = f"load{os.getpid()}"
-        overrides = {"batch_max": args.batch_max} if args.batch_max else {}
+        overrides = {name: getattr(args, name) for name in ("batch_max", "batch_within")
+                     if getattr(args, name) is not None}
         settings = Settings(broker=broker, redis_url=redis_url, checkpoint=str(checkpoint), app_id=f"{name}-group",
                             topic_clicks=f"{name}-clicks", topic_texts=f"{name}-texts", topic_recs=f"{name}-recs",
                             topic_dead=f"{name}-dead", key_prefix=name, metrics_port=free_port(), log_level="warn",

@@ -201,6 +201,7 @@ class Worker:
 
     async def _on_assigned(self, app, assigned, **kwargs) -> None:
         consumer = app.consumer
+        _set_fetch_max_wait(consumer, self.settings.fetch_max_wait)
         if not getattr(consumer, "_iu_resume_wrapped", False):
             original = consumer.perform_seek
 
@@ -233,6 +234,21 @@ def load_sequence_encoder(settings: Settings):
 
     return InterestEncoder.from_checkpoint(settings.checkpoint, device=settings.device,
                                            half_life_ms=settings.long_term_half_life * DAY_MS)
+
+
+def _set_fetch_max_wait(consumer, seconds: float) -> None:
+    """Faust creates its aiokafka consumer with fetch_max_wait_ms=1500 and no setting to change it.
+
+    The embedded broker answers a fetch only when that wait expires, even when
+    events are waiting (measured: a 419 ms median delivery at 1500, 28 ms at
+    100), so it is set on the consumer's fetcher here, before the first fetch of
+    each assignment. On Kafka a shorter wait only adds empty fetches while idle.
+    """
+    fetcher = getattr(getattr(getattr(consumer, "_thread", None), "_consumer", None), "_fetcher", None)
+    if fetcher is None:
+        log.warning("cannot set --fetch-max-wait: this Faust consumer has no aiokafka fetcher")
+        return
+    fetcher._fetch_max_wait_ms = int(seconds * 1000)
 
 
 def _raw(event) -> RawRecord:

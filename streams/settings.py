@@ -56,6 +56,9 @@ class Settings:
     partitions: int = _option(4, "Partitions of every topic (clicks and texts must match).")
     batch_max: int = _option(256, "Most events in one micro-batch.")
     batch_within: float = _option(0.2, "Seconds to wait for a micro-batch to fill.")
+    fetch_max_wait: float = _option(0.05, "Seconds a fetch may wait at the broker for new events. Kafka "
+                                          "answers as soon as events arrive; the embedded broker only when "
+                                          "this expires, so it bounds freshness there (Faust's own is 1.5).")
     checkpoint: str | None = _option(None, "Sequence-encoder checkpoint directory (from `train` or `finetune`).")
     checkpoint_poll: float = _option(10.0, "Seconds between checks of --checkpoint for a new model "
                                            "(written there by train/finetune); a new one is loaded beside "
@@ -148,6 +151,8 @@ def _check(settings: Settings) -> None:
         raise ConfigurationError(f"--blend: {exc}") from None
     if settings.batch_within <= 0:
         raise ConfigurationError(f"--batch-within must be positive, got {settings.batch_within}")
+    if settings.fetch_max_wait <= 0:
+        raise ConfigurationError(f"--fetch-max-wait must be positive, got {settings.fetch_max_wait}")
     if settings.kafka_security_protocol not in KAFKA_PROTOCOLS:
         raise ConfigurationError(f"--kafka-security-protocol must be one of {', '.join(KAFKA_PROTOCOLS)}, "
                          f"got {settings.kafka_security_protocol!r}")
