@@ -64,7 +64,7 @@ def test_worker_inference_equals_the_training_forward(trained: Path, data: Datas
 
     from encoders.checkpoint import load_checkpoint
     from encoders.features import SeqArrays, from_events
-    from encoders.training.train import _batch_tensors
+    from encoders.training.loop import batch_tensors
 
     worker = InterestEncoder.from_checkpoint(trained, device="cpu")  # as streams/commands.load_encoders does
     model, vocab, _ = load_checkpoint(trained, device="cpu")
@@ -77,7 +77,7 @@ def test_worker_inference_equals_the_training_forward(trained: Path, data: Datas
     # Training reads events 0..n-1 of a window of n + 1 (the last is only a target).
     windows = [from_events(p, vocab) for p in picked]
     windows = [SeqArrays(*(np.append(a, 0) for a in (w.items, w.actions, w.gaps))) for w in windows]
-    items, actions, gaps, *_ = _batch_tensors(windows, torch.device("cpu"))  # then the targets
+    items, actions, gaps, *_ = batch_tensors(windows, torch.device("cpu"))  # then the targets
     with torch.inference_mode():
         hidden = model.train(False)(items, actions, gaps)
     expected = hidden[torch.arange(len(picked)), torch.tensor([len(p) for p in picked]) - 1].numpy()
