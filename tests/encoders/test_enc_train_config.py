@@ -127,3 +127,20 @@ def test_from_record_keeps_how_the_parent_learned_not_its_schedule():
 def test_importing_the_config_loads_no_torch():
     code = "import sys, encoders.training.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_sweep_checks_every_configuration_before_it_starts():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "train_sweep.py"
+    spec = importlib.util.spec_from_file_location("train_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    [(name, settings, config)] = sweep.checked_configs(["wide:d_model=128,lr=3e-4,refit=true"])
+    assert (name, settings) == ("wide", {"d_model": 128, "lr": 3e-4, "refit": True})
+    assert config == TrainConfig(d_model=128, lr=3e-4, refit=True, progress=False)
+    with pytest.raises(SystemExit, match=r"--config ok2: unknown keys \['n_layer'\] \(did you mean 'n_layers'\?\)"):
+        sweep.checked_configs(["ok:epochs=3", "ok2:n_layer=4"])
+    with pytest.raises(SystemExit, match="--config neg: negatives=0 must be >= 1"):
+        sweep.checked_configs(["neg:loss=sampled,negatives=0"])
