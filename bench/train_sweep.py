@@ -8,9 +8,12 @@ and every run's report.json is kept under --out.
     python bench/train_sweep.py --data ../shared/data/ml-1m --out runs/sweep --parallel 4 \\
         --config base: --config wide:d_model=128 --config deep:d_model=128,n_layers=4,n_heads=4,dropout=0.3
 
-A configuration is NAME:key=value,...; keys are `train`'s keyword arguments
-(d_model, n_layers, n_heads, max_len, dropout, lr, weight_decay, batch_size,
-loss, negatives, all_windows, refit, patience, epochs, max_seconds, seed).
+A configuration is NAME:key=value,...; keys are `TrainConfig` options
+(`encoders.training.config`: d_model, n_layers, n_heads, max_len, dropout, lr,
+weight_decay, batch_size, loss, negatives, all_windows, refit, patience,
+epochs, max_seconds, seed, action_weight, ...).  Every configuration is
+checked before the first run starts: a misspelt key or a bad value stops the
+sweep at once with a line naming it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:
+    from encoders.training.config import TrainConfig
 
 
 def _value(text: str) -> Any:
@@ -44,7 +50,23 @@ def parse_config(spec: str) -> tuple[str, dict[str, Any]]:
     return name, {k: _value(v) for k, v in pairs}
 
 
-def run_one(data: str, out: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def checked_configs(specs: list[str]) -> list[tuple[str, dict[str, Any], TrainConfig]]:
+    """(name, settings as given, the run's TrainConfig) of each --config; exits naming a bad key or value."""
+    from encoders.errors import ConfigError
+    from encoders.training.config import TrainConfig
+
+    configs = []
+    for name, settings in map(parse_config, specs):
+        try:
+            # No progress bars: the runs share one terminal.
+            config = TrainConfig.from_dict(settings, f"--config {name}").replace(progress=False)
+        except ConfigError as exc:
+            raise SystemExit(f"train_sweep: error: {exc}") from None
+        configs.append((name, settings, config))
+    return configs
+
+
+def run_one(data: str, out: str, name: str, settings: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
     import torch
 
     from encoders.data import load_dataset
@@ -52,9 +74,9 @@ def run_one(data: str, out: str, name: str, kwargs: dict[str, Any]) -> dict[str,
 
     torch.set_num_threads(2)  # the processes share the machine's cores
     started = time.perf_counter()
-    path = train(load_dataset(data), Path(out) / name, progress=False, **kwargs)
+    path = train(load_dataset(data), Path(out) / name, config)
     report = json.loads((path / "report.json").read_text())
-    return {"name": name, "kwargs": kwargs, "wall_seconds": round(time.perf_counter() - started, 1), **report}
+    return {"name": name, "kwargs": settings, "wall_seconds": round(time.perf_counter() - started, 1), **report}
 
 
 def main() -> int:
@@ -65,11 +87,11 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--summary", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
-    configs = [parse_config(c) for c in args.config]
+    configs = checked_configs(args.config)
     results = []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     with ProcessPoolExecutor(args.parallel, mp_context=context) as pool:
-        futures = {pool.submit(run_one, args.data, args.out, n, kw): n for n, kw in configs}
+        futures = {pool.submit(run_one, args.data, args.out, *c): c[0] for c in configs}
         for future in as_completed(futures):
             try:
                 results.append(future.result())

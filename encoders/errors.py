@@ -25,13 +25,19 @@ class CheckpointError(EncoderError):
         super().__init__(f"checkpoint {self.path}: {problem}")
 
 
-class ConfigError(EncoderError):
-    """An encoder config has unknown keys or invalid values."""
+class ConfigError(EncoderError, ValueError):
+    """A config (the model's `EncoderConfig`, training's `TrainConfig`) has unknown keys or invalid values.
 
-    def __init__(self, source: str, problem: str) -> None:
+    Also a `ValueError`: these were ValueErrors before the configs were typed,
+    and callers (the CLI's one-line errors among them) still catch them so.
+    ``what`` names the kind of config in the message.
+    """
+
+    def __init__(self, source: str, problem: str, *, what: str = "encoder config") -> None:
         self.source = source
         self.problem = problem
-        super().__init__(f"encoder config {source}: {problem}")
+        self.what = what
+        super().__init__(f"{what} {source}: {problem}")
 
 
 class DataFormatError(EncoderError):

@@ -17,6 +17,12 @@ shorter than a training window, which also guards against forgetting.
 ``context=0`` trains on the slice alone.  The text fusion and categories of
 the parent are carried over unchanged (categories gain the slice catalogue's
 new items).
+
+The options are the parent's `TrainConfig` as its checkpoint records it
+(`TrainConfig.from_record`: model shape, loss, negatives, windows, weight
+decay, action weight, protocol) with a fine-tune's own schedule on top
+(`finetune_config`); the epochs are the same `encoders.training.loop.fit` as
+`train`'s.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from ..evaluation.evaluate import rank_metrics
 from ..nn.model import SequenceEncoder
 from ..protocols import make_split
 from ..vocab import ItemVocab
-from .train import _finish, _fit, _negatives, _train_windows
+from .config import TrainConfig
+from .loop import finish, fit, recorded_args, train_windows
 
-__all__ = ["finetune", "newer_slice", "extend_vocab"]
+__all__ = ["extend_vocab", "finetune", "finetune_config", "newer_slice"]
 
 
 def newer_slice(dataset: Dataset, since_ms: int | None, context: int = 0) -> Dataset:
@@ -82,6 +89,26 @@ def extend_vocab(model: SequenceEncoder, vocab: ItemVocab, items: list[str],
     return grown, bigger
 
 
+def finetune_config(parent: TrainConfig, *, epochs: int, lr: float, batch_size: int, patience: int, device: str,
+                    seed: int, max_seconds: float | None, progress: bool) -> TrainConfig:
+    """The options of a fine-tune of a model trained with ``parent``: its way of learning, a schedule of its own.
+
+    The schedule (`finetune`'s keywords, where its defaults are) replaces the
+    parent's; the loss, negatives, windows, weight decay, action weight,
+    protocol and model shape stay.  A fine-tune also validates every epoch
+    and never refits (no epoch count is chosen for a second run), and trains
+    no text fusion (the parent's is carried over).
+
+    >>> parent = TrainConfig(lr=1e-3, loss="sampled", eval_every=5, refit=True)
+    >>> child = finetune_config(parent, epochs=10, lr=3e-4, batch_size=128, patience=3, device="auto", seed=0,
+    ...                         max_seconds=None, progress=False)
+    >>> child.lr, child.loss, child.eval_every, child.refit
+    (0.0003, 'sampled', 1, False)
+    """
+    return parent.replace(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience, device=device, seed=seed,
+                          max_seconds=max_seconds, progress=progress, eval_every=1, refit=False, text_fusion=False)
+
+
 def finetune(
     checkpoint: str | Path,
     dataset: Dataset,
@@ -102,27 +129,31 @@ def finetune(
 
     ``context`` earlier events of each active user are kept (see the module
     docstring; None: the model's ``max_len``).  ``out_dir`` may be the
-    checkpoint itself: it is read first and replaced atomically.
+    checkpoint itself: it is read first and replaced atomically.  The other
+    keywords are the fine-tune's schedule (`finetune_config`); a bad value
+    raises `encoders.errors.ConfigError` naming it.
 
     >>> finetune("runs/ml1m", load_dataset("new-log.jsonl"), "runs/ml1m", since_ms=1_767_225_600_000)  # doctest: +SKIP
     """
     wall_start = time.perf_counter()
     model, vocab, meta = load_checkpoint(checkpoint, device)
+    parent_args = meta.extra.get("train_args", {})
+    parent = TrainConfig.from_record(model.config, parent_args, meta.extra.get("protocol", "auto"))
+    config = finetune_config(parent, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience, device=device,
+                             seed=seed, max_seconds=max_seconds, progress=progress)
     fusion, categories = load_fusion(checkpoint), load_categories(checkpoint)
     context = model.config.max_len if context is None else context
     part = newer_slice(dataset, since_ms, context)
     model, vocab = extend_vocab(model, vocab, [e.item_id for e in part.clicks], seed)
-    args = meta.extra.get("train_args", {})
-    split = make_split(part, vocab, meta.extra.get("protocol", "auto"))
+    split = make_split(part, vocab, config.protocol)
     before = rank_metrics(model, split.test, exclude_history=split.exclude_history)
-    opts = {**args, "epochs": epochs, "batch_size": batch_size, "lr": lr, "patience": patience, "seed": seed,
-            "max_seconds": max_seconds, "refit": False, "progress": progress,
-            "negatives": _negatives(args.get("loss", "auto"), args.get("negatives", 256), len(vocab)),
-            "weight_decay": args.get("weight_decay", 0.0), "eval_every": 1,
-            "finetuned_from": meta.model_version, "since_ms": since_ms, "context": context}
-    windows = _train_windows(split.train, model.config.max_len, bool(args.get("all_windows", False)))
-    fit = _fit(model, windows, split, opts, epochs, f"finetune {part.name}")
-    model.load_state_dict(fit.best_state)
+    windows = train_windows(split.train, config.max_len, config.all_windows)
+    selected = fit(model, windows, split, config, desc=f"finetune {part.name}")
+    model.load_state_dict(selected.best_state)
     categories.update({i: c for i, c in part.catalogue.categories.items() if i in vocab})
-    return _finish(part, out_dir, model, vocab, split, {"select": fit}, wall_start, opts,
-                   {"test_before_finetune": before}, fusion=fusion, categories=categories)
+    # The parent's record (keys it has and this one lacks stay), this run's options, and where it came from.
+    train_args = {**parent_args, **recorded_args(config, model), "finetuned_from": meta.model_version,
+                  "since_ms": since_ms, "context": context}
+    return finish(part, out_dir, model, vocab, split, {"select": selected}, config, wall_start=wall_start,
+                  earlier={"test_before_finetune": before}, train_args=train_args, fusion=fusion,
+                  categories=categories)

@@ -5,26 +5,26 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from streams.cli.args import dataset_from_args
 
-__all__ = ["train", "evaluate", "finetune", "evaluation_table"]
+if TYPE_CHECKING:  # the subcommands import encoders (torch) only when they run
+    from encoders.training.config import TrainConfig
+
+__all__ = ["train", "evaluate", "finetune", "evaluation_table", "train_config"]
 
 
 def train(args: argparse.Namespace) -> int:
     from encoders.training.train import train as train_encoder
 
+    config = train_config(args)  # before the data: a bad flag fails now, not after minutes of loading
     dataset = dataset_from_args(args.data, args)
+    config = config.replace(text_fusion=_wants_text_fusion(args.text_fusion, dataset))
     started = time.monotonic()
-    out = train_encoder(dataset, args.out, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                        max_len=args.max_len, dropout=args.dropout, epochs=args.epochs,
-                        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, loss=args.loss,
-                        negatives=args.negatives, all_windows=args.all_windows, refit=args.refit,
-                        protocol=args.protocol, device=args.device, seed=args.seed, patience=args.patience,
-                        eval_every=args.eval_every, max_seconds=args.max_seconds,
-                        action_weight=args.action_weight, text_fusion=_wants_text_fusion(args.text_fusion, dataset))
+    out = train_encoder(dataset, args.out, config)
     report = orjson.loads((out / "report.json").read_bytes())
     test, before = report["test"], report["test_before_refit"]
     refit = f" (before --refit: {before['hr@10']:.4f} / {before['ndcg@10']:.4f})" if before else ""
@@ -43,6 +43,23 @@ def train(args: argparse.Namespace) -> int:
     elif fusion.get("skipped"):
         print(f"no text fusion: {fusion['skipped']}")
     return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The `TrainConfig` of ``interest-updater train``'s flags (``text_fusion`` off: it depends on the data).
+
+    >>> from streams.cli import _parser
+    >>> train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])).epochs
+    200
+    """
+    from encoders.training.config import TrainConfig
+
+    return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len,
+                       dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
+                       all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,
+                       seed=args.seed, patience=args.patience, eval_every=args.eval_every,
+                       max_seconds=args.max_seconds, action_weight=args.action_weight)
 
 
 def _wants_text_fusion(choice: str, dataset) -> bool:

@@ -128,7 +128,7 @@ def test_config_without_the_key_loads_old_weights(tmp_path: Path) -> None:
 
 
 def test_action_loss_ignores_padding() -> None:
-    from encoders.training.train import next_action_loss
+    from encoders.training.loop import next_action_loss
 
     torch.manual_seed(0)
     model = SequenceEncoder(EncoderConfig(n_items=12, d_model=16, n_heads=2, max_len=8, action_head=True))

@@ -39,6 +39,35 @@ def test_finetune_writes_a_new_checkpoint_from_the_newer_slice(synthetic_checkpo
     assert "new-3" in vocab and load_fusion(out) is not None
     assert len(newer_slice(dataset, since).clicks) < len(dataset.clicks)
     assert meta.extra["train_args"]["context"] == load_checkpoint(synthetic_checkpoint, device="cpu")[0].config.max_len
+    # The fine-tune's own schedule over the parent's way of learning.
+    args, parent_args = meta.extra["train_args"], parent.extra["train_args"]
+    assert {k: args[k] for k in ("epochs", "lr", "batch_size", "patience", "eval_every", "refit")} == {
+        "epochs": 2, "lr": 3e-4, "batch_size": 128, "patience": 3, "eval_every": 1, "refit": False}
+    assert all(args[k] == parent_args[k] for k in ("loss", "negatives", "all_windows", "weight_decay", "action_weight"))
+
+
+def test_a_bad_finetune_option_names_itself(synthetic_checkpoint, tmp_path):
+    from encoders.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="epochs=0 must be >= 1"):
+        finetune(synthetic_checkpoint, synthetic(), tmp_path / "ft", epochs=0, progress=False)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_no_encoders_module_imports_a_private_name_of_another():
+    """finetune once borrowed train's _fit, _finish ...: what modules share is public and documented as such."""
+    import ast
+    from pathlib import Path
+
+    import encoders
+
+    borrowed = []
+    for path in sorted(Path(encoders.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                borrowed += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert borrowed == []
 
 
 def test_the_slice_keeps_earlier_events_of_active_users_as_context():

@@ -10,7 +10,7 @@ from encoders.data import Dataset, Event, load_dataset
 from encoders.evaluation.evaluate import baseline_metrics, cooccurrence_scorer, score_cases
 from encoders.features import SeqArrays
 from encoders.protocols import EvalCases, make_split
-from encoders.training.train import _train_windows
+from encoders.training.loop import train_windows
 from encoders.vocab import ItemVocab
 
 
@@ -48,9 +48,9 @@ def test_sessions_use_the_test_file(shared_folder) -> None:
 
 def test_windows_cover_every_transition_once() -> None:
     seq = SeqArrays(np.arange(2, 12), np.full(10, 3), np.zeros(10, dtype=np.int64))
-    newest = _train_windows([seq], max_len=3, all_windows=False)
+    newest = train_windows([seq], max_len=3, all_windows=False)
     assert [w.items.tolist() for w in newest] == [[8, 9, 10, 11]]
-    every = _train_windows([seq], max_len=3, all_windows=True)
+    every = train_windows([seq], max_len=3, all_windows=True)
     assert [w.items.tolist() for w in every] == [[8, 9, 10, 11], [5, 6, 7, 8], [2, 3, 4, 5]]
     transitions = [(a, b) for w in every for a, b in zip(w.items[:-1], w.items[1:])]
     assert sorted(transitions) == [(a, a + 1) for a in range(2, 11)]
@@ -79,7 +79,7 @@ def test_cooccurrence_follows_the_last_item() -> None:
 
 
 def test_sampled_softmax_masks_the_target_among_its_negatives() -> None:
-    from encoders.training.train import sampled_softmax_loss
+    from encoders.training.loop import sampled_softmax_loss
 
     # Two items: every sampled negative is either the target (masked) or the other item.
     table = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

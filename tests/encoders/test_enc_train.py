@@ -55,6 +55,39 @@ def test_training_is_reproducible(data: Dataset, tmp_path: Path) -> None:
     assert a.model_version == b.model_version and a.metrics == b.metrics
 
 
+def _figures(path: Path) -> dict:
+    """What a run produced, less its timings."""
+    report = json.loads((path / "report.json").read_text())
+    epochs = [{k: v for k, v in e.items() if "seconds" not in k} for e in report["epochs"]]
+    return {"version": read_metadata(path).model_version, "epochs": epochs,
+            **{k: report[k] for k in ("config", "train_args", "best_epoch", "test", "next_action_test")}}
+
+
+def test_a_config_trains_what_the_same_keywords_train(data: Dataset, tmp_path: Path) -> None:
+    from encoders.training.config import TrainConfig
+    from encoders.training.train import train
+
+    by_keywords = _train(data, tmp_path / "keywords", epochs=2)
+    # A config, with a keyword on top of it (the keyword wins).
+    config = TrainConfig(epochs=9, lr=5e-3, patience=15, **TINY)
+    by_config = train(data, tmp_path / "config", config, epochs=2)
+    assert _figures(by_config) == _figures(by_keywords)
+    assert _figures(by_keywords)["train_args"]["epochs"] == 2
+
+
+def test_unknown_options_fail_before_any_work(data: Dataset, tmp_path: Path) -> None:
+    from encoders.errors import ConfigError
+    from encoders.training.train import train
+
+    with pytest.raises(ConfigError, match=r"train\(\) keywords: unknown keys \['epoch'\] \(did you mean 'epochs'\?"):
+        train(data, tmp_path / "typo", epoch=2, **TINY)
+    with pytest.raises(ConfigError, match=r"train\(\) keywords: loss='soft' must be one of"):
+        train(data, tmp_path / "bad", loss="soft", **TINY)
+    with pytest.raises(TypeError, match="config must be a TrainConfig, not dict"):
+        train(data, tmp_path / "dict", {"epochs": 2})
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
 def test_worker_inference_equals_the_training_forward(trained: Path, data: Dataset) -> None:
     """Parity: the checkpoint `train` wrote, loaded as the worker loads it, gives the vectors
     of the training model's own forward pass (one right-padded training batch) on random real
@@ -64,7 +97,7 @@ def test_worker_inference_equals_the_training_forward(trained: Path, data: Datas
 
     from encoders.checkpoint import load_checkpoint
     from encoders.features import SeqArrays, from_events
-    from encoders.training.train import _batch_tensors
+    from encoders.training.loop import batch_tensors
 
     worker = InterestEncoder.from_checkpoint(trained, device="cpu")  # as streams/commands.load_encoders does
     model, vocab, _ = load_checkpoint(trained, device="cpu")
@@ -77,7 +110,7 @@ def test_worker_inference_equals_the_training_forward(trained: Path, data: Datas
     # Training reads events 0..n-1 of a window of n + 1 (the last is only a target).
     windows = [from_events(p, vocab) for p in picked]
     windows = [SeqArrays(*(np.append(a, 0) for a in (w.items, w.actions, w.gaps))) for w in windows]
-    items, actions, gaps, *_ = _batch_tensors(windows, torch.device("cpu"))  # then the targets
+    items, actions, gaps, *_ = batch_tensors(windows, torch.device("cpu"))  # then the targets
     with torch.inference_mode():
         hidden = model.train(False)(items, actions, gaps)
     expected = hidden[torch.arange(len(picked)), torch.tensor([len(p) for p in picked]) - 1].numpy()

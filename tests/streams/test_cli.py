@@ -90,3 +90,22 @@ def test_a_busy_metrics_port_names_the_port_and_the_flag(tmp_path):
                      "false")
     assert result.returncode == 2, result.stderr
     assert f"--metrics-port {port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_flags_become_a_train_config():
+    from streams.cli import _parser
+    from streams.cli.offline import train_config
+
+    args = _parser().parse_args(["train", "--data", "synthetic", "--out", "x", "--layers", "3", "--heads", "4",
+                                 "--d-model", "128", "--loss", "sampled", "--refit", "--max-seconds", "60"])
+    config = train_config(args)
+    assert (config.n_layers, config.n_heads, config.d_model, config.loss) == (3, 4, 128, "sampled")
+    assert config.refit and config.max_seconds == 60.0 and not config.all_windows
+    # The command's own defaults, where they differ from train()'s.
+    assert (config.epochs, config.batch_size, config.text_fusion) == (200, 64, False)
+
+
+def test_a_bad_train_flag_fails_before_the_data_is_read():
+    result = cli("train", "--data", "/no/such/folder", "--out", "/tmp/none", "--epochs", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "interest-updater: error: training config values: epochs=0 must be >= 1"
