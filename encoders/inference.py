@@ -29,7 +29,7 @@ from .checkpoint import load_categories, load_checkpoint, load_fusion
 from .features import SeqArrays, from_tuples, pad_batch
 from .interests import DAY_MS, CategoryIndex, decay_weights
 from .nn.model import SequenceEncoder
-from .ranking import mask_rows
+from .ranking import item_scores, mask_scores, top_items
 from .vocab import ACTIONS, FIRST_ITEM, ItemVocab
 
 __all__ = ["LENGTH_BUCKETS", "Encoded", "InterestEncoder"]
@@ -193,13 +193,10 @@ class InterestEncoder:
         if k <= 0 or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
         with self._lock, torch.inference_mode():
-            scores = self._to_device(np.ascontiguousarray(vectors)) @ self._table.T
-            if bias is not None:
-                scores += self._to_device(np.ascontiguousarray(bias, dtype=np.float32))
-            mask_rows(scores, None if exclude is None else
-                      [[self.vocab.index(i) for i in items if i in self.vocab] for items in exclude])
-            values, indices = (t.cpu().tolist() for t in scores.topk(k, dim=1))
-        return [
-            [(self.vocab.item_id(i), v) for v, i in zip(vals, idx) if v != float("-inf")]
-            for vals, idx in zip(values, indices)
-        ]
+            scores = item_scores(self._to_device(np.ascontiguousarray(vectors)), self._table,
+                                 None if bias is None else
+                                 self._to_device(np.ascontiguousarray(bias, dtype=np.float32)))
+            mask_scores(scores, None if exclude is None else
+                        [[self.vocab.index(i) for i in items if i in self.vocab] for items in exclude])
+            best = top_items(scores, k)
+        return [[(self.vocab.item_id(i), v) for i, v in row] for row in best]
