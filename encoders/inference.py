@@ -261,9 +261,10 @@ class InterestEncoder:
 
         >>> enc = InterestEncoder.from_checkpoint("/tmp/ckpt-ml1m")  # doctest: +SKIP
         >>> clicks = [("1", "click", 1_700_000_000_000), ("48", "buy", 1_700_000_060_000)]
-        >>> [rec] = enc.recommend([UserEvents(clicks, session=clicks)], BlendWeights(long_term=0.25), k=5)  # doctest: +SKIP
-        >>> rec.items  # doctest: +SKIP
-        [('2', 7.1), ...]
+        >>> blend = BlendWeights(long_term=0.25)
+        >>> [rec] = enc.recommend([UserEvents(clicks, session=clicks)], blend, k=5)  # doctest: +SKIP
+        >>> rec.items, rec.categories  # doctest: +SKIP
+        ([('2', 7.1), ...], {'Drama': 0.5, ...})
         """
         found = self.interests(users)
         ranked = self.rank(found, weights, k=k, exclude_seen=exclude_seen)
