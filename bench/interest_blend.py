@@ -1,10 +1,11 @@
 """Do the multi-granularity interests help or hurt recommendations? Offline, full ranking.
 
-Runs the worker's own building blocks (`InterestEncoder.encode_interests`,
-`BlendWeights`, `CategoryIndex`, `top_k` with history excluded) over the
-leave-one-out cases of a dataset: the blend weights are chosen on the
-validation cases (grid below), then the test cases are scored with the
-behaviour-only weights (current=1, the rest 0) and with the chosen blend.
+Runs the worker's own scoring rule (`InterestEncoder.recommend`, as its two
+halves: `interests` once per case, then `rank` per blend, with history
+excluded) over the leave-one-out cases of a dataset: the blend weights are
+chosen on the validation cases (grid below), then the test cases are scored
+with the behaviour-only weights (current=1, the rest 0) and with the chosen
+blend.  Sessions are cut by the worker's own rule (`state.sessions`).
 
     python bench/interest_blend.py --data ../shared/data/ml-1m --checkpoint runs/ml1m
 
@@ -27,20 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.data import load_dataset  # noqa: E402
 from encoders.inference import InterestEncoder  # noqa: E402
-from encoders.interests import DAY_MS, BlendWeights, CategoryIndex, category_distribution  # noqa: E402
+from encoders.interests import DAY_MS, BlendWeights, CategoryIndex, Interests, UserEvents  # noqa: E402
 from encoders.protocols import EvalCases, make_split  # noqa: E402
-from encoders.vocab import ACTIONS, UNKNOWN  # noqa: E402
+from encoders.vocab import ACTIONS, UNKNOWN, UNKNOWN_ITEM  # noqa: E402
 from state import StoredClick  # noqa: E402
 from state.sessions import current_session  # noqa: E402
 
 GRID = {"long_term": (0.0, 0.25, 0.5, 1.0), "session": (0.0, 0.5), "categories": (0.0, 0.05, 0.1, 0.25)}
-CHUNK = 512
+CHUNK = 512  # users per forward pass and per scoring call
 
 
 def _tuples(case, vocab) -> list[tuple[str, str, int]]:
     """A case's input as the worker sees events: (item id, action, ts ms), ts rebuilt from the gaps."""
     ts = np.concatenate([[0], np.cumsum(np.maximum(case.gaps[1:], 0))]) if len(case) else []
-    items = [vocab.item_id(int(i)) if i > UNKNOWN else "\x00unknown" for i in case.items]
+    items = [vocab.item_id(int(i)) if i > UNKNOWN else UNKNOWN_ITEM for i in case.items]
     return [(item, ACTIONS[int(a)], int(t)) for item, a, t in zip(items, case.actions, ts)]
 
 
@@ -50,33 +51,19 @@ def _session(events: list[tuple[str, str, int]], gap_ms: float) -> list[tuple[st
     return [(c.item_id, c.action, c.ts) for c in current_session(clicks, int(gap_ms))]
 
 
-def _interests(encoder: InterestEncoder, cases: EvalCases, gap_ms: float) -> dict[str, object]:
+def _interests(encoder: InterestEncoder, cases: EvalCases, gap_ms: float) -> list[Interests]:
+    """Every case's interests, one `InterestEncoder.interests` call per chunk of cases."""
     events = [_tuples(case, encoder.vocab) for case in cases.inputs]
-    current, long_term, session = [], [], []
-    for start in range(0, len(events), CHUNK):
-        chunk = events[start:start + CHUNK]
-        encoded = encoder.encode_interests(chunk + [_session(e, gap_ms) for e in chunk])
-        current.append(encoded.current[: len(chunk)])
-        long_term.append(encoded.long_term[: len(chunk)])
-        session.append(encoded.current[len(chunk):])
-    cats = encoder.categories.categories
-    return {
-        "current": np.concatenate(current), "long_term": np.concatenate(long_term),
-        "session": np.concatenate(session), "events": events,
-        "categories": [category_distribution([e[0] for e in ev], [e[2] for e in ev], cats, encoder.half_life_ms)
-                       for ev in events],
-    }
+    users = [UserEvents(e, session=_session(e, gap_ms)) for e in events]
+    return [encoder.interests(users[start:start + CHUNK]) for start in range(0, len(users), CHUNK)]
 
 
-def _metrics(encoder: InterestEncoder, cases: EvalCases, vectors: dict, weights: BlendWeights) -> dict[str, float]:
+def _metrics(encoder: InterestEncoder, cases: EvalCases, chunks: list[Interests],
+             weights: BlendWeights) -> dict[str, float]:
     sums = {"hr@10": 0.0, "ndcg@10": 0.0, "hr@20": 0.0, "ndcg@20": 0.0}
-    for start in range(0, len(cases), CHUNK):
-        rows = slice(start, start + CHUNK)
-        query = weights.query(vectors["current"][rows], vectors["long_term"][rows], vectors["session"][rows])
-        bias = weights.categories * encoder.categories.lift(vectors["categories"][rows]) if weights.categories else None
-        exclude = [{e[0] for e in ev} for ev in vectors["events"][rows]]
-        ranked = encoder.top_k(query, 20, exclude, bias)
-        for top, target in zip(ranked, cases.targets[rows]):
+    targets = iter(cases.targets)
+    for chunk in chunks:
+        for top, target in zip(encoder.rank(chunk, weights, k=20, exclude_seen=True), targets):
             ids = [item for item, _ in top]
             target_id = encoder.vocab.item_id(int(target)) if target > UNKNOWN else None
             if target_id in ids:

@@ -6,21 +6,25 @@ import-linter, see pyproject.toml):
 - ``errors``, ``config``, ``vocab``: torch-free bottom (exceptions, the model's
   dimensions, the item and action vocabularies, `vocab.FIRST_ITEM`);
 - ``features``, ``protocols``, ``interests``, ``data``: numpy only: event
-  arrays, train/valid/test splits, multi-granularity interests, and the
-  records and file formats of event logs (`data.load_dataset`);
-- ``ranking``: the one ranking rule (masking, exclusion, metric sums);
+  arrays, train/valid/test splits, multi-granularity interests (with the
+  records `recommend` takes and gives), and the records and file formats of
+  event logs (`data.load_dataset`);
+- ``ranking``: the one ranking rule (scores, masking, exclusion, top K, metric sums);
 - ``nn``: torch modules: the sequence model, the text fusion, the text encoder;
 - ``checkpoint``: config + weights + vocabulary + metadata on disk;
-- ``inference``: `InterestEncoder`, what the worker imports, and nothing above;
+- ``inference``: `InterestEncoder` and its `recommend`, the scoring rule the
+  worker and the benchmarks call, and nothing above;
 - ``evaluation`` then ``training``: offline only.
 
 This package knows nothing of Kafka, Faust or Redis.  Importing it is cheap:
 the names below are loaded on first access.
 
->>> from encoders import load_dataset, InterestEncoder
+>>> from encoders import load_dataset, InterestEncoder, UserEvents
 >>> from encoders.training.train import train  # doctest: +SKIP
 >>> path = train(load_dataset("synthetic"), "/tmp/ckpt-synth", epochs=5)  # doctest: +SKIP
 >>> enc = InterestEncoder.from_checkpoint(path)  # doctest: +SKIP
+>>> enc.recommend([UserEvents([("1", "click", 0), ("48", "buy", 60_000)])], k=5)[0].items  # doctest: +SKIP
+[('7', 3.2), ...]
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from typing import Any
 _LAZY = {
     "CheckpointError": "errors", "ConfigError": "errors", "DataFormatError": "errors", "EncoderError": "errors",
     "EncoderConfig": "config",
-    "ACTIONS": "vocab", "ItemVocab": "vocab", "action_index": "vocab",
+    "ACTIONS": "vocab", "ItemVocab": "vocab", "UNKNOWN_ITEM": "vocab", "action_index": "vocab",
+    "BlendWeights": "interests", "Recommendation": "interests", "UserEvents": "interests",
     "Catalogue": "data.records", "Dataset": "data.records", "Event": "data.records",
     "load_dataset": "data.formats", "load_ml1m": "data.builtin", "load_movielens_small": "data.builtin",
     "synthetic": "data.builtin",

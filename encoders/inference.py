@@ -10,6 +10,13 @@ the GPU allocator) while short sequences are not padded to 200.  Because the
 model pads on the right under causal attention, a user's vector does not
 depend on the group it lands in (see `encoders.model`).
 
+`InterestEncoder.recommend` is the scoring rule in one place: per user, the
+click history, the current session and the texts in; every interest and the
+ranked items out (`interests` then `rank`).  The worker (`streams.refresh`)
+and the offline blend benchmark (`bench/interest_blend.py`) both call it, and
+`encoders.evaluation` ranks with the same `encoders.ranking` functions, so
+what is measured offline is what is served.
+
 Calls may come from an executor thread while the event loop goes on; a lock
 serialises them, so one `InterestEncoder` can be shared by any threads.
 """
@@ -27,9 +34,10 @@ import torch
 
 from .checkpoint import load_categories, load_checkpoint, load_fusion
 from .features import SeqArrays, from_tuples, pad_batch
-from .interests import DAY_MS, CategoryIndex, decay_weights
+from .interests import (DAY_MS, BlendWeights, CategoryIndex, Click, Interests, Recommendation, UserEvents,
+                        behaviour_events, category_distribution, decay_weights)
 from .nn.model import SequenceEncoder
-from .ranking import mask_rows
+from .ranking import item_scores, mask_scores, top_items
 from .vocab import ACTIONS, FIRST_ITEM, ItemVocab
 
 __all__ = ["LENGTH_BUCKETS", "Encoded", "InterestEncoder"]
@@ -193,13 +201,78 @@ class InterestEncoder:
         if k <= 0 or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
         with self._lock, torch.inference_mode():
-            scores = self._to_device(np.ascontiguousarray(vectors)) @ self._table.T
-            if bias is not None:
-                scores += self._to_device(np.ascontiguousarray(bias, dtype=np.float32))
-            mask_rows(scores, None if exclude is None else
-                      [[self.vocab.index(i) for i in items if i in self.vocab] for items in exclude])
-            values, indices = (t.cpu().tolist() for t in scores.topk(k, dim=1))
+            scores = item_scores(self._to_device(np.ascontiguousarray(vectors)), self._table,
+                                 None if bias is None else
+                                 self._to_device(np.ascontiguousarray(bias, dtype=np.float32)))
+            mask_scores(scores, None if exclude is None else
+                        [[self.vocab.index(i) for i in items if i in self.vocab] for items in exclude])
+            best = top_items(scores, k)
+        return [[(self.vocab.item_id(i), v) for i, v in row] for row in best]
+
+    def interests(self, users: Sequence[UserEvents]) -> Interests:
+        """Every interest of each user, in one forward pass for the whole batch (see `recommend`).
+
+        Histories and sessions are encoded together; a user without clicks is
+        encoded by `behaviour_events` and counts as having no behaviour for
+        the text fusion.
+        """
+        n = len(users)
+        encoded = self.encode_interests([behaviour_events(u.clicks, u.texts) for u in users] +
+                                        [behaviour_events(u.session, u.texts) for u in users])
+        has_clicks = np.array([bool(u.clicks) for u in users])
+        current = self.fuse_text(encoded.current[:n], [u.texts for u in users], has_clicks)
+        categories = [self._category_shares(u.clicks) for u in users]
+        return Interests(current, encoded.long_term[:n], encoded.current[n:], categories,
+                         None if encoded.next_action is None else encoded.next_action[:n],
+                         [{c[0] for c in u.clicks} for u in users])
+
+    def _category_shares(self, clicks: Sequence[Click]) -> dict[str, float]:
+        if not self.categories:
+            return {}
+        return category_distribution([c[0] for c in clicks], [c[2] for c in clicks],
+                                     self.categories.categories, self.half_life_ms)
+
+    def rank(self, interests: Interests, weights: BlendWeights = BlendWeights(), *, k: int = 10,
+             exclude_seen: bool = True) -> list[list[tuple[str, float]]]:
+        """The best ``k`` ``(item_id, score)`` per user: the blend of `encoders.interests`, then `top_k`.
+
+        The query is ``weights.query(current, long_term, session)``; the
+        category lift is added when ``weights.categories`` is non-zero and the
+        checkpoint has categories; with ``exclude_seen`` the user's clicked
+        items never rank.  Scoring again with other weights costs no forward
+        pass (`bench/interest_blend.py` searches weights this way).
+        """
+        query = weights.query(interests.current, interests.long_term, interests.session)
+        bias = (weights.categories * self.categories.lift(interests.categories)
+                if weights.categories and self.categories else None)
+        return self.top_k(query, k, interests.seen if exclude_seen else None, bias)
+
+    def recommend(self, users: Sequence[UserEvents], weights: BlendWeights = BlendWeights(), *, k: int = 10,
+                  exclude_seen: bool = True) -> list[Recommendation]:
+        """Interests and the top ``k`` items of each user: the worker's whole scoring rule.
+
+        ``users[i]`` holds user i's clicks (``(item_id, action, ts_ms)``), the
+        current session's clicks (cut by the caller) and texts
+        (``(embedding, ts_ms)``), each oldest first.  ``weights`` blend the
+        interests (`BlendWeights`; the default, ``current=1``, is behaviour
+        only, what `encoders.evaluation` measures); ``exclude_seen`` leaves
+        the user's clicked items out of their list.  Equal to `interests`
+        followed by `rank`.
+
+        >>> enc = InterestEncoder.from_checkpoint("/tmp/ckpt-ml1m")  # doctest: +SKIP
+        >>> clicks = [("1", "click", 1_700_000_000_000), ("48", "buy", 1_700_000_060_000)]
+        >>> blend = BlendWeights(long_term=0.25)
+        >>> [rec] = enc.recommend([UserEvents(clicks, session=clicks)], blend, k=5)  # doctest: +SKIP
+        >>> rec.items, rec.categories  # doctest: +SKIP
+        ([('2', 7.1), ...], {'Drama': 0.5, ...})
+        """
+        found = self.interests(users)
+        ranked = self.rank(found, weights, k=k, exclude_seen=exclude_seen)
+        actions = found.next_action
         return [
-            [(self.vocab.item_id(i), v) for v, i in zip(vals, idx) if v != float("-inf")]
-            for vals, idx in zip(values, indices)
+            Recommendation(found.current[i], found.long_term[i], found.session[i], found.categories[i],
+                           None if actions is None else
+                           {name: float(p) for name, p in zip(self.action_classes, actions[i])},
+                           ranked[i])
+            for i in range(len(users))
         ]

@@ -19,7 +19,12 @@ scores the catalogue in one matrix product:
 
 ``score(item) = (w_c current + w_l long_term + w_s session) . e_item
 + w_cat * log((share_user(item) + eps) / (share_catalogue(item) + eps))``.
-The worker (`streams.refresh`) and offline evaluation use these same functions.
+
+`InterestEncoder.recommend` (`encoders.inference`) applies this rule; the
+records it takes and gives (`UserEvents`, `Interests`, `Recommendation`) live
+here, torch-free, so that the worker's runtime modules can name them without
+loading torch.  The worker (`streams.refresh`) and the offline benchmarks call
+`recommend`; `encoders.evaluation` ranks with the same `encoders.ranking`.
 """
 
 from __future__ import annotations
@@ -29,11 +34,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .vocab import UNKNOWN_ITEM
+
 __all__ = [
     "DAY_MS",
     "INTERESTS",
     "BlendWeights",
     "CategoryIndex",
+    "Click",
+    "Interests",
+    "Recommendation",
+    "TextRow",
+    "UserEvents",
+    "behaviour_events",
     "category_distribution",
     "decay_weights",
     "drift",
@@ -42,6 +55,9 @@ __all__ = [
 DAY_MS = 86_400_000
 INTERESTS = ("current", "long_term", "session", "categories", "text")
 _EPS = 1e-3  # smooths the category lift; shares are fractions in [0, 1]
+
+Click = tuple[str, str, int]  # (item_id, action, ts_ms), as the worker and `from_tuples` read events
+TextRow = tuple[np.ndarray, int]  # (384-d text embedding, ts_ms)
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,66 @@ class BlendWeights:
     def query(self, current: np.ndarray, long_term: np.ndarray, session: np.ndarray) -> np.ndarray:
         """The one vector per user whose dot product with the item table blends the three."""
         return self.current * current + self.long_term * long_term + self.session * session
+
+
+@dataclass(frozen=True)
+class UserEvents:
+    """One user's input to `InterestEncoder.recommend`, each part oldest first.
+
+    ``session`` is the tail of ``clicks`` that forms the current session: the
+    caller cuts it (the worker by inactivity gap and ``session_id``, see
+    `state.sessions`), as this package knows nothing of how sessions are kept.
+    ``texts`` are the user's text embeddings with their times.
+    """
+
+    clicks: Sequence[Click]
+    session: Sequence[Click] = ()
+    texts: Sequence[TextRow] = ()
+
+
+@dataclass(frozen=True)
+class Interests:
+    """A batch's interests, rows aligned with the users given to `InterestEncoder.interests`."""
+
+    current: np.ndarray  # [B, d] behaviour at the last event, fused with the text interest
+    long_term: np.ndarray  # [B, d] time-decayed mean of the hidden states
+    session: np.ndarray  # [B, d] the encoder over the current session alone
+    categories: list[dict[str, float]]  # time-decayed category shares ({} without categories)
+    next_action: np.ndarray | None  # [B, len(action_classes)] probabilities, None without a head
+    seen: list[set[str]]  # the items each user clicked: what ``exclude_seen`` leaves out
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One user's interests and ranked items (see `encoders.interests` for each interest)."""
+
+    current: np.ndarray  # [d]
+    long_term: np.ndarray  # [d]
+    session: np.ndarray  # [d]
+    categories: dict[str, float]
+    next_action: dict[str, float] | None  # action -> probability, None without a head
+    items: list[tuple[str, float]]  # (item_id, score), best first
+
+
+def behaviour_events(clicks: Sequence[Click], texts: Sequence[TextRow] = ()) -> list[Click]:
+    """The events the sequence encoder reads for a user: the clicks, or a stand-in when there are none.
+
+    A user with texts but no clicks still gets behaviour vectors: those of
+    one "search" on `UNKNOWN_ITEM`, the model's prior for a new user who
+    searched.  They are the long-term and session interests, and the current
+    one where the checkpoint has no text fusion (with one, current is the
+    text interest alone).  The stand-in's time (the last text's) enters
+    nothing, as a lone event has no gap and the full decay weight.
+
+    >>> behaviour_events([], [(None, 1_700_000_000_000)])
+    [('\\x00unknown', 'search', 1700000000000)]
+    """
+    if clicks:
+        return list(clicks)
+    return [(UNKNOWN_ITEM, "search", texts[-1][1] if texts else 0)]
 
 
 def decay_weights(ts: np.ndarray, half_life_ms: float) -> np.ndarray:

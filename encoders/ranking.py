@@ -1,11 +1,15 @@
 """The ranking rule, one for evaluation and serving alike.
 
-Scores are [B, n_items] over the item table's rows.  Rows below `FIRST_ITEM`
-(padding, unknown) never rank; with history excluded, each input's own items
-never rank either; ranks count the items scoring strictly higher than the
-target (ties in the target's favour).  `encoders.evaluation` accumulates
-metrics with `add_rank_metrics`; the worker's `InterestEncoder.top_k` masks
-with `mask_rows` and takes the top K.
+Scores are [B, n_items] over the item table's rows: a query vector's dot
+product with each item's embedding, plus an optional per-item bias
+(`item_scores`).  Rows below `FIRST_ITEM` (padding, unknown) never rank, nor
+do the rows a caller excludes for each input (`mask_scores`: the user's
+history, when history is excluded).  Serving takes the best K that are left
+(`top_items`); evaluation counts, per case, the items scoring strictly
+higher than the target (ties in the target's favour) and accumulates
+metrics with `add_rank_metrics`.  The worker (`InterestEncoder.top_k`) and
+`encoders.evaluation` call these same functions, so an offline figure and
+an online list come from one rule.
 """
 
 from __future__ import annotations
@@ -15,29 +19,54 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .features import SeqArrays
 from .vocab import FIRST_ITEM
 
-__all__ = ["KS", "add_rank_metrics", "mask_rows", "mask_scores"]
+__all__ = ["KS", "add_rank_metrics", "item_scores", "mask_scores", "top_items"]
 
 KS = (10, 20)
 
 
-def _history(inputs: Sequence[SeqArrays], device: torch.device) -> torch.Tensor:
-    # Padded with 0 (the padding row), which is masked anyway.
-    width = max(max(len(s) for s in inputs), 1)
-    hist = np.zeros((len(inputs), width), dtype=np.int64)
-    for row, seq in enumerate(inputs):
-        hist[row, : len(seq)] = seq.items
-    return torch.from_numpy(hist).to(device)
+def item_scores(vectors: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, n_items] scores: ``vectors`` [B, d] against the item table [n_items, d], plus ``bias``.
 
-
-def mask_scores(scores: torch.Tensor, inputs: Sequence[SeqArrays], exclude_history: bool) -> torch.Tensor:
-    """The evaluation's ranking rule, in place: padding, unknown and (optionally) each input's items score -inf."""
-    scores[:, :FIRST_ITEM] = float("-inf")  # padding and unknown are never recommendations
-    if exclude_history:
-        scores.scatter_(1, _history(inputs, scores.device), float("-inf"))
+    >>> item_scores(torch.ones(1, 2), torch.eye(2), torch.tensor([[0.0, 0.5]])).tolist()
+    [[1.0, 1.5]]
+    """
+    scores = vectors @ table.T
+    if bias is not None:
+        scores += bias  # in place: [B, n_items] is the largest tensor of a refresh
     return scores
+
+
+def mask_scores(scores: torch.Tensor, exclude: Sequence[Sequence[int] | np.ndarray] | None) -> torch.Tensor:
+    """The masking rule, in place: padding, unknown and ``exclude[i]`` (item rows) of row i score -inf.
+
+    ``exclude`` is None to keep every real item (evaluation with history kept,
+    serving with ``exclude_seen`` off); otherwise one sequence of row indices
+    per score row, e.g. each input's ``SeqArrays.items``.
+
+    >>> mask_scores(torch.zeros(2, 5), [[3], []]).tolist()[0]
+    [-inf, -inf, 0.0, -inf, 0.0]
+    """
+    scores[:, :FIRST_ITEM] = float("-inf")  # padding and unknown are never recommendations
+    if exclude is not None and len(exclude):
+        # Right-padded with 0 (the padding row, masked anyway): one scatter for the batch.
+        width = max(max(len(cols) for cols in exclude), 1)
+        rows = np.zeros((len(exclude), width), dtype=np.int64)
+        for row, cols in enumerate(exclude):
+            rows[row, : len(cols)] = cols
+        scores.scatter_(1, torch.from_numpy(rows).to(scores.device), float("-inf"))
+    return scores
+
+
+def top_items(scores: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+    """Per row, the best ``k`` ``(item row, score)``, best first; masked (-inf) items are left out.
+
+    >>> top_items(mask_scores(torch.tensor([[9.0, 9.0, 1.0, 3.0]]), None), 3)
+    [[(3, 3.0), (2, 1.0)]]
+    """
+    values, indices = (t.cpu().tolist() for t in scores.topk(min(k, scores.shape[1]), dim=1))
+    return [[(i, v) for v, i in zip(vals, idx) if v != float("-inf")] for vals, idx in zip(values, indices)]
 
 
 def add_rank_metrics(
@@ -52,14 +81,3 @@ def add_rank_metrics(
         sums[f"hr@{k}"] += float(hit.sum())
         sums[f"ndcg@{k}"] += float(torch.where(hit, 1.0 / torch.log2(ranks + 2.0), 0.0).sum())
         sums[f"mrr@{k}"] += float(torch.where(hit, 1.0 / (ranks + 1.0), 0.0).sum())
-
-
-def mask_rows(scores: torch.Tensor, exclude_rows: Sequence[Sequence[int]] | None) -> torch.Tensor:
-    """Serving's form of the same rule, in place: padding, unknown and ``exclude_rows[i]`` of row i score -inf."""
-    scores[:, :FIRST_ITEM] = float("-inf")
-    if exclude_rows is not None:
-        rows = [row for row, cols in enumerate(exclude_rows) for _ in cols]
-        cols = [col for cols in exclude_rows for col in cols]
-        if cols:
-            scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
-    return scores

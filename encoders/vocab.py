@@ -13,11 +13,16 @@ from pathlib import Path
 
 from .errors import CheckpointError
 
-__all__ = ["ACTIONS", "FIRST_ITEM", "PAD", "UNKNOWN", "ItemVocab", "action_index"]
+__all__ = ["ACTIONS", "FIRST_ITEM", "PAD", "UNKNOWN", "UNKNOWN_ITEM", "ItemVocab", "action_index"]
 
 PAD = 0
 UNKNOWN = 1
 FIRST_ITEM = 2  # the first row of a real item: rows PAD and UNKNOWN are never recommended
+# An item id no vocabulary holds and no producer can send (event ids are
+# [A-Za-z0-9_.:@+=/-]), so it always maps to the UNKNOWN row: the stand-in for
+# "some item" where an event must name one (a text-only user's search, a case
+# input whose item the vocabulary lacks).
+UNKNOWN_ITEM = "\x00unknown"
 
 ACTIONS: tuple[str, ...] = ("pad", "unknown", "view", "click", "cart", "buy", "search", "other")
 _ACTION_INDEX = {a: i for i, a in enumerate(ACTIONS)}

@@ -66,7 +66,9 @@ class TextEvent:
     item_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# kw_only: eleven fields, several of the same type (two timestamps, two counts);
+# a positional call could swap them silently.
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecommendationEvent:
     """Published per refreshed user; ``version`` increases by one per refresh of that user."""
 

@@ -190,9 +190,11 @@ class Pipeline:
         profile = refreshed.profile
         interests = {name: {"version": written.interest_versions.get(name), **refreshed.summary.get(name, {})}
                      for name in INTERESTS}
-        return RecommendationEvent(profile.user_id, written.version, refreshed.items, refreshed.interests,
-                                   profile.model_version, profile.last_event_ts, int(time.time() * 1000),
-                                   refreshed.clicks_applied, interests, refreshed.next_action, refreshed.drift)
+        return RecommendationEvent(
+            user_id=profile.user_id, version=written.version, items=refreshed.items, interests=refreshed.interests,
+            model_version=profile.model_version, last_event_ts=profile.last_event_ts,
+            published_at=int(time.time() * 1000), clicks_applied=refreshed.clicks_applied,
+            interest_profile=interests, next_action=refreshed.next_action, drift=refreshed.drift)
 
     def _count_events(self, entries: Sequence[Entry], outcomes: Sequence[str],
                       dead: Sequence[DeadLetter]) -> dict[str, int]:

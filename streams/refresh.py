@@ -15,7 +15,11 @@ Interests refreshed per user (see `encoders.interests` for the definitions):
   (384-d, as the text encoder gives it; its projection feeds ``current``).
 Recommendations score the catalogue with the blend of `BlendWeights`. A user
 with texts but no clicks gets the projected text interest as ``current`` (or,
-with a checkpoint that has no fusion, the model's prior for a new user).
+with a checkpoint that has no fusion, the model's prior for a new user). The
+scoring rule itself (the blend, the category lift, the exclusions, and a
+text-only user's stand-in event) is `InterestEncoder.recommend`'s; this module
+keeps the Redis side: it cuts sessions, decodes stored texts, and turns each
+user's result into the profile written and the summary published.
 ``drift`` is the cosine distance between the new and the previous long-term
 interest, when clicks changed it (None otherwise); the next-action
 probabilities come from the encoder's action head.
@@ -30,13 +34,13 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-from encoders.interests import BlendWeights, category_distribution, drift
-from state import AppliedUser, Profile
+# The records only (encoders.interests is torch-free); the encoder itself is handed in.
+from encoders.interests import BlendWeights, Recommendation, UserEvents, drift
+from state import AppliedUser, Profile, StoredClick
 from state.sessions import current_session
 
 __all__ = ["Refresher", "Refreshed"]
 
-UNKNOWN_ITEM = "\x00unknown"
 TOP_CATEGORIES = 5  # shares carried in events and profiles; the rest is in the long tail
 VECTOR_DECIMALS = 5
 
@@ -83,68 +87,45 @@ class Refresher:
         encoder, n = self.encoder, len(users)  # one read: a checkpoint swap cannot split a batch
         sessions = [current_session(user.clicks, self.session_gap_ms) for user in users]
         with self._timed("sequence", 2 * n):
-            encoded = encoder.encode_interests([self._sequence(u.clicks, u) for u in users] +
-                                               [self._sequence(s, u) for s, u in zip(sessions, users)])
-            behaviour, long_term = encoded.current[:n], encoded.long_term[:n]
-            session_vectors = encoded.current[n:]
-            texts = [_embeddings(user) for user in users]
-            has_clicks = np.array([bool(user.clicks) for user in users])
-            current = encoder.fuse_text(behaviour, texts, has_clicks)
-            categories = [self._categories(encoder, user) for user in users]
-            exclude = [{c.item_id for c in user.clicks} for user in users] if self.exclude_seen else None
-            query = self.weights.query(current, long_term, session_vectors)
-            bias = (self.weights.categories * encoder.categories.lift(categories)
-                    if self.weights.categories and encoder.categories else None)
-            ranked = encoder.top_k(query, self.top_k, exclude, bias)
+            inputs = [UserEvents(_tuples(user.clicks), _tuples(session), _embeddings(user))
+                      for user, session in zip(users, sessions)]
+            recs = encoder.recommend(inputs, self.weights, k=self.top_k, exclude_seen=self.exclude_seen)
         previous = previous_long_term or [None] * n
-        actions = encoded.next_action[:n] if encoded.next_action is not None else None
         return [
-            self._result(encoder, user, {"current": current[i], "long_term": long_term[i],
-                                         "session": session_vectors[i]},
-                         sessions[i], categories[i], ranked[i], texts[i],
-                         _changed(user, changed_clicks, changed_texts, bool(categories[i])),
-                         _previous(previous[i], long_term[i]),
-                         None if actions is None else actions[i])
-            for i, user in enumerate(users)
+            self._result(user, rec, model_version=encoder.model_version, session=session, texts=given.texts,
+                         changed=_changed(user, changed_clicks, changed_texts, bool(rec.categories)),
+                         previous=_previous(prior, rec.long_term))
+            for user, rec, session, given, prior in zip(users, recs, sessions, inputs, previous)
         ]
 
     @staticmethod
-    def _sequence(clicks, user: AppliedUser) -> list[tuple[str, str, int]]:
-        if clicks:
-            return [(c.item_id, c.action, c.ts) for c in clicks]
-        return [(UNKNOWN_ITEM, "search", user.texts[-1].ts if user.texts else 0)]
-
-    @staticmethod
-    def _categories(encoder, user: AppliedUser) -> dict[str, float]:
-        if not encoder.categories:
-            return {}
-        return category_distribution([c.item_id for c in user.clicks], [c.ts for c in user.clicks],
-                                     encoder.categories.categories, encoder.half_life_ms)
-
-    def _result(self, encoder, user: AppliedUser, vectors: dict[str, np.ndarray], session, categories,
-                items, texts, changed: tuple[str, ...], previous: np.ndarray | None, actions) -> Refreshed:
+    def _result(user: AppliedUser, rec: Recommendation, *, model_version: str, session: Sequence[StoredClick],
+                texts: Sequence[tuple[np.ndarray, int]], changed: tuple[str, ...],
+                previous: np.ndarray | None) -> Refreshed:
+        """One user's profile (to write) and event summary (to publish) from their recommendation."""
+        vectors = {"current": rec.current, "long_term": rec.long_term, "session": rec.session}
         stored = {name: v.astype(np.float32).tobytes() for name, v in vectors.items()}
         text_vector = _mean_text(texts)
         if text_vector is not None:
             stored["text"] = text_vector.tobytes()
-        shift = drift(previous, vectors["long_term"]) if "long_term" in changed else None
-        next_action = (None if actions is None else
-                       {name: round(float(p), 4) for name, p in zip(encoder.action_classes, actions)})
-        top = [[c, round(p, 4)] for c, p in list(categories.items())[:TOP_CATEGORIES]]
+        shift = drift(previous, rec.long_term) if "long_term" in changed else None
+        next_action = (None if rec.next_action is None else
+                       {name: round(p, 4) for name, p in rec.next_action.items()})
+        top = [[c, round(p, 4)] for c, p in list(rec.categories.items())[:TOP_CATEGORIES]]
         extra: dict[str, bytes | str | int | float] = {"categories": orjson.dumps(top)}
         if next_action is not None:
             extra["next_action"] = orjson.dumps(next_action)
         if shift is not None:
             extra["drift"] = round(shift, 6)
         last_ts = max([c.ts for c in user.clicks[-1:]] + [t.ts for t in user.texts[-1:]])
-        items = tuple((item, float(score)) for item, score in items)
+        items = tuple((item, float(score)) for item, score in rec.items)
         profile = Profile(user.user_id, stored, orjson.dumps([[i, s] for i, s in items]),
-                          tuple(item for item, _ in items), encoder.model_version, last_ts, extra,
+                          tuple(item for item, _ in items), model_version, last_ts, extra,
                           changed=changed)
         summary = {
-            "current": {"vector": _rounded(vectors["current"])},
-            "long_term": {"vector": _rounded(vectors["long_term"]), "drift": shift},
-            "session": {"vector": _rounded(vectors["session"]), "events": len(session),
+            "current": {"vector": _rounded(rec.current)},
+            "long_term": {"vector": _rounded(rec.long_term), "drift": shift},
+            "session": {"vector": _rounded(rec.session), "events": len(session),
                         "started_at": session[0].ts if session else None},
             "categories": {"top": top},
             "text": {"texts": len(user.texts)},
@@ -170,13 +151,17 @@ def _previous(raw: bytes | None, like: np.ndarray) -> np.ndarray | None:
     return np.frombuffer(raw, dtype=np.float32)
 
 
+def _tuples(clicks: Sequence[StoredClick]) -> list[tuple[str, str, int]]:
+    return [(c.item_id, c.action, c.ts) for c in clicks]
+
+
 def _embeddings(user: AppliedUser) -> list[tuple[np.ndarray, int]]:
     """(384-d embedding, ts) of each stored text, oldest first."""
     return [(np.frombuffer(t.embedding, dtype=np.float16).astype(np.float32), t.ts)
             for t in user.texts if t.embedding]
 
 
-def _mean_text(texts: list[tuple[np.ndarray, int]]) -> np.ndarray | None:
+def _mean_text(texts: Sequence[tuple[np.ndarray, int]]) -> np.ndarray | None:
     rows = [vector for vector, _ in texts]
     if not rows:
         return None

@@ -17,7 +17,7 @@ code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..data.records import Dataset
 from ..features import SeqArrays, pad_batch
 from ..nn.model import SequenceEncoder, resolve_device
 from ..protocols import EvalCases, Split, make_split
-from ..ranking import KS, add_rank_metrics, mask_scores
+from ..ranking import KS, add_rank_metrics, item_scores, mask_scores, top_items
 from ..vocab import ItemVocab
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "rank_metrics",
     "resolve_model",
     "score_cases",
+    "top_cases",
 ]
 
 COOCCURRENCE_STEPS = 10  # pairs up to this many events apart, weighted 1/distance
@@ -49,20 +50,47 @@ COOCCURRENCE_STEPS = 10  # pairs up to this many events apart, weighted 1/distan
 Scorer = Callable[[Sequence[SeqArrays]], torch.Tensor]
 
 
-def score_cases(
-    scorer: Scorer, cases: EvalCases, *, exclude_history: bool, ks: Sequence[int] = KS, batch_size: int = 256
-) -> dict[str, Any]:
-    """HR@k, NDCG@k and MRR@k of ``scorer`` over ``cases``, plus the case count."""
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("hr", "ndcg", "mrr")}
+def _masked_batches(
+    scorer: Scorer, cases: EvalCases, exclude_history: bool, batch_size: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(case indices, masked [B, n_items] scores) per batch: the ranking rule of `encoders.ranking`."""
     # Sorting by length keeps padding small; results do not depend on it (right padding).
     order = np.argsort([len(s) for s in cases.inputs], kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         inputs = [cases.inputs[i] for i in idx]
-        scores = mask_scores(scorer(inputs), inputs, exclude_history)
+        yield idx, mask_scores(scorer(inputs), [s.items for s in inputs] if exclude_history else None)
+
+
+def score_cases(
+    scorer: Scorer, cases: EvalCases, *, exclude_history: bool, ks: Sequence[int] = KS, batch_size: int = 256
+) -> dict[str, Any]:
+    """HR@k, NDCG@k and MRR@k of ``scorer`` over ``cases``, plus the case count."""
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("hr", "ndcg", "mrr")}
+    for idx, scores in _masked_batches(scorer, cases, exclude_history, batch_size):
         add_rank_metrics(sums, scores, torch.from_numpy(cases.targets[idx]).to(scores.device), ks)
-    n = len(order)
+    n = len(cases)
     return {**{key: value / max(n, 1) for key, value in sums.items()}, "cases": n}
+
+
+def top_cases(
+    scorer: Scorer, cases: EvalCases, *, k: int, exclude_history: bool, batch_size: int = 256
+) -> list[list[int]]:
+    """The ``k`` best item indices of each case, in case order, as `score_cases` ranks them.
+
+    What a metric of `score_cases` counts, as lists: a case is a hit at k
+    when its target is among its ``k`` items (up to ties with the target,
+    which `score_cases` resolves in the target's favour).  Used to check the
+    worker's lists against the evaluation's (tests/encoders/test_enc_ranking.py).
+
+    >>> top_cases(model_scorer(model), split.test, k=10, exclude_history=True)[0]  # doctest: +SKIP
+    [2710, 1265, ...]
+    """
+    best: list[list[int]] = [[] for _ in range(len(cases))]
+    for idx, scores in _masked_batches(scorer, cases, exclude_history, batch_size):
+        for case, row in zip(idx, top_items(scores, k)):
+            best[case] = [item for item, _ in row]
+    return best
 
 
 # ---------------------------------------------------------------- scorers
@@ -78,7 +106,7 @@ def model_scorer(model: SequenceEncoder) -> Scorer:
         tensors = [torch.from_numpy(a).to(device) for a in (batch.items, batch.actions, batch.gaps)]
         lengths = torch.from_numpy(np.maximum(batch.lengths, 1)).to(device)
         vectors = model.user_vectors(*tensors, lengths).float()
-        return vectors @ table.T
+        return item_scores(vectors, table)  # the worker's scores (`InterestEncoder.top_k`), no bias
 
     return score
 

@@ -52,7 +52,7 @@ from ..features import SeqArrays, from_events, pad_batch
 from ..nn.fusion import TextFusion
 from ..nn.model import SequenceEncoder
 from ..protocols import EvalCases
-from ..ranking import add_rank_metrics, mask_scores  # the evaluation's own ranking rule
+from ..ranking import add_rank_metrics, item_scores, mask_scores  # the evaluation's own ranking rule
 from ..vocab import FIRST_ITEM, ItemVocab
 
 __all__ = ["FusionCases", "FusionData", "UserTexts", "build_cases", "catalogue_pairs", "evaluate_fusion",
@@ -285,7 +285,7 @@ def _ndcg10(vectors: torch.Tensor, table: torch.Tensor, cases: FusionCases) -> f
     """NDCG@10 with history excluded (the evaluation's rule), for early stopping."""
     if len(cases.targets) == 0:
         return 0.0
-    scores = mask_scores((vectors @ table.T).detach().clone(), cases.inputs, True)
+    scores = mask_scores(item_scores(vectors, table).detach().clone(), [s.items for s in cases.inputs])
     sums = {f"{m}@10": 0.0 for m in ("hr", "ndcg", "mrr")}
     add_rank_metrics(sums, scores, cases.targets, (10,))
     return sums["ndcg@10"] / max(len(cases.targets), 1)
