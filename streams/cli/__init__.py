@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                                             "print recommendations", description=_demo_doc())
     demo.add_argument("--data", default="synthetic", help=DATA_HELP + " [default: synthetic]")
     demo.add_argument("--limit", type=int, default=None, help="replay only the first N events (in time order)")
-    demo.add_argument("--rate", type=float, default=0.0, help="events per second to replay (0: as fast as possible)")
+    demo.add_argument("--rate", type=float, default=0.0,
+                      help="events per second to replay [default: 0: a burst, then the last 1,000 events at "
+                           "100 events/s, whose freshness is printed apart as the real-time figure]")
     demo.add_argument("--epochs", type=int, default=None, help="epochs for the model trained when no --checkpoint")
     demo.add_argument("--show", type=int, default=12, help="recommendation events to print in full")
     demo.add_argument("--linger", type=float, default=0.0, help="seconds to keep serving metrics after the replay")
