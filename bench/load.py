@@ -207,7 +207,7 @@ class Run:
         ends = self.producer.send_all(events, rate=rate)
         sent_at = time.monotonic()
         lag = total(scrape(self.metrics_url), "iu_consumer_lag")
-        wait_until_applied(self.settings, ends, self.worker, timeout=3600)
+        wait_until_applied(self.settings, ends, self.worker, timeout=3600, poll=0.1)
         done = time.monotonic()
         time.sleep(0.3)  # the last batch's recommendations: published just after Redis has its offsets
         samples = since(scrape(self.metrics_url), before)
@@ -357,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-max", type=int, default=None, help="worker --batch-max [default: the worker's]")
     parser.add_argument("--batch-within", type=float, default=None,
                         help="worker --batch-within [default: the worker's]")
+    parser.add_argument("--fetch-max-wait", type=float, default=None,
+                        help="worker --fetch-max-wait [default: the worker's]")
     args = parser.parse_args(argv)
     if not args.find_capacity and args.rate is None:
         parser.error("give --rate R (with --seconds S) or --find-capacity")
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         traffic, checkpoint = _traffic_and_model(args, workdir)
         name = f"load{os.getpid()}"
-        overrides = {name: getattr(args, name) for name in ("batch_max", "batch_within")
+        overrides = {name: getattr(args, name) for name in ("batch_max", "batch_within", "fetch_max_wait")
                      if getattr(args, name) is not None}
         settings = Settings(broker=broker, redis_url=redis_url, checkpoint=str(checkpoint), app_id=f"{name}-group",
                             topic_clicks=f"{name}-clicks", topic_texts=f"{name}-texts", topic_recs=f"{name}-recs",

@@ -28,8 +28,8 @@ __all__ = ["worker_process", "stop_process", "wait_until_applied", "wait_ready",
 
 
 def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], worker: subprocess.Popen | None = None,
-                       timeout: float = 600.0) -> None:
-    """Block until Redis records every (topic, partition) offset in ``ends`` as applied."""
+                       timeout: float = 600.0, poll: float = 0.5) -> None:
+    """Block until Redis records every (topic, partition) offset in ``ends`` as applied (checked every ``poll`` s)."""
     import asyncio
 
     from state import Store
@@ -50,7 +50,7 @@ def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], wor
             return
         if worker is not None and worker.poll() is not None:
             raise RuntimeError(f"the worker exited with code {worker.returncode} before applying the replay")
-        time.sleep(0.5)
+        time.sleep(poll)
     raise TimeoutError(f"the worker did not apply the replay within {timeout:.0f}s")
 
 

@@ -55,7 +55,8 @@ class Settings:
     topic_dead: str = _option("dead-letters", "Topic bad events go to, with a reason.")
     partitions: int = _option(4, "Partitions of every topic (clicks and texts must match).")
     batch_max: int = _option(256, "Most events in one micro-batch.")
-    batch_within: float = _option(0.2, "Seconds to wait for a micro-batch to fill.")
+    batch_within: float = _option(0.05, "Seconds to wait for a micro-batch to fill (bench/load.py at 150 events/s: "
+                                         "p99 freshness 385 ms at 0.05, 631 ms at 0.2, with more CPU per event).")
     fetch_max_wait: float = _option(0.05, "Seconds a fetch may wait at the broker for new events. Kafka "
                                           "answers as soon as events arrive; the embedded broker only when "
                                           "this expires, so it bounds freshness there (Faust's own is 1.5).")
