@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.find_capacity and args.rate is None:
         parser.error("give --rate R (with --seconds S) or --find-capacity")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive (--find-capacity includes a burst)")
 
     with tempfile.TemporaryDirectory(prefix="iu-load-") as tmp, servers(args) as (broker, redis_url):
         workdir = Path(tmp)

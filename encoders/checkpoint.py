@@ -7,7 +7,7 @@ polling for a new model never sees a half-written directory)::
     model.safetensors SequenceEncoder weights
     vocab.json        ItemVocab (real items in index order)
     metadata.json     CheckpointMetadata (dataset, metrics, created_at, ...)
-    fusion.safetensors + fusion.json   optional `encoders.fusion.TextFusion` (weights, dims)
+    fusion.safetensors + fusion.json   optional `encoders.nn.fusion.TextFusion` (weights, dims)
     categories.json   optional item_id -> categories (vocabulary items only)
 
 ``model_version`` is the first 12 hex digits of the weights' SHA-256 (with a
@@ -123,7 +123,7 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory (replacing one already there) and return its path.
 
-    ``fusion`` (an `encoders.fusion.TextFusion`) and ``categories`` (item_id
+    ``fusion`` (an `encoders.nn.fusion.TextFusion`) and ``categories`` (item_id
     -> categories; items outside ``vocab`` are dropped) are written in the
     same atomic move; the fusion's weights enter ``model_version``.
 
@@ -208,7 +208,7 @@ def load_checkpoint(
 
 
 def load_fusion(dir: str | Path, device: str | torch.device = "cpu") -> TextFusion | None:
-    """The checkpoint's `encoders.fusion.TextFusion` in eval mode, or None when it has none.
+    """The checkpoint's `encoders.nn.fusion.TextFusion` in eval mode, or None when it has none.
 
     >>> fusion = load_fusion("/tmp/ckpt-amazon")  # doctest: +SKIP
     """

@@ -8,7 +8,7 @@ padded lengths (16, 32, 64, 128, max_len): one forward pass per group, so
 the number of distinct tensor shapes stays small (good for kernel caches and
 the GPU allocator) while short sequences are not padded to 200.  Because the
 model pads on the right under causal attention, a user's vector does not
-depend on the group it lands in (see `encoders.model`).
+depend on the group it lands in (see `encoders.nn.model`).
 
 `InterestEncoder.recommend` is the scoring rule in one place: per user, the
 click history, the current session and the texts in; every interest and the

@@ -5,7 +5,7 @@ an item's embedding is that item's score), so a weighted sum of vectors
 scores the catalogue in one matrix product:
 
 - ``current``: the encoder's hidden state at the user's last event, fused
-  with the text interest by the learned gate (`encoders.fusion`): what the
+  with the text interest by the learned gate (`encoders.nn.fusion`): what the
   user is after next;
 - ``long_term``: the mean of the hidden states at every event of the bounded
   history, each weighted by ``0.5 ** (age / half_life)`` with age measured

@@ -18,7 +18,7 @@ training data never saw are dropped from the test sessions (a model cannot
 rank an item it has no embedding for), as session-rec does.
 
 An `EvalCases` holds the inputs and targets; scorers are evaluated on them
-by `encoders.evaluate`.  No torch here.
+by `encoders.evaluation`.  No torch here.
 """
 
 from __future__ import annotations

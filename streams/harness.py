@@ -56,22 +56,21 @@ def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], wor
 
 def wait_ready(metrics_port: int, timeout: float = 90.0) -> None:
     """Block until the worker serving ``metrics_port`` answers /readyz with 200 (partitions assigned)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _readyz(metrics_port) == 200:
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"the worker on metrics port {metrics_port} was not ready within {timeout:.0f}s")
+    _wait_for_readyz(metrics_port, 200, timeout, 0.3, "was not ready")
 
 
 def wait_not_ready(metrics_port: int, timeout: float = 30.0) -> None:
     """Block until the worker serving ``metrics_port`` answers /readyz with 503 (it is stopping)."""
+    _wait_for_readyz(metrics_port, 503, timeout, 0.05, "still answered ready")
+
+
+def _wait_for_readyz(metrics_port: int, status: int, timeout: float, poll: float, failure: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _readyz(metrics_port) == 503:
+        if _readyz(metrics_port) == status:
             return
-        time.sleep(0.05)
-    raise TimeoutError(f"the worker on metrics port {metrics_port} still answered ready after {timeout:.0f}s")
+        time.sleep(poll)
+    raise TimeoutError(f"the worker on metrics port {metrics_port} {failure} within {timeout:.0f}s")
 
 
 def _readyz(metrics_port: int) -> int | None:

@@ -29,9 +29,6 @@ def test_there_are_no_import_cycles_among_our_modules():
     graph = grimp.build_graph(*PACKAGES, exclude_type_checking_imports=True)
     cycles = _cycles({m: {i for i in graph.find_modules_directly_imported_by(m) if i.split(".")[0] in PACKAGES}
                       for m in graph.modules})
-    # A package's __init__ importing its own submodules (which import the package) is no cycle of concern.
-    cycles = [c for c in cycles if not all(m.count(".") <= 1 and c[0].split(".")[0] == m.split(".")[0] for m in c)
-              or len({m.split(".")[0] for m in c}) > 1]
     assert cycles == [], cycles
 
 

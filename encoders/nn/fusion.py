@@ -2,7 +2,7 @@
 fused with the behavioural interest by a learned gate.
 
 A user's text events (searches, reviews, comments) are embedded by
-all-MiniLM-L6-v2 (`encoders.text`, 384-d unit vectors).  `TextFusion.project`
+all-MiniLM-L6-v2 (`encoders.nn.text`, 384-d unit vectors).  `TextFusion.project`
 maps an embedding into the item-embedding space of a trained
 `SequenceEncoder`, so ``project(text) @ item_table.T`` are item logits.  The
 user's *text interest* is the (optionally recency-weighted) mean of the

@@ -1,20 +1,4 @@
-"""Text interest: MiniLM sentence embeddings projected into the item space and
-fused with the behavioural interest by a learned gate.
-
-A user's text events (searches, reviews, comments) are embedded by
-all-MiniLM-L6-v2 (`encoders.text`, 384-d unit vectors).  `TextFusion.project`
-maps an embedding into the item-embedding space of a trained
-`SequenceEncoder`, so ``project(text) @ item_table.T`` are item logits.  The
-user's *text interest* is the (optionally recency-weighted) mean of the
-projections of their recent texts.  `TextFusion.fuse` mixes it with the
-behavioural vector (the encoder's last hidden state)::
-
-    g     = sigmoid(Linear([b, t, b*t, |b|, |t|, cos(b, t)]))   per dimension
-    fused = g * b + (1 - g) * t
-
-with exact limits: no text -> ``b``, no behaviour -> ``t``.  So a user whose
-first event is a search still gets recommendations (from ``t``), and a user
-with no texts gets exactly the behaviour-only recommendations.
+"""Training the text fusion (`encoders.nn.fusion.TextFusion`: the projection and the gate, described there).
 
 Training (`train_fusion`) keeps the behaviour encoder and its item table
 frozen and runs two stages on the TRAINING part of a leave-one-out split:
@@ -433,7 +417,7 @@ def _fit(fusion: TextFusion, opt: torch.optim.Optimizer, epochs: int, patience: 
 # ---------------------------------------------------------------- evaluation
 def _case_scorer(vectors: torch.Tensor, cases: FusionCases, table: torch.Tensor,
                  defined: torch.Tensor | None = None) -> Callable[..., torch.Tensor]:
-    """A `encoders.evaluate` scorer over these exact cases (looked up by identity).
+    """An `encoders.evaluation.evaluate` scorer over these exact cases (looked up by identity).
 
     Rows where ``defined`` is False score -inf everywhere, so they count as
     misses (a zero vector would tie every item, and ties go to the target).
@@ -455,7 +439,7 @@ def evaluate_fusion(fusion: TextFusion, model: SequenceEncoder, data: FusionData
                     split: str = "test") -> dict[str, dict[str, Any]]:
     """Rows "behaviour only", "text only", "fused" (+ the same on users with texts) on leave-one-out cases.
 
-    Full ranking with history excluded (`encoders.evaluate.score_cases`).
+    Full ranking with history excluded (`encoders.evaluation.evaluate.score_cases`).
     "text only" scores the text interest alone; a case without any visible
     text counts as a miss there, and "... (users with text)" restricts all
     three rows to the cases that have one.

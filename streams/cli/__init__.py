@@ -20,7 +20,7 @@ from encoders.errors import EncoderError
 from state.errors import StateError
 from streams.cli.args import DATA_HELP, add_data_arguments
 from streams.errors import InterestUpdaterError
-from streams.settings import add_arguments, settings_from_args
+from streams.settings import TRUE_WORDS, add_arguments, settings_from_args
 
 __all__ = ["main"]
 
@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+    return os.environ.get(name, "").strip().lower() in TRUE_WORDS
 
 
 def _demo_doc() -> str:
