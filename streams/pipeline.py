@@ -1,6 +1,6 @@
 """One micro-batch, start to finish, as plain functions over typed records.
 
-The Faust agent only turns its events into :class:`RawRecord` and calls
+The worker (`streams.app`) only turns fetched records into :class:`RawRecord` and calls
 :meth:`Pipeline.process`; everything here can run without a broker.
 
 Order matters for "nothing lost, nothing applied twice":

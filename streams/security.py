@@ -1,7 +1,7 @@
 """Kafka connection security from the settings, for both clients the service uses.
 
-The Faust worker (aiokafka underneath) takes a credentials object; the replay,
-admin and tail tools (kafka-python) take keyword arguments. Both are built here
+The worker (aiokafka) and the replay, admin and tail tools (kafka-python) take
+keyword arguments of slightly different names and shapes. Both are built here
 from the same settings so that they cannot disagree.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from streams.settings import Settings
 
-__all__ = ["kafka_client_config", "faust_credentials"]
+__all__ = ["kafka_client_config", "aiokafka_config"]
 
 
 def kafka_client_config(settings: Settings) -> dict[str, Any]:
@@ -26,18 +26,16 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def faust_credentials(settings: Settings):
-    """Faust's ``broker_credentials`` (None for PLAINTEXT)."""
-    import faust
-
+def aiokafka_config(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments (AIOKafkaConsumer, AIOKafkaProducer): the worker's clients."""
     protocol = settings.kafka_security_protocol
-    context = _ssl_context(settings) if protocol.endswith("SSL") else None
+    config: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.endswith("SSL"):
+        config["ssl_context"] = _ssl_context(settings)
     if protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=settings.kafka_username, password=settings.kafka_password,
-                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return None
+        config.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
+                      sasl_plain_password=settings.kafka_password)
+    return config
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:

@@ -1,7 +1,8 @@
-"""``interest-updater worker``: load the encoders, reach the broker and Redis, run the Faust worker."""
+"""``interest-updater worker``: load the encoders, reach the broker and Redis, run the worker until SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Iterator
@@ -62,33 +63,9 @@ def worker(settings: Settings) -> int:
             log.info("metrics on http://127.0.0.1:%d/metrics (also /healthz, /readyz)", settings.metrics_port)
         log.info("worker %s: broker %s, redis %s, model %s", settings.app_id, settings.broker,
                  redact_url(settings.redis_url), encoder.model_version)
-        faust_worker = _faust_worker(service, settings)
-        try:
-            faust_worker.execute_from_commandline()
-        except SystemExit as exit_:
-            log.info("worker stopped (exit status %s)", exit_.code or 0)
-            return int(exit_.code or 0)
-        finally:
-            service.pipeline.close()
-    log.info("worker stopped")
-    return 0
-
-
-def _faust_worker(service, settings: Settings):
-    """Faust's worker, telling ``service`` when a signal asks it to stop (Faust itself logs nothing)."""
-    import faust
-
-    class Worker(faust.Worker):
-        def _on_sigterm(self) -> None:
-            service.stopping("SIGTERM")
-            super()._on_sigterm()
-
-        def _on_sigint(self) -> None:
-            service.stopping("SIGINT")
-            super()._on_sigint()
-
-    return Worker(service.app, loglevel=settings.log_level if settings.log_level != "warning" else "warn",
-                  redirect_stdouts=False, override_logging=False)
+        status = asyncio.run(service.run())
+    log.info("worker stopped (exit status %d)", status)
+    return status
 
 
 def _check_redis(url: str, cluster: bool) -> None:

@@ -37,17 +37,21 @@ def test_settings_round_trip_through_argv_and_secret_environment():
 
 
 def test_kafka_security_maps_to_both_clients():
-    from streams.security import faust_credentials, kafka_client_config
+    import ssl
+
+    from streams.security import aiokafka_config, kafka_client_config
 
     plain = Settings()
-    assert kafka_client_config(plain) == {"security_protocol": "PLAINTEXT"} and faust_credentials(plain) is None
+    assert kafka_client_config(plain) == {"security_protocol": "PLAINTEXT"}
+    assert aiokafka_config(plain) == {"security_protocol": "PLAINTEXT"}
     scram = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
                      kafka_username="svc", kafka_password="pw")
     assert kafka_client_config(scram) == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
                                           "sasl_plain_username": "svc", "sasl_plain_password": "pw"}
-    credentials = faust_credentials(scram)
-    assert credentials.protocol.value == "SASL_SSL" and credentials.mechanism.value == "SCRAM-SHA-512"
-    assert "pw" not in repr(credentials)
+    worker = aiokafka_config(scram)
+    assert isinstance(worker.pop("ssl_context"), ssl.SSLContext)
+    assert worker == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                      "sasl_plain_username": "svc", "sasl_plain_password": "pw"}
 
 
 def test_sasl_without_a_password_is_an_error():
