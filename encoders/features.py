@@ -20,7 +20,7 @@ from .vocab import ItemVocab, action_index
 if TYPE_CHECKING:  # a type only: the worker's imports never reach the data package
     from .data.records import Event
 
-__all__ = ["Batch", "SeqArrays", "from_events", "from_tuples", "pad_batch", "split_input"]
+__all__ = ["Batch", "SeqArrays", "from_arrays", "from_events", "from_tuples", "pad_batch", "split_input"]
 
 NO_PREVIOUS = -1  # gap value of a user's first known event
 
@@ -63,6 +63,12 @@ def _gaps(ts: np.ndarray) -> np.ndarray:
 def _arrays(items: list[int], actions: list[int], ts: list[int]) -> SeqArrays:
     ts_arr = np.asarray(ts, dtype=np.int64)
     return SeqArrays(np.asarray(items, dtype=np.int64), np.asarray(actions, dtype=np.int64), _gaps(ts_arr))
+
+
+def from_arrays(items: np.ndarray, actions: np.ndarray, ts: np.ndarray) -> SeqArrays:
+    """Arrays of item rows, action indices and times (ms), oldest first (the worker's stored history)."""
+    return SeqArrays(np.asarray(items, dtype=np.int64), np.asarray(actions, dtype=np.int64),
+                     _gaps(np.asarray(ts, dtype=np.int64)))
 
 
 def from_events(events: Sequence[Event], vocab: ItemVocab) -> SeqArrays:

@@ -1,21 +1,28 @@
-"""The worker's inference path: event tuples in, interest vectors and top-K out.
+"""The worker's inference path: users' events in, interest vectors and top-K out.
 
-It runs the very `SequenceEncoder` used in training (and, when the checkpoint
+It runs the trained `SequenceEncoder`'s weights (and, when the checkpoint
 has them, the text fusion and the item categories saved beside it; see
-`encoders.interests` for what each interest means).  A micro-batch's users
-are truncated to their last ``max_len`` events and grouped by a small set of
-padded lengths (16, 32, 64, 128, max_len): one forward pass per group, so
-the number of distinct tensor shapes stays small (good for kernel caches and
-the GPU allocator) while short sequences are not padded to 200.  Because the
-model pads on the right under causal attention, a user's vector does not
-depend on the group it lands in (see `encoders.nn.model`).
+`encoders.interests` for what each interest means).  Windows are encoded by
+`encoders.states.WindowEncoder`: grouped by a small set of padded lengths
+(16, 32, 64, 128, max_len), one forward pass per group, and, for the worker,
+extended from the state cached at the user's previous refresh when only new
+events were appended.  Because the model pads on the right under causal
+attention, a user's vector does not depend on the group it lands in (see
+`encoders.nn.model`).
 
-`InterestEncoder.recommend` is the scoring rule in one place: per user, the
-click history, the current session and the texts in; every interest and the
-ranked items out (`interests` then `rank`).  The worker (`streams.refresh`)
-and the offline blend benchmark (`bench/interest_blend.py`) both call it, and
-`encoders.evaluation` ranks with the same `encoders.ranking` functions, so
-what is measured offline is what is served.
+Two entry points give every interest and the ranked items per user: 
+
+- `recommend` takes ``(item_id, action, ts)`` tuples (`UserEvents`) and
+  encodes each user's last ``max_len`` events from scratch, exactly as
+  training and `encoders.evaluation` read them;
+- `recommend_histories` takes the worker's stored histories as arrays
+  (`History`), reuses cached windows, and places each window by
+  `encoders.states.window_start` with ``window_hop`` (exact when 1).
+
+Both are `interests` then `rank`, one scoring rule: the worker
+(`streams.refresh`) and the offline blend benchmark (`bench/interest_blend.py`)
+call them, and `encoders.evaluation` ranks with the same `encoders.ranking`
+functions, so what is measured offline is what is served.
 
 Calls may come from an executor thread while the event loop goes on; a lock
 serialises them, so one `InterestEncoder` can be shared by any threads.
@@ -33,17 +40,19 @@ import numpy as np
 import torch
 
 from .checkpoint import load_categories, load_checkpoint, load_fusion
-from .features import SeqArrays, from_tuples, pad_batch
-from .interests import (DAY_MS, BlendWeights, CategoryIndex, Click, Interests, Recommendation, UserEvents,
-                        behaviour_events, category_distribution, decay_weights)
+from .features import SeqArrays, from_arrays
+from .interests import (DAY_MS, BlendWeights, CategoryIndex, History, Interests, Recommendation, UserEvents,
+                        behaviour_events)
 from .nn.model import SequenceEncoder
 from .ranking import item_scores, mask_scores, top_items
-from .vocab import ACTIONS, FIRST_ITEM, ItemVocab
+from .states import Window, WindowEncoder, window_start
+from .vocab import ACTIONS, FIRST_ITEM, UNKNOWN, ItemVocab, action_index
 
 __all__ = ["LENGTH_BUCKETS", "Encoded", "InterestEncoder"]
 
 LENGTH_BUCKETS = (16, 32, 64, 128)
 DEFAULT_HALF_LIFE_MS = 30 * DAY_MS
+_SEARCH = action_index("search")  # the action of a text-only user's stand-in event
 
 
 @dataclass(frozen=True)
@@ -66,15 +75,19 @@ class InterestEncoder:
 
     def __init__(self, model: SequenceEncoder, vocab: ItemVocab, model_version: str = "", *,
                  fusion=None, categories: dict[str, tuple[str, ...]] | None = None,
-                 action_classes: Sequence[str] = (), half_life_ms: float = DEFAULT_HALF_LIFE_MS) -> None:
+                 action_classes: Sequence[str] = (), half_life_ms: float = DEFAULT_HALF_LIFE_MS,
+                 window_hop: int = 1, cache_bytes: int = 0) -> None:
         if len(vocab) != model.config.n_items:
             raise ValueError(f"vocab has {len(vocab)} entries but model.config.n_items={model.config.n_items}")
+        if not 1 <= window_hop <= model.config.max_len:
+            raise ValueError(f"window_hop={window_hop} must be in 1..max_len ({model.config.max_len})")
         self.model = model.eval()
         self.vocab = vocab
         self.model_version = model_version
         self.fusion = fusion.eval() if fusion is not None else None
         self.categories = CategoryIndex(vocab.item_ids, categories or {})
         self.half_life_ms = half_life_ms
+        self.window_hop = window_hop
         has_head = getattr(model, "has_action_head", False)
         self.action_classes = tuple(action_classes) if has_head else ()
         self._action_rows = [ACTIONS.index(a) for a in self.action_classes]
@@ -82,20 +95,19 @@ class InterestEncoder:
         self.max_len = model.config.max_len
         self.device = next(model.parameters()).device
         self.buckets = tuple(b for b in LENGTH_BUCKETS if b < self.max_len) + (self.max_len,)
+        self.windows = WindowEncoder(model, buckets=self.buckets, half_life_ms=half_life_ms, cache_bytes=cache_bytes)
         self._table = model.item_table().detach().float()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto",
-                        half_life_ms: float = DEFAULT_HALF_LIFE_MS) -> InterestEncoder:
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", half_life_ms: float = DEFAULT_HALF_LIFE_MS,
+                        window_hop: int = 1, cache_bytes: int = 0) -> InterestEncoder:
         """Load a checkpoint directory (see `encoders.checkpoint`) with its fusion and categories."""
         model, vocab, meta = load_checkpoint(path, device)
         fusion = load_fusion(path, device=next(model.parameters()).device)
         return cls(model, vocab, meta.model_version, fusion=fusion, categories=load_categories(path),
-                   action_classes=meta.extra.get("action_classes", ()), half_life_ms=half_life_ms)
-
-    def _bucket(self, length: int) -> int:
-        return next(b for b in self.buckets if b >= length)
+                   action_classes=meta.extra.get("action_classes", ()), half_life_ms=half_life_ms,
+                   window_hop=min(window_hop, model.config.max_len), cache_bytes=cache_bytes)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         # bf16 on the GPU only: on CPU it is slower and changes results.
@@ -109,26 +121,28 @@ class InterestEncoder:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _decay(self, stamps: list[np.ndarray], length: int) -> np.ndarray:
-        """[B, length] long-term weights, zero on padding, each row summing to 1."""
-        weights = np.zeros((len(stamps), length), dtype=np.float32)
-        for row, ts in enumerate(stamps):
-            w = decay_weights(ts, self.half_life_ms)
-            weights[row, : len(w)] = w / w.sum()
-        return weights
+    # ------------------------------------------------------------ encoding
+    def _encode_windows(self, windows: Sequence[Window]) -> Encoded:
+        with self._lock, self._autocast():
+            last, long_term = self.windows.encode(windows)
+            actions = None
+            if self.action_classes:
+                with torch.inference_mode():
+                    logits = self.model.next_action_logits(self._to_device(last))[:, self._action_rows]
+                    actions = torch.softmax(logits.float(), -1).cpu().numpy()
+                    actions[[not len(w) for w in windows]] = 0.0
+        return Encoded(last, long_term, actions)
 
-    def _forward(self, seqs: list[SeqArrays], stamps: list[np.ndarray], length: int) -> tuple[np.ndarray, ...]:
-        batch = pad_batch(seqs, length)
-        items, actions, gaps = (self._to_device(a) for a in (batch.items, batch.actions, batch.gaps))
-        with self._autocast():
-            hidden = self.model(items, actions, gaps).float()
-        last = hidden[torch.arange(len(seqs), device=hidden.device), self._to_device(batch.lengths - 1)]
-        long_term = (self._to_device(self._decay(stamps, length))[:, :, None] * hidden).sum(1)
-        out = [last.cpu().numpy(), long_term.cpu().numpy()]
-        if self.action_classes:
-            logits = self.model.next_action_logits(last)[:, self._action_rows]
-            out.append(torch.softmax(logits, -1).cpu().numpy())
-        return tuple(out)
+    def _exact_window(self, events: Sequence[tuple[str, str, int]]) -> Window:
+        """The last ``max_len`` of ``(item_id, action, ts)`` events, encoded from scratch."""
+        seq = self._arrays(events)
+        ts = np.asarray([e[2] for e in events], dtype=np.int64)
+        return Window(seq, ts, max(0, len(seq) - self.max_len))
+
+    def _arrays(self, events: Sequence[tuple[str, str, int]]) -> SeqArrays:
+        return from_arrays(np.fromiter((self.vocab.index(e[0]) for e in events), np.int64, len(events)),
+                           np.fromiter((action_index(e[1]) for e in events), np.int64, len(events)),
+                           np.fromiter((e[2] for e in events), np.int64, len(events)))
 
     def encode_interests(self, sequences: Sequence[Sequence[tuple[str, str, int]]]) -> Encoded:
         """Current and long-term interests (and next-action probabilities) of users' events.
@@ -138,29 +152,13 @@ class InterestEncoder:
         unknown-item embedding.  A user with no events gets zero vectors and
         no action probabilities (zeros).
         """
-        n = len(sequences)
-        current = np.zeros((n, self.dim), dtype=np.float32)
-        long_term = np.zeros((n, self.dim), dtype=np.float32)
-        actions = np.zeros((n, len(self.action_classes)), dtype=np.float32)
-        # Gaps come from the full sequence: the first kept event still knows its predecessor.
-        arrays = [from_tuples(seq, self.vocab).window(-self.max_len, None) for seq in sequences]
-        stamps = [np.asarray([e[2] for e in seq[-self.max_len:]], dtype=np.int64) for seq in sequences]
-        groups: dict[int, list[int]] = {}
-        for row, seq in enumerate(arrays):
-            if len(seq):
-                groups.setdefault(self._bucket(len(seq)), []).append(row)
-        with self._lock, torch.inference_mode():
-            for length, rows in sorted(groups.items()):
-                outputs = self._forward([arrays[r] for r in rows], [stamps[r] for r in rows], length)
-                current[rows], long_term[rows] = outputs[0], outputs[1]
-                if self.action_classes:
-                    actions[rows] = outputs[2]
-        return Encoded(current, long_term, actions if self.action_classes else None)
+        return self._encode_windows([self._exact_window(seq) for seq in sequences])
 
     def encode(self, sequences: Sequence[Sequence[tuple[str, str, int]]]) -> np.ndarray:
         """Current interest vectors, float32 [B, dim] (see `encode_interests`)."""
         return self.encode_interests(sequences).current
 
+    # ------------------------------------------------------------ text
     def fuse_text(self, behaviour: np.ndarray, texts: Sequence[Sequence[tuple[np.ndarray, int]]],
                   has_behaviour: np.ndarray) -> np.ndarray:
         """``behaviour`` [B, d] fused with each user's text interest by the checkpoint's gate.
@@ -171,15 +169,41 @@ class InterestEncoder:
         """
         if self.fusion is None or not any(texts):
             return behaviour
-        text = np.zeros_like(behaviour)
-        has_text = np.array([bool(rows) for rows in texts])
-        with self._lock, torch.inference_mode():
-            for row, rows in enumerate(texts):
-                if rows:
-                    text[row] = self.fusion.text_interest([e for e, _ in rows], [t for _, t in rows])
-            fused = self.fusion.fuse_numpy(behaviour, text, has_behaviour, has_text)
-        return fused.astype(np.float32)
+        with self._lock:
+            text = [self.fusion.text_interest([e for e, _ in rows], [t for _, t in rows]) if rows else None
+                    for rows in texts]
+        return self._fuse(behaviour, text, has_behaviour)
 
+    def text_interest_of_means(self, means: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
+        """Text interests of users given their mean text embedding (the worker keeps that mean).
+
+        The same as `TextFusion.text_interest` of the texts themselves when the
+        projection is linear and unweighted (the default); for a fusion with a
+        hidden layer or recency weights it is the projection of the mean.
+        """
+        if self.fusion is None or all(m is None for m in means):
+            return [None] * len(means)
+        rows = [i for i, m in enumerate(means) if m is not None]
+        with self._lock, torch.inference_mode():
+            stacked = torch.as_tensor(np.stack([means[i] for i in rows]).astype(np.float32), device=self.device)
+            projected = self.fusion.project(stacked).float().cpu().numpy()
+        out: list[np.ndarray | None] = [None] * len(means)
+        for i, row in enumerate(rows):
+            out[row] = projected[i]
+        return out
+
+    def _fuse(self, behaviour: np.ndarray, text: Sequence[np.ndarray | None], has_behaviour: np.ndarray) -> np.ndarray:
+        if self.fusion is None or all(t is None for t in text):
+            return behaviour
+        stacked = np.zeros_like(behaviour)
+        has_text = np.array([t is not None for t in text])
+        for row, vector in enumerate(text):
+            if vector is not None:
+                stacked[row] = vector
+        with self._lock:
+            return self.fusion.fuse_numpy(behaviour, stacked, has_behaviour, has_text).astype(np.float32)
+
+    # ------------------------------------------------------------ scoring
     def top_k(
         self, vectors: np.ndarray, k: int, exclude: Sequence[set[str]] | None = None,
         bias: np.ndarray | None = None,
@@ -192,6 +216,12 @@ class InterestEncoder:
         ``bias`` [B, n_items], when given, is added to the scores (the
         category term of `encoders.interests`).
         """
+        rows = None if exclude is None else [[self.vocab.index(i) for i in items if i in self.vocab]
+                                             for items in exclude]
+        return [[(self.vocab.item_id(r), v) for r, v in best] for best in self._top_rows(vectors, k, rows, bias)]
+
+    def _top_rows(self, vectors: np.ndarray, k: int, exclude: Sequence | None,
+                  bias: np.ndarray | None) -> list[list[tuple[int, float]]]:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise ValueError(f"vectors must be [B, {self.dim}], got shape {vectors.shape}")
@@ -204,37 +234,69 @@ class InterestEncoder:
             scores = item_scores(self._to_device(np.ascontiguousarray(vectors)), self._table,
                                  None if bias is None else
                                  self._to_device(np.ascontiguousarray(bias, dtype=np.float32)))
-            mask_scores(scores, None if exclude is None else
-                        [[self.vocab.index(i) for i in items if i in self.vocab] for items in exclude])
-            best = top_items(scores, k)
-        return [[(self.vocab.item_id(i), v) for i, v in row] for row in best]
+            mask_scores(scores, exclude)
+            return top_items(scores, k)
 
+    # ------------------------------------------------------------ the scoring rule
     def interests(self, users: Sequence[UserEvents]) -> Interests:
         """Every interest of each user, in one forward pass for the whole batch (see `recommend`).
 
-        Histories and sessions are encoded together; a user without clicks is
-        encoded by `behaviour_events` and counts as having no behaviour for
-        the text fusion.
+        Histories and sessions are encoded together, each from scratch over its
+        last ``max_len`` events; a user without clicks is encoded by
+        `behaviour_events` and counts as having no behaviour for the text fusion.
         """
         n = len(users)
-        encoded = self.encode_interests([behaviour_events(u.clicks, u.texts) for u in users] +
-                                        [behaviour_events(u.session, u.texts) for u in users])
+        encoded = self._encode_windows([self._exact_window(behaviour_events(u.clicks, u.texts)) for u in users] +
+                                       [self._exact_window(behaviour_events(u.session, u.texts)) for u in users])
         has_clicks = np.array([bool(u.clicks) for u in users])
         current = self.fuse_text(encoded.current[:n], [u.texts for u in users], has_clicks)
-        categories = [self._category_shares(u.clicks) for u in users]
+        rows = [self._arrays(u.clicks).items for u in users]
+        categories = [self.categories.distribution(r, np.asarray([c[2] for c in u.clicks], np.int64),
+                                                   self.half_life_ms) for r, u in zip(rows, users)]
         return Interests(current, encoded.long_term[:n], encoded.current[n:], categories,
-                         None if encoded.next_action is None else encoded.next_action[:n],
-                         [{c[0] for c in u.clicks} for u in users])
+                         None if encoded.next_action is None else encoded.next_action[:n], rows)
 
-    def _category_shares(self, clicks: Sequence[Click]) -> dict[str, float]:
-        if not self.categories:
-            return {}
-        return category_distribution([c[0] for c in clicks], [c[2] for c in clicks],
-                                     self.categories.categories, self.half_life_ms)
+    def interests_of_histories(self, histories: Sequence[History]) -> Interests:
+        """Every interest of each user from the worker's stored histories, reusing cached windows.
+
+        Each user's window is placed by `encoders.states.window_start` (with
+        ``window_hop``) and extended from the user's cached state when only
+        events were appended; the session is the history from
+        ``session_start`` on.  Equal to `interests` when ``window_hop`` is 1.
+        """
+        n = len(histories)
+        windows, sessions, same = [], [], []
+        for h in histories:
+            if len(h.items):
+                seq = from_arrays(h.items, h.actions, h.ts)
+                start = window_start(h.total, len(seq), self.max_len, self.window_hop)
+                windows.append(Window(seq, h.ts, start, h.user_id, h.keys))
+                # A session that holds every kept event is the same sequence, so the same window: encode it
+                # once (this also covers a session that began before the oldest kept event).
+                same.append(h.session_start == 0)
+                if not same[-1]:
+                    s = h.session_start
+                    sseq = from_arrays(h.items[s:], h.actions[s:], h.ts[s:])
+                    sstart = window_start(len(sseq), len(sseq), self.max_len, self.window_hop)
+                    sessions.append(Window(sseq, h.ts[s:], sstart, ("session", h.user_id), h.keys[s:]))
+            else:  # a text-only user: the model's prior after one search
+                stand_in = from_arrays(np.array([UNKNOWN]), np.array([_SEARCH]), np.array([h.text_ts]))
+                windows.append(Window(stand_in, np.array([h.text_ts]), 0))
+                same.append(True)
+        encoded = self._encode_windows(windows + sessions)
+        session = encoded.current[:n].copy()
+        session[~np.asarray(same, dtype=bool)] = encoded.current[n:]
+        has_clicks = np.array([len(h.items) > 0 for h in histories])
+        current = self._fuse(encoded.current[:n], self.text_interest_of_means([h.text for h in histories]),
+                             has_clicks)
+        categories = [self.categories.distribution(h.items, h.ts, self.half_life_ms) for h in histories]
+        return Interests(current, encoded.long_term[:n], session, categories,
+                         None if encoded.next_action is None else encoded.next_action[:n],
+                         [h.items for h in histories])
 
     def rank(self, interests: Interests, weights: BlendWeights = BlendWeights(), *, k: int = 10,
              exclude_seen: bool = True) -> list[list[tuple[str, float]]]:
-        """The best ``k`` ``(item_id, score)`` per user: the blend of `encoders.interests`, then `top_k`.
+        """The best ``k`` ``(item_id, score)`` per user: the blend of `encoders.interests`, then top-K.
 
         The query is ``weights.query(current, long_term, session)``; the
         category lift is added when ``weights.categories`` is non-zero and the
@@ -242,14 +304,19 @@ class InterestEncoder:
         items never rank.  Scoring again with other weights costs no forward
         pass (`bench/interest_blend.py` searches weights this way).
         """
+        return [[(self.vocab.item_id(r), v) for r, v in best]
+                for best in self._rank_rows(interests, weights, k, exclude_seen)]
+
+    def _rank_rows(self, interests: Interests, weights: BlendWeights, k: int,
+                   exclude_seen: bool) -> list[list[tuple[int, float]]]:
         query = weights.query(interests.current, interests.long_term, interests.session)
         bias = (weights.categories * self.categories.lift(interests.categories)
                 if weights.categories and self.categories else None)
-        return self.top_k(query, k, interests.seen if exclude_seen else None, bias)
+        return self._top_rows(query, k, interests.seen if exclude_seen else None, bias)
 
     def recommend(self, users: Sequence[UserEvents], weights: BlendWeights = BlendWeights(), *, k: int = 10,
                   exclude_seen: bool = True) -> list[Recommendation]:
-        """Interests and the top ``k`` items of each user: the worker's whole scoring rule.
+        """Interests and the top ``k`` items of each user: the scoring rule, on event tuples.
 
         ``users[i]`` holds user i's clicks (``(item_id, action, ts_ms)``), the
         current session's clicks (cut by the caller) and texts
@@ -266,13 +333,21 @@ class InterestEncoder:
         >>> rec.items, rec.categories  # doctest: +SKIP
         ([('2', 7.1), ...], {'Drama': 0.5, ...})
         """
-        found = self.interests(users)
-        ranked = self.rank(found, weights, k=k, exclude_seen=exclude_seen)
+        return self._recommendations(self.interests(users), weights, k, exclude_seen)
+
+    def recommend_histories(self, histories: Sequence[History], weights: BlendWeights = BlendWeights(), *,
+                            k: int = 10, exclude_seen: bool = True) -> list[Recommendation]:
+        """`recommend` on the worker's stored histories: `interests_of_histories`, then `rank`."""
+        return self._recommendations(self.interests_of_histories(histories), weights, k, exclude_seen)
+
+    def _recommendations(self, found: Interests, weights: BlendWeights, k: int,
+                         exclude_seen: bool) -> list[Recommendation]:
+        ranked = self._rank_rows(found, weights, k, exclude_seen)
         actions = found.next_action
         return [
             Recommendation(found.current[i], found.long_term[i], found.session[i], found.categories[i],
                            None if actions is None else
                            {name: float(p) for name, p in zip(self.action_classes, actions[i])},
-                           ranked[i])
-            for i in range(len(users))
+                           [(self.vocab.item_id(r), v) for r, v in ranked[i]], [r for r, _ in ranked[i]])
+            for i in range(len(found))
         ]

@@ -30,7 +30,7 @@ loading torch.  The worker (`streams.refresh`) and the offline benchmarks call
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,7 @@ __all__ = [
     "BlendWeights",
     "CategoryIndex",
     "Click",
+    "History",
     "Interests",
     "Recommendation",
     "TextRow",
@@ -112,6 +113,29 @@ class UserEvents:
 
 
 @dataclass(frozen=True)
+class History:
+    """One user's input to `InterestEncoder.recommend_histories`: the worker's stored history as arrays.
+
+    Each array is oldest first.  ``keys`` identify events (the worker: hashes
+    of their ids) and ``user_id`` the user, so the encoder can extend the
+    window it cached at the user's last refresh (`encoders.states`);
+    ``total`` counts every click the user ever had, which places the window.
+    ``text`` is the mean MiniLM embedding of the user's texts (None without
+    any) and ``text_ts`` the newest text's time.
+    """
+
+    user_id: str
+    items: np.ndarray  # int64 vocabulary rows (`encoders.vocab.UNKNOWN` for items the model lacks)
+    actions: np.ndarray  # int64 indices into `encoders.vocab.ACTIONS`
+    ts: np.ndarray  # int64 ms
+    keys: np.ndarray  # uint64, unique per event
+    total: int
+    session_start: int = 0  # index of the current session's first event
+    text: np.ndarray | None = None
+    text_ts: int = 0
+
+
+@dataclass(frozen=True)
 class Interests:
     """A batch's interests, rows aligned with the users given to `InterestEncoder.interests`."""
 
@@ -120,7 +144,7 @@ class Interests:
     session: np.ndarray  # [B, d] the encoder over the current session alone
     categories: list[dict[str, float]]  # time-decayed category shares ({} without categories)
     next_action: np.ndarray | None  # [B, len(action_classes)] probabilities, None without a head
-    seen: list[set[str]]  # the items each user clicked: what ``exclude_seen`` leaves out
+    seen: list[np.ndarray]  # vocabulary rows of the items each user clicked: what ``exclude_seen`` leaves out
 
     def __len__(self) -> int:
         return len(self.current)
@@ -136,6 +160,7 @@ class Recommendation:
     categories: dict[str, float]
     next_action: dict[str, float] | None  # action -> probability, None without a head
     items: list[tuple[str, float]]  # (item_id, score), best first
+    rows: list[int] = field(default_factory=list)  # the items' vocabulary rows
 
 
 def behaviour_events(clicks: Sequence[Click], texts: Sequence[TextRow] = ()) -> list[Click]:
@@ -207,11 +232,27 @@ class CategoryIndex:
                 self.shares[row, column[cat]] += 1.0 / len(cats)
         mix = self.shares.sum(0)
         self.catalogue_mix = mix / max(float(mix.sum()), 1e-12)
-        self._baseline = self.shares @ self.catalogue_mix
         self.categories = {item: tuple(categories[item]) for item in item_ids if categories.get(item)}
+        # Items share few distinct category mixes (ML-1M: 301 for 3,706 items): the lift is computed
+        # per mix and then spread to the items, not per item.
+        self._mixes, self._item_mix = np.unique(self.shares, axis=0, return_inverse=True)
+        self._item_mix = self._item_mix.reshape(-1)
+        self._mix_baseline = self._mixes @ self.catalogue_mix
+        self._mix_known = self._mixes.sum(1) > 0
 
     def __bool__(self) -> bool:
         return bool(self.names)
+
+    def distribution(self, rows: np.ndarray, ts: np.ndarray, half_life_ms: float) -> dict[str, float]:
+        """`category_distribution` of a history given as vocabulary rows, largest share first."""
+        if not self.names or not len(rows):
+            return {}
+        mass = decay_weights(ts, half_life_ms) @ self.shares[np.asarray(rows)].astype(np.float64)
+        total = float(mass.sum())
+        if not total:
+            return {}
+        order = sorted(np.flatnonzero(mass).tolist(), key=lambda j: (-mass[j], self.names[j]))
+        return {self.names[j]: float(mass[j] / total) for j in order}
 
     def lift(self, distributions: Sequence[Mapping[str, float]]) -> np.ndarray:
         """[B, n_items] log lift of each item's categories for each user (0 where unknown)."""
@@ -220,8 +261,7 @@ class CategoryIndex:
             for cat, share in dist.items():
                 if cat in self._column:
                     user_mix[row, self._column[cat]] = share
-        user_share = user_mix @ self.shares.T
-        lift = np.log((user_share + _EPS) / (self._baseline[None, :] + _EPS))
-        lift[:, self.shares.sum(1) == 0] = 0.0
-        lift[np.asarray([not d for d in distributions])] = 0.0
-        return lift.astype(np.float32)
+        lift = np.log((user_mix @ self._mixes.T + _EPS) / (self._mix_baseline[None, :] + _EPS)).astype(np.float32)
+        lift[:, ~self._mix_known] = 0.0
+        lift[np.asarray([not d for d in distributions], dtype=bool)] = 0.0
+        return lift[:, self._item_mix]

@@ -12,11 +12,23 @@ is needed and a user's vector does not depend on how far the batch was
 padded.  Inference relies on this to pad users to a few length buckets;
 tests/encoders check it.  Keep it that way: a left-padded or masked variant
 would make results depend on the batch's padding.
+
+Inference has a second, lean path over the same weights (`encode_cached`,
+`extend`): the GPT-2 block written out in a dozen tensor operations, which
+also returns each layer's attention keys and values.  With them, events
+appended to a sequence are encoded alone, attending to the cached keys and
+values of the events before them: the hidden state of a new event is the one
+the full forward pass would give (causal attention: earlier positions never
+see later ones), at the cost of one position instead of the whole window.
+Tests hold both paths to the training forward pass (``allclose``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
@@ -130,3 +142,75 @@ class SequenceEncoder(nn.Module):
         hidden = self.forward(items, actions, gaps)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, lengths.to(hidden.device) - 1]
+
+    # ------------------------------------------------------------ inference with cached keys and values
+    def _inputs(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+        x = self.item_emb(items) + self.action_emb(actions)
+        x = x + self.time_emb(time_buckets(items, gaps, self.config.n_time_buckets))
+        return x + self.gpt.wpe(positions)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, d] -> [B, H, L, d/H]."""
+        b, length, d = x.shape
+        return x.view(b, length, self.config.n_heads, d // self.config.n_heads).transpose(1, 2)
+
+    def _mlp(self, block, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        h = F.layer_norm(x, (d,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+        h = F.gelu(block.mlp.c_fc(h), approximate="tanh")  # GPT-2's "gelu_new"
+        return x + block.mlp.c_proj(h)
+
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        ln = self.gpt.ln_f
+        return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
+
+    def encode_cached(self, items: torch.Tensor, actions: torch.Tensor,
+                      gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [B, L, d] (as `forward` gives them, in eval mode) and keys/values
+        [B, L, n_layers, 2, H, d/H] (position-major, a view) of right-padded inputs at positions 0..L-1."""
+        b, length = items.shape
+        d = self.config.d_model
+        x = self._inputs(items, actions, gaps, torch.arange(length, device=items.device).expand(b, length))
+        cache = []
+        for block in self.gpt.h:
+            h = F.layer_norm(x, (d,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+            q, k, v = (self._heads(t) for t in block.attn.c_attn(h).split(d, dim=2))
+            cache.append(torch.stack([k, v]))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + block.attn.c_proj(a.transpose(1, 2).reshape(b, length, d))
+            x = self._mlp(block, x)
+        return self._final(x), torch.stack(cache).permute(2, 4, 0, 1, 3, 5)
+
+    def extend(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor, past: torch.Tensor,
+               past_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [B, k, d] of k events appended to each row, and their keys/values [B, k, n_layers, 2, H, d/H].
+
+        ``past`` [B, P, n_layers, 2, H, d/H] holds the keys and values of the
+        events before them (row b's first ``past_lengths[b]`` positions; the
+        rest is padding), so the new events sit at positions
+        ``past_lengths[b]`` onwards.  New events are right-padded like any
+        input: a padded one's output is meaningless and attends to nothing a
+        real one needs.
+        """
+        b, k = items.shape
+        d, p = self.config.d_model, past.shape[1]
+        lengths = past_lengths.to(items.device)
+        positions = lengths[:, None] + torch.arange(k, device=items.device)[None, :]
+        x = self._inputs(items, actions, gaps, positions.clamp(max=self.config.max_len - 1))
+        keep_past = (torch.arange(p, device=items.device)[None, :] < lengths[:, None])[:, None, None, :]
+        causal = torch.ones(k, k, dtype=torch.bool, device=items.device).tril()
+        scale = 1.0 / math.sqrt(d // self.config.n_heads)
+        cache = []
+        for layer, block in enumerate(self.gpt.h):
+            h = F.layer_norm(x, (d,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+            q, key, value = (self._heads(t) for t in block.attn.c_attn(h).split(d, dim=2))
+            cache.append(torch.stack([key, value]))
+            past_k, past_v = past[:, :, layer, 0].transpose(1, 2), past[:, :, layer, 1].transpose(1, 2)
+            scores = torch.cat([(q @ past_k.transpose(-1, -2)).masked_fill(~keep_past, float("-inf")),
+                                (q @ key.transpose(-1, -2)).masked_fill(~causal, float("-inf"))], dim=-1)
+            weights = torch.softmax(scores * scale, dim=-1)
+            a = weights[..., :p] @ past_v + weights[..., p:] @ value
+            x = x + block.attn.c_proj(a.transpose(1, 2).reshape(b, k, d))
+            x = self._mlp(block, x)
+        return self._final(x), torch.stack(cache).permute(2, 4, 0, 1, 3, 5)
