@@ -31,8 +31,8 @@ from encoders.inference import InterestEncoder  # noqa: E402
 from encoders.interests import DAY_MS, BlendWeights, CategoryIndex, Interests, UserEvents  # noqa: E402
 from encoders.protocols import EvalCases, make_split  # noqa: E402
 from encoders.vocab import ACTIONS, UNKNOWN, UNKNOWN_ITEM  # noqa: E402
-from state import StoredClick  # noqa: E402
-from state.sessions import current_session  # noqa: E402
+from state.layout import ClickHistory  # noqa: E402
+from state.sessions import current_session_start  # noqa: E402
 
 GRID = {"long_term": (0.0, 0.25, 0.5, 1.0), "session": (0.0, 0.5), "categories": (0.0, 0.05, 0.1, 0.25)}
 CHUNK = 512  # users per forward pass and per scoring call
@@ -47,8 +47,10 @@ def _tuples(case, vocab) -> list[tuple[str, str, int]]:
 
 def _session(events: list[tuple[str, str, int]], gap_ms: float) -> list[tuple[str, str, int]]:
     """The current session, cut by the worker's own rule (`state.sessions`)."""
-    clicks = [StoredClick(str(n), item, action, ts) for n, (item, action, ts) in enumerate(events)]
-    return [(c.item_id, c.action, c.ts) for c in current_session(clicks, int(gap_ms))]
+    n = len(events)
+    clicks = ClickHistory(np.zeros(n, np.uint64), np.array([ts for _, _, ts in events], dtype=np.int64),
+                          np.zeros(n, np.uint64), np.zeros(n, np.uint32), np.zeros(n, np.uint8))
+    return events[current_session_start(clicks, int(gap_ms)):]
 
 
 def _interests(encoder: InterestEncoder, cases: EvalCases, gap_ms: float) -> list[Interests]:

@@ -7,7 +7,9 @@ production shape, or with a replay of a dataset:
 - synthetic (default): --users users with Zipf-distributed activity (a few
   users send most events, most send one or two), --items items with Zipf
   popularity, --categories categories and a title each, sessions cut by
-  30 minutes of inactivity, --text-share of events are searches. The model
+  30 minutes of inactivity, --text-share of events are searches (Zipf over
+  a million distinct queries, so the worker's text cache hits as often as
+  it would on a search log, not always). The model
   has the production shape (d=64, 2 blocks, max_len 200, a text fusion) and
   UNTRAINED weights: it measures cost, not quality.
 - --data D: the dataset's events in time order (cycled when a step needs more),
@@ -55,13 +57,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
 from streams.harness import (  # noqa: E402
-    histogram_quantile, scrape, since, total, wait_ready, wait_until_applied, worker_process)
+    histogram_quantile, scrape, since, total, wait_ready, wait_until_applied, wait_until_idle, worker_process)
 from streams.settings import Settings  # noqa: E402
 
 P99_LIMIT_MS = 500.0
 KEEP_UP_SECONDS = 1.0  # the step's last event applied at most this long after it was sent
 SESSION_GAP_MS = 30 * 60 * 1000
 ACTIONS, ACTION_P = ("view", "click", "cart", "buy"), (0.55, 0.30, 0.10, 0.05)
+QUERIES = 1_000_000  # distinct search queries, Zipf(1): the most common few make much of the traffic
+QUERY_WORDS = ("cheap", "wireless", "vintage", "black", "kids", "organic", "pro", "mini", "large", "gift",
+               "best", "used", "new", "red", "waterproof", "leather", "portable", "smart", "classic", "eco")
 
 
 # ---------------------------------------------------------------- traffic
@@ -73,6 +78,7 @@ class SyntheticTraffic:
         self.rng = np.random.default_rng(seed)
         self._user_cdf = _zipf_cdf(users, 1.05)
         self._item_cdf = _zipf_cdf(items, 0.9)
+        self._query_cdf = _zipf_cdf(QUERIES, 1.0)
         self._last_ts: dict[int, int] = {}
         self._sessions: dict[int, int] = {}
         self._sent = 0
@@ -80,23 +86,29 @@ class SyntheticTraffic:
     def events(self, n: int, click_topic: str, text_topic: str) -> list[OutgoingEvent]:
         users = np.searchsorted(self._user_cdf, self.rng.random(n))
         items = np.searchsorted(self._item_cdf, self.rng.random(n))
+        queries = np.searchsorted(self._query_cdf, self.rng.random(n))
         is_text = self.rng.random(n) < self.text_share
         actions = self.rng.choice(len(ACTIONS), size=n, p=ACTION_P)
         now = int(time.time() * 1000)
         out = []
-        for user, item, text, action in zip(users.tolist(), items.tolist(), is_text.tolist(), actions.tolist()):
+        for user, item, query, text, action in zip(users.tolist(), items.tolist(), queries.tolist(), is_text.tolist(),
+                                                   actions.tolist()):
             self._sent += 1
             uid = f"u{user}"
             session = self._session(user, now)
             if text:
                 body = {"event_id": f"t{self._sent}", "user_id": uid, "kind": "search", "ts": now,
-                        "text": f"looking for {category_name(item % self.categories)} number {item % 97}"}
+                        "text": self.query(query)}
                 out.append(OutgoingEvent(text_topic, uid, orjson.dumps(body)))
             else:
                 body = {"event_id": f"c{self._sent}", "user_id": uid, "item_id": f"i{item}",
                         "action": ACTIONS[action], "ts": now, "session_id": session}
                 out.append(OutgoingEvent(click_topic, uid, orjson.dumps(body)))
         return out
+
+    def query(self, n: int) -> str:
+        """Search query number n: Zipf-distributed over QUERIES distinct texts, as search logs are."""
+        return f"{QUERY_WORDS[n % len(QUERY_WORDS)]} {category_name(n % self.categories)} {n // len(QUERY_WORDS)}"
 
     def _session(self, user: int, now: int) -> str:
         if now - self._last_ts.get(user, -SESSION_GAP_MS) >= SESSION_GAP_MS:
@@ -177,6 +189,7 @@ class Step:
     rss_mib: float
     redis_mib: float
     bytes_per_user: float
+    text_hits: float | None  # share of texts found in the worker's embedding cache
 
     @property
     def keeps_up(self) -> bool:
@@ -186,10 +199,11 @@ class Step:
         p50 = f"{self.p50_ms:.0f}" if self.p50_ms is not None else "-"
         p99 = f"{self.p99_ms:.0f}" if self.p99_ms is not None else "-"
         verdict = "keeps up" if self.keeps_up else "falls behind"
+        hits = f"{100 * self.text_hits:.0f}%" if self.text_hits is not None else "-"
         return (f"{self.label:<14} sent {self.rate_sent:>7.0f} ev/s  applied {self.applied_per_s:>7.0f} ev/s  "
                 f"freshness p50 {p50:>5} ms p99 {p99:>5} ms  lag {self.lag:>6.0f}  drain {self.drain_s:>5.1f} s  "
                 f"worker cpu {100 * self.cpu:>4.0f}% rss {self.rss_mib:>5.0f} MiB  redis {self.redis_mib:>6.1f} MiB "
-                f"({self.bytes_per_user:>6.0f} B/active user)  {verdict}")
+                f"({self.bytes_per_user:>6.0f} B/active user)  text cache hits {hits:>4}  {verdict}")
 
 
 class Run:
@@ -209,16 +223,18 @@ class Run:
         lag = total(scrape(self.metrics_url), "iu_consumer_lag")
         wait_until_applied(self.settings, ends, self.worker, timeout=3600, poll=0.1)
         done = time.monotonic()
-        time.sleep(0.3)  # the last batch's recommendations: published just after Redis has its offsets
+        wait_until_idle(self.settings.metrics_port, timeout=60)  # the last batch's recommendations published
         samples = since(scrape(self.metrics_url), before)
         cpu = (_cpu_seconds(self.worker.pid) - cpu_before) / max(done - started, 1e-9)
         applied = total(samples, "iu_events_total", outcome="applied")
         quantile = (lambda q: None if (v := histogram_quantile(samples, "iu_freshness_seconds", q)) is None
                     else 1000 * v)
         memory, per_user = asyncio.run(_redis_memory(self.settings))
+        texts = total(samples, "iu_text_cache_total")
+        hits = total(samples, "iu_text_cache_total", outcome="hit") / texts if texts else None
         return Step(label, len(events) / max(sent_at - started, 1e-9), applied / max(done - started, 1e-9),
                     quantile(0.5), quantile(0.99), lag, done - sent_at, cpu, _rss_mib(self.worker.pid),
-                    memory / 2**20, per_user)
+                    memory / 2**20, per_user, hits)
 
     def close(self) -> None:
         self.producer.close()
@@ -262,9 +278,7 @@ async def _bytes_per_user(client, users: list[str], settings: Settings) -> float
     space = KeySpace(settings.key_prefix)
     sizes = []
     for user in users:
-        keys = space.user(user)
-        usage = [await client.memory_usage(k) for k in (keys.clicks, keys.clicks_data, keys.texts, keys.texts_data,
-                                                         keys.meta, keys.profile)]
+        usage = [await client.memory_usage(k) for k in space.user(user).script_keys()]
         sizes.append(sum(u or 0 for u in usage))
     return float(np.mean(sizes))
 
@@ -285,7 +299,7 @@ def bytes_at_bounds(run: Run, probe_users: int = 20) -> float:
                     "text": f"probe review {n} of a fine item, with some words about it"}
             events.append(OutgoingEvent(s.topic_texts, uid, orjson.dumps(body)))
     wait_until_applied(s, run.producer.send_all(events), run.worker, timeout=3600)
-    time.sleep(1.0)  # profiles are written after the offsets
+    wait_until_idle(s.metrics_port, timeout=60)  # profiles are written after the offsets
 
     async def measure() -> float:
         import redis.asyncio as redis

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StateError", "InvalidUserId"]
+__all__ = ["StateError", "InvalidUserId", "LayoutMismatch"]
 
 
 class StateError(Exception):
@@ -16,3 +16,12 @@ class InvalidUserId(StateError, ValueError):
         self.user_id = user_id
         super().__init__(f"user id {user_id[:40]!r} cannot be part of a Redis key: it is empty or holds a "
                          "brace, whitespace or a control character")
+
+
+class LayoutMismatch(StateError):
+    """Redis holds values of another layout than this release reads (`state.layout`)."""
+
+    def __init__(self, where: str, found: str) -> None:
+        self.where, self.found = where, found
+        super().__init__(f"{where} holds layout {found}; this release reads layout 2. Stop the workers and run "
+                         "`interest-updater migrate` on that Redis, or give the workers a new --key-prefix")

@@ -7,18 +7,19 @@ so an id can never end the hash tag early or reach another user's keys; this
 class refuses such an id too, for callers that use the store directly. Ids
 reach Lua scripts only as KEYS and ARGV, never as code.
 
-Per user:
-- ``<p>:{u:<id>}:clicks``      sorted set, event id scored by event time (ms)
-- ``<p>:{u:<id>}:clicks:data`` hash, event id -> payload (item, action, session)
-- ``<p>:{u:<id>}:texts``       sorted set, event id scored by event time
-- ``<p>:{u:<id>}:texts:data``  hash, event id -> payload (kind, item, embedding)
+Per user (the packed values are described in `state.layout`):
+- ``<p>:{u:<id>}:clicks``      string: the bounded click history, 24 bytes a click
+- ``<p>:{u:<id>}:texts``       string: the running mean of text embeddings, recent text ids
 - ``<p>:{u:<id>}:meta``        hash: per-partition fences, applied counters, version
-- ``<p>:{u:<id>}:profile``     hash: interest vectors, latest recommendations (JSON with
-                               scores, and ``rec_items``: the ids alone for the apply script)
+- ``<p>:{u:<id>}:profile``     string: interest vectors and their versions, the latest
+                               recommendations (item hashes for the apply script, JSON)
 Per topic:
 - ``<p>:offsets:<topic>``      hash, partition -> last applied offset (resume point)
-- ``<p>:pending:<topic>:<n>``  set of users marked before their events are applied
-                               and cleared once their recommendations are published
+- ``<p>:pending:<topic>:<n>``  hash, user -> offset of the batch that marked the user,
+                               set before their events are applied and cleared once
+                               their recommendations are published
+Per database:
+- ``<p>:layout``               the layout version of everything under the prefix (2)
 """
 
 from __future__ import annotations
@@ -34,15 +35,13 @@ __all__ = ["KeySpace", "UserKeys"]
 @dataclass(frozen=True, slots=True)
 class UserKeys:
     clicks: str
-    clicks_data: str
     texts: str
-    texts_data: str
     meta: str
     profile: str
 
     def script_keys(self) -> list[str]:
         """The keys in the order the apply script expects them."""
-        return [self.clicks, self.clicks_data, self.texts, self.texts_data, self.meta, self.profile]
+        return [self.clicks, self.texts, self.meta, self.profile]
 
 
 # A brace would end or open a hash tag; whitespace and control characters have no place in a key.
@@ -58,17 +57,18 @@ class KeySpace:
         if not user_id or _UNSAFE_IN_KEY.search(user_id):
             raise InvalidUserId(user_id)
         base = f"{self.prefix}:{{u:{user_id}}}"
-        return UserKeys(
-            clicks=f"{base}:clicks", clicks_data=f"{base}:clicks:data",
-            texts=f"{base}:texts", texts_data=f"{base}:texts:data",
-            meta=f"{base}:meta", profile=f"{base}:profile",
-        )
+        return UserKeys(clicks=f"{base}:clicks", texts=f"{base}:texts", meta=f"{base}:meta",
+                        profile=f"{base}:profile")
+
+    def layout(self) -> str:
+        """The layout version of every key under this prefix (`state.layout.LAYOUT`)."""
+        return f"{self.prefix}:layout"
 
     def offsets(self, topic: str) -> str:
         return f"{self.prefix}:offsets:{topic}"
 
     def pending(self, topic: str, partition: int) -> str:
-        """Set of users of one partition whose latest events may not have been published yet."""
+        """Hash of the users of one partition whose latest events may not have been published yet."""
         return f"{self.prefix}:pending:{topic}:{partition}"
 
     @staticmethod

@@ -8,95 +8,195 @@ An event at or below the fence is a replay and is skipped. Because a user's even
 all come from one partition of each topic (the key is the user id), the per-user
 fence orders them exactly as the partition does.
 
-Events are inserted in a sorted set scored by event time, so events arriving out
-of order within the lateness bound land in time order; older ones are refused as
-'late'. The oldest event is dropped as soon as the set holds more than the bound,
-not after the batch: the set never grows past the bound + 1, so with a bound
-under Redis's zset-max-listpack-entries (128) it keeps its compact listpack
-encoding (a set that once passed 128 entries stays a skiplist for good, about
-twice the memory; the soak at --max-history 100 showed the drift). The sorted-set member is the event id, so the same event sent twice by a
-producer (a new offset, the same id) is recognised as a 'duplicate' while its id
-is still in the bounded history.
+The values are the packed strings of `state.layout` (layout 2: one 24-byte
+record per click, a running mean of text embeddings, one profile string); the
+script checks each value's layout byte and refuses another with an error that
+starts with ``LAYOUT``. Clicks are kept in time order: events arriving in order
+(the usual case) are appended; one that arrives out of order within the
+lateness bound is merged into its place; older ones are refused as 'late'.
+After the batch the oldest records beyond the bound are dropped. The same
+event id sent again (a new offset, the same id) is a 'duplicate' while its
+hash is among the kept records (clicks) or the last --max-texts text ids.
+
+A text is not kept: its embedding (int16) is folded into the user's running
+mean, ``m += (x - m) / n``, which is the text interest the fusion was trained
+on (the mean of every text the user wrote).
 
 The script also scores the recommendations live: for each applied click it
-returns the rank of the clicked item in the list last published for the user
-(``rec_items`` in the profile, "\n"-delimited), 0 when absent, -1 when there was
-no list. That is online HR@K and NDCG@K, computed where the click and the list
-meet, atomically, with nothing extra to store.
+returns the rank of the clicked item in the list last written for the user (the
+item hashes in the profile), 0 when absent, -1 when there was no list. That is
+online HR@K and NDCG@K, computed where the click and the list meet.
 
-KEYS: clicks set, clicks data, texts set, texts data, meta, profile (one user).
-ARGV: [1] stream of this call ('c' clicks or 't' texts), [2] its fence field,
-[3] max entries kept for that stream, [4] lateness ms, [5] a profile field to
-return, then one group of five per event: offset, ts, event id, item id ('' for
-texts), payload.
-Returns {outcomes, ranks, clicks, texts, clicks applied ever, profile field}:
-clicks and texts are flat [id, ts, payload, ...] histories, oldest first,
-present only when something was applied (they feed the refresh). The profile
-field is the previous long-term vector, which the refresh measures drift from:
-returned here, it costs no extra round trip.
+KEYS: clicks, texts, meta, profile (one user).
+ARGV: [1] click fence field, [2] text fence field, [3] clicks kept, [4] text ids
+kept, [5] lateness ms, [6] number of clicks n, then n pairs (offset, 24-byte
+record), then one group of four per text: offset, ts, 6-byte event hash,
+int16 embedding ('' for none).
+Returns {click outcomes, ranks, text outcomes, clicks value, texts value,
+clicks applied ever, previous long-term vector}: outcomes are one letter per
+event (a applied, d duplicate, r replay, l late); the values and the vector
+(float32 bytes, what the refresh measures drift from) come back only when
+something was applied, the history the refresh reads.
 """
 
 from __future__ import annotations
 
-__all__ = ["APPLY_EVENTS", "ADVANCE_OFFSET", "WRITE_PROFILE", "OUTCOMES"]
+__all__ = ["APPLY_EVENTS", "ADVANCE_OFFSET", "WRITE_PROFILE", "CLEAR_PENDING", "OUTCOMES"]
 
-OUTCOMES = ("applied", "duplicate", "replay", "late")
+OUTCOMES = {"a": "applied", "d": "duplicate", "r": "replay", "l": "late"}
 
 APPLY_EVENTS = r"""
-local s, fence_field = ARGV[1], ARGV[2]
-local set, data = KEYS[1], KEYS[2]
-if s == 't' then set, data = KEYS[3], KEYS[4] end
-local limit, lateness = tonumber(ARGV[3]), tonumber(ARGV[4])
-local fence = tonumber(redis.call('HGET', KEYS[5], fence_field) or '-1')
-local last = redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')
-local newest = last[2] and tonumber(last[2]) or nil
-local recs = s == 'c' and redis.call('HGET', KEYS[6], 'rec_items')
-local outcomes, ranks, applied = {}, {}, 0
-for i = 6, #ARGV, 5 do
-  local offset, ts, id, item, payload = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local outcome, rank = nil, -1
-  if offset <= fence then
-    outcome = 'replay'
-  elseif redis.call('ZSCORE', set, id) then
-    outcome = 'duplicate'
-  elseif newest and ts < newest - lateness then
-    outcome = 'late'
-  else
-    redis.call('ZADD', set, ts, id)
-    redis.call('HSET', data, id, payload)
-    if redis.call('ZCARD', set) > limit then
-      local oldest = redis.call('ZRANGE', set, 0, 0)[1]
-      redis.call('ZREMRANGEBYRANK', set, 0, 0)
-      redis.call('HDEL', data, oldest)
-    end
-    applied = applied + 1
-    if not newest or ts > newest then newest = ts end
-    outcome = 'applied'
-    if recs then
-      local at = string.find(recs, '\n' .. item .. '\n', 1, true)
-      rank = 0
-      if at then rank = select(2, string.gsub(string.sub(recs, 1, at), '\n', '')) end
-    end
-  end
-  if offset > fence then fence = offset end
-  outcomes[#outcomes + 1] = outcome
-  ranks[#ranks + 1] = rank
+local LAYOUT, REC = 2, 24
+local lateness = tonumber(ARGV[5])
+local meta = KEYS[3]
+
+local function layout_error(what, value)
+  return redis.error_reply('LAYOUT ' .. what .. ' value of ' .. KEYS[1] .. ' has layout ' .. value ..
+                           '; this release reads layout ' .. LAYOUT)
 end
-redis.call('HSET', KEYS[5], fence_field, fence)
-if applied == 0 then return {outcomes, ranks, {}, {}, 0, false} end
-redis.call('HINCRBY', KEYS[5], 'applied:' .. s, applied)
-local function history(hset, hdata)
-  local ids, out = redis.call('ZRANGE', hset, 0, -1, 'WITHSCORES'), {}
-  for j = 1, #ids, 2 do
-    out[#out + 1] = ids[j]
-    out[#out + 1] = ids[j + 1]
-    out[#out + 1] = redis.call('HGET', hdata, ids[j])
+-- An event hash in a packed string, at positions first, first + step, ... only.
+local function holds(s, needle, first, step)
+  local at = string.find(s, needle, 1, true)
+  while at do
+    if at >= first and (at - first) % step == 0 then return true end
+    at = string.find(s, needle, at + 1, true)
   end
-  return out
+  return false
 end
-local clicks_applied = tonumber(redis.call('HGET', KEYS[5], 'applied:c') or '0')
-return {outcomes, ranks, history(KEYS[1], KEYS[2]), history(KEYS[3], KEYS[4]), clicks_applied,
-        redis.call('HGET', KEYS[6], ARGV[5])}
+
+local h = redis.call('GET', KEYS[1])
+if h and string.byte(h, 1) ~= LAYOUT then return layout_error('clicks', string.byte(h, 1)) end
+h = h or string.char(LAYOUT)
+local n = (#h - 1) / REC
+local newest = nil
+if n > 0 then newest = struct.unpack('<i6', h, 2 + REC * (n - 1) + 8) end
+
+local profile = redis.call('GET', KEYS[4])
+if profile and string.byte(profile, 1) ~= LAYOUT then return layout_error('profile', string.byte(profile, 1)) end
+local recs, long_term = nil, false
+if profile then
+  local d, k = struct.unpack('<HB', profile, 2)
+  recs = string.sub(profile, 25 + 12 * d, 24 + 12 * d + 8 * k)
+  long_term = string.sub(profile, 25 + 4 * d, 24 + 8 * d)
+end
+local function rank_of(item)
+  if not recs then return -1 end
+  local at = string.find(recs, item, 1, true)
+  while at do
+    if (at - 1) % 8 == 0 then return (at - 1) / 8 + 1 end
+    at = string.find(recs, item, at + 1, true)
+  end
+  return 0
+end
+
+-- Clicks.
+local n_clicks = tonumber(ARGV[6])
+local fence = tonumber(redis.call('HGET', meta, ARGV[1]) or '-1')
+local outcomes, ranks, added, added_ts, fresh = {}, {}, {}, {}, {}
+local in_order = true
+local i = 7
+for _ = 1, n_clicks do
+  local offset, rec = tonumber(ARGV[i]), ARGV[i + 1]
+  i = i + 2
+  local outcome, rank = 'r', -1
+  if offset > fence then
+    local event, ts = string.sub(rec, 15, 20), struct.unpack('<i6', rec, 9)
+    if fresh[event] or holds(h, event, 16, REC) then
+      outcome = 'd'
+    elseif newest and ts < newest - lateness then
+      outcome = 'l'
+    else
+      if newest and ts < newest then in_order = false end
+      if not newest or ts > newest then newest = ts end
+      fresh[event] = true
+      added[#added + 1], added_ts[#added_ts + 1] = rec, ts
+      outcome, rank = 'a', rank_of(string.sub(rec, 1, 8))
+    end
+    fence = offset
+  end
+  outcomes[#outcomes + 1], ranks[#ranks + 1] = outcome, rank
+end
+if #added > 0 then
+  if in_order then
+    h = h .. table.concat(added)
+  else  -- merge by (time, arrival): an event later in the log goes after an equal time
+    local all = {}
+    for k = 1, n do
+      local at = 2 + REC * (k - 1)
+      all[k] = {struct.unpack('<i6', h, at + 8), k, string.sub(h, at, at + REC - 1)}
+    end
+    for k = 1, #added do all[n + k] = {added_ts[k], n + k, added[k]} end
+    table.sort(all, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+    local parts = {string.char(LAYOUT)}
+    for k = 1, #all do parts[k + 1] = all[k][3] end
+    h = table.concat(parts)
+  end
+  local total, limit = (#h - 1) / REC, tonumber(ARGV[3])
+  if total > limit then h = string.char(LAYOUT) .. string.sub(h, 2 + REC * (total - limit)) end
+  redis.call('SET', KEYS[1], h)
+  redis.call('HINCRBY', meta, 'applied:c', #added)
+end
+if n_clicks > 0 then redis.call('HSET', meta, ARGV[1], fence) end
+
+-- Texts.
+local t = redis.call('GET', KEYS[2])
+if t and string.byte(t, 1) ~= LAYOUT then return layout_error('texts', string.byte(t, 1)) end
+local dim, count, folded, tnewest, mean, ring = 0, 0, 0, nil, '', ''
+if t then
+  local _, d0, c0, f0, low, high = struct.unpack('<BHIIIHB', t)
+  dim, count, folded, tnewest = d0, c0, f0, low + high * 4294967296
+  mean, ring = string.sub(t, 19, 18 + 2 * dim), string.sub(t, 19 + 2 * dim)
+end
+local keep = 6 * tonumber(ARGV[4])
+local tfence = tonumber(redis.call('HGET', meta, ARGV[2]) or '-1')
+local text_outcomes, applied_t, n_texts = {}, 0, 0
+while i <= #ARGV do
+  local offset, ts, event, emb = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+  i, n_texts = i + 4, n_texts + 1
+  local outcome = 'r'
+  if offset > tfence then
+    if holds(ring, event, 1, 6) then
+      outcome = 'd'
+    elseif tnewest and ts < tnewest - lateness then
+      outcome = 'l'
+    else
+      outcome, applied_t, count = 'a', applied_t + 1, count + 1
+      if not tnewest or ts > tnewest then tnewest = ts end
+      ring = ring .. event
+      if #ring > keep then ring = string.sub(ring, #ring - keep + 1) end
+      if #emb > 0 then
+        if #emb / 2 ~= dim or folded == 0 then  -- the first embedding, or a text encoder of another width
+          dim, folded, mean = #emb / 2, 1, emb
+        else
+          folded = folded + 1
+          local fmt = '<' .. string.rep('h', dim)
+          local m, x = {struct.unpack(fmt, mean)}, {struct.unpack(fmt, emb)}
+          for j = 1, dim do
+            local v = m[j] + (x[j] - m[j]) / folded
+            if v >= 0 then m[j] = math.floor(v + 0.5) else m[j] = -math.floor(0.5 - v) end
+          end
+          mean = struct.pack(fmt, unpack(m, 1, dim))
+        end
+      end
+    end
+    tfence = offset
+  end
+  text_outcomes[#text_outcomes + 1] = outcome
+end
+if applied_t > 0 then
+  t = struct.pack('<BHIIIHB', LAYOUT, dim, count, folded, tnewest % 4294967296,
+                  math.floor(tnewest / 4294967296), #ring / 6) .. mean .. ring
+  redis.call('SET', KEYS[2], t)
+  redis.call('HINCRBY', meta, 'applied:t', applied_t)
+end
+if n_texts > 0 then redis.call('HSET', meta, ARGV[2], tfence) end
+
+local click_outcomes = table.concat(outcomes)
+if #added + applied_t == 0 then
+  return {click_outcomes, ranks, table.concat(text_outcomes), false, false, 0, false}
+end
+local clicks_applied = tonumber(redis.call('HGET', meta, 'applied:c') or '0')
+return {click_outcomes, ranks, table.concat(text_outcomes), h, t or false, clicks_applied, long_term}
 """
 
 # KEYS[1] offsets hash; ARGV[1] partition, ARGV[2] offset. Never moves backwards.
@@ -106,28 +206,38 @@ if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]
 return current
 """
 
-# A refresh's results for one user, atomically with its new version.
-# KEYS: meta, profile. ARGV: [1] number of field/value pairs m, then the m pairs,
-# then [2m+2] number of changed interests c, the c names, then every interest name.
-# Each changed interest's ``version:<name>`` becomes the new user version, so a
-# consumer can tell which interests moved at which version.
-# Returns {new version, version:<name> of every interest (false where never set)}.
+# A refresh's profile for one user, atomically with its new version.
+# KEYS: meta, profile. ARGV: [1] the profile value (`state.layout.pack_profile`,
+# version slots zeroed), [2] a bit mask of the interests this refresh changed
+# (bit i for INTEREST_NAMES[i]). Each changed interest's slot becomes the new
+# user version, so a consumer can tell which interests moved at which version.
+# Returns {new version, the five interest versions (0: never)}.
 WRITE_PROFILE = r"""
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-local m = tonumber(ARGV[1])
-local pairs_at, changed_at = 2, 2 * m + 2
-local fields = {}
-for i = pairs_at, changed_at - 1 do fields[#fields + 1] = ARGV[i] end
-for i = changed_at + 1, changed_at + tonumber(ARGV[changed_at]) do
-  fields[#fields + 1] = 'version:' .. ARGV[i]
-  fields[#fields + 1] = version
+local old = redis.call('GET', KEYS[2])
+local v = {0, 0, 0, 0, 0}
+if old and string.byte(old, 1) == 2 then v = {struct.unpack('<IIIII', old, 5)} end
+local mask = tonumber(ARGV[2])
+for j = 1, 5 do
+  if bit.band(mask, bit.lshift(1, j - 1)) ~= 0 then v[j] = version end
 end
-if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
-local names = {}
-for i = changed_at + tonumber(ARGV[changed_at]) + 1, #ARGV do names[#names + 1] = 'version:' .. ARGV[i] end
-local out = {version}
-if #names > 0 then
-  for _, v in ipairs(redis.call('HMGET', KEYS[2], unpack(names))) do out[#out + 1] = v end
+local new = ARGV[1]
+redis.call('SET', KEYS[2], string.sub(new, 1, 4) .. struct.pack('<IIIII', v[1], v[2], v[3], v[4], v[5]) ..
+                           string.sub(new, 25))
+return {version, v[1], v[2], v[3], v[4], v[5]}
+"""
+
+# Pending marks of one partition: a hash user -> the offset of the batch that
+# marked the user. KEYS[1] the hash; ARGV pairs (user, offset). A mark is
+# cleared only while it still holds that offset: a later batch that marked the
+# same user again (applied before this one published) keeps its mark.
+CLEAR_PENDING = r"""
+local cleared = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    cleared = cleared + 1
+  end
 end
-return out
+return cleared
 """

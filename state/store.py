@@ -9,35 +9,47 @@ scripts runs; they are loaded again and the same pipeline is sent once more
 EVALSHA in a pipeline, the scripts go by body (EVAL).
 
 ``apply`` sends, in one pipeline, the pending marks of the batch's users, one
-APPLY_EVENTS call per (user, stream) and then one ADVANCE_OFFSET per source
-partition. The pending marks come first: a worker that dies after applying
-events but before publishing their recommendations leaves the users marked, and
-whoever owns the partition next refreshes them (``pending_users``). Redis runs a pipeline in order,
-so a partition's resume offset is written only after the events it covers; if
-the connection drops midway the resume offset lags, and the per-user fences
-make the replay harmless. On Redis Cluster the same calls go through a cluster
-pipeline: every script touches the keys of one user, hence one slot. (A cluster
-pipeline is one round trip per node, sent concurrently.)
+APPLY_EVENTS call per user and then one ADVANCE_OFFSET per source partition.
+The pending marks come first: a worker that dies after applying events but
+before publishing their recommendations leaves the users marked, and whoever
+owns the partition next refreshes them (``pending_users``). A mark holds the
+offset of the batch that set it and is cleared only while it still does
+(CLEAR_PENDING), so a batch that publishes late never unmarks a user whom a
+later batch marked again. Redis runs a pipeline in order, so a partition's
+resume offset is written only after the events it covers; if the connection
+drops midway the resume offset lags, and the per-user fences make the replay
+harmless. On Redis Cluster the same calls go through a cluster pipeline: every
+script touches the keys of one user, hence one slot. (A cluster pipeline is
+one round trip per node, sent concurrently.)
+
+The values are packed (`state.layout`), and the whole database carries its
+layout version (``<prefix>:layout``): `check_layout` refuses a database
+written by another release instead of misreading it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from itertools import zip_longest
+from typing import Any, Callable, Iterable, Sequence
 
-import orjson
+import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
+from state.errors import LayoutMismatch
 from state.keys import KeySpace
-from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, WRITE_PROFILE
+from state.layout import (EMPTY_CLICKS, INTEREST_NAMES, LAYOUT, ClickHistory, StoredProfile, TextState,
+                          decode_clicks, decode_profile, decode_texts, event_hash, id_hash, long_term_of,
+                          pack_click, pack_profile, session_hash)
+from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, CLEAR_PENDING, OUTCOMES, WRITE_PROFILE
 
-_SCRIPTS = (APPLY_EVENTS, ADVANCE_OFFSET, WRITE_PROFILE)
-LONG_TERM_FIELD = "vector:long_term"  # the profile field read back with each history (``AppliedUser.long_term``)
+_SCRIPTS = (APPLY_EVENTS, ADVANCE_OFFSET, WRITE_PROFILE, CLEAR_PENDING)
+_LAYOUT_ERROR = re.compile(r"LAYOUT (\w+) value of (\S+) has layout (\d+)")  # the apply script's refusal
 
 __all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "Written",
            "pending_marks", "partition_ends"]
@@ -45,40 +57,26 @@ __all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profil
 
 @dataclass(frozen=True, slots=True)
 class StoredClick:
+    """A click to apply. ``action`` is a small code chosen by the caller (the worker: the model's)."""
+
     event_id: str
     item_id: str
-    action: str
+    action: int
     ts: int
     session_id: str | None = None
 
-    def payload(self) -> bytes:
-        return orjson.dumps([self.item_id, self.action, self.session_id])
-
-    @classmethod
-    def parse(cls, event_id: bytes, ts: bytes, payload: bytes) -> "StoredClick":
-        item_id, action, session_id = orjson.loads(payload)
-        return cls(event_id.decode(), item_id, action, int(float(ts)), session_id)
+    def pack(self) -> bytes:
+        return pack_click(id_hash(self.item_id), self.ts, event_hash(self.event_id), session_hash(self.session_id),
+                          self.action)
 
 
 @dataclass(frozen=True, slots=True)
 class StoredText:
-    """A text event as kept: its embedding (float16 bytes), not its text."""
+    """A text to apply: its embedding (`state.layout.pack_embedding`, b"" for none), not its text."""
 
     event_id: str
-    kind: str
     ts: int
-    embedding: bytes
-    item_id: str | None = None
-
-    def payload(self) -> bytes:
-        # orjson never emits a raw newline, so the first one ends the header.
-        return orjson.dumps([self.kind, self.item_id]) + b"\n" + self.embedding
-
-    @classmethod
-    def parse(cls, event_id: bytes, ts: bytes, payload: bytes) -> "StoredText":
-        header, _, embedding = payload.partition(b"\n")
-        kind, item_id = orjson.loads(header)
-        return cls(event_id.decode(), kind, int(float(ts)), embedding, item_id)
+    embedding: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +99,10 @@ class AppliedUser:
     """A user whose history changed in this batch, with the history after the change."""
 
     user_id: str
-    clicks: tuple[StoredClick, ...]
-    texts: tuple[StoredText, ...]
+    clicks: ClickHistory
+    texts: TextState | None = None
     clicks_applied: int = 0  # ever, unlike ``clicks``, which is bounded
-    long_term: bytes | None = None  # the stored long-term vector before this change: drift is measured from it
+    long_term: np.ndarray | None = None  # the stored long-term vector before this change: drift is measured from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +114,18 @@ class ApplyResult:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """What a refresh writes for one user; vectors are float32 bytes by name.
+    """What a refresh writes for one user (see `state.layout`, profile value).
 
+    ``vectors`` holds the current, long_term and session vectors; ``rec_items``
+    the recommended items' id hashes, best first; ``body`` the JSON part;
     ``changed`` names the interests this refresh changed: each gets the new
-    user version as its ``version:<name>``.
+    user version as its version.
     """
 
     user_id: str
-    vectors: dict[str, bytes]
-    recommendations: bytes
-    rec_items: tuple[str, ...]
-    model_version: str
-    last_event_ts: int
-    extra: dict[str, bytes | str | int | float] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray]
+    rec_items: tuple[int, ...]
+    body: dict[str, Any] = field(default_factory=dict)
     changed: tuple[str, ...] = ()
 
 
@@ -138,6 +135,9 @@ class Written:
 
     version: int
     interest_versions: dict[str, int]
+
+
+Marks = dict[tuple[str, int], dict[str, str]]  # (topic, partition) -> user -> offset of the batch that marked
 
 
 class Store:
@@ -192,6 +192,11 @@ class Store:
             pipe = self._pipeline()
             queue(pipe)
             return await pipe.execute()
+        except ResponseError as exc:
+            found = _LAYOUT_ERROR.search(str(exc))
+            if found:
+                raise LayoutMismatch(f"the {found[1]} value {found[2]}", found[3]) from None
+            raise
 
     async def _load_scripts(self) -> None:
         for text in _SCRIPTS:
@@ -201,127 +206,144 @@ class Store:
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def check_layout(self) -> None:
+        """Claim the prefix for this layout, or raise `LayoutMismatch` if another release wrote it.
+
+        A prefix without a layout marker is new unless it holds keys only the
+        first layout wrote (``:clicks:data``); then it is refused.
+        """
+        marker = await self.client.get(self.keys.layout())
+        if marker is None:
+            async for _ in self.client.scan_iter(match=f"{self.keys.prefix}:{{u:*}}:clicks:data", count=1000):
+                raise LayoutMismatch(f"Redis keys under prefix {self.keys.prefix!r}", "1")
+            await self.client.set(self.keys.layout(), LAYOUT, nx=True)
+        elif marker != str(LAYOUT).encode():
+            raise LayoutMismatch(f"Redis keys under prefix {self.keys.prefix!r}", marker.decode(errors="replace"))
+
     async def apply(self, entries: Sequence[Entry], ends: dict[tuple[str, int], int] | None = None) -> ApplyResult:
         """Apply events atomically per user and advance partition offsets; one round trip.
 
         ``ends`` is the last offset consumed per (topic, partition), dead letters
         included; it defaults to the entries' own offsets.
         """
-        groups = _group(entries)
+        calls = _calls(entries)
         marks = pending_marks(entries)
 
         def queue(pipe) -> None:
             for (topic, partition), users in marks.items():
-                pipe.sadd(self.keys.pending(topic, partition), *users)
-            for (user_id, stream, topic, partition), members in groups.items():
-                limit = self.max_clicks if stream == "c" else self.max_texts
-                args: list[bytes | str | int] = [stream, KeySpace.fence_field(topic, partition), limit,
-                                                 self.lateness_ms, LONG_TERM_FIELD]
-                for _, entry in members:
-                    item = entry.record.item_id if stream == "c" else ""
-                    args += [entry.offset, entry.record.ts, entry.record.event_id, item, entry.record.payload()]
-                self._script(pipe, APPLY_EVENTS, self.keys.user(user_id).script_keys(), args)
+                pipe.hset(self.keys.pending(topic, partition), mapping=users)
+            for call in calls:
+                self._script(pipe, APPLY_EVENTS, self.keys.user(call.user_id).script_keys(), self._args(call))
             for (topic, partition), offset in (ends or partition_ends(entries)).items():
                 self._script(pipe, ADVANCE_OFFSET, [self.keys.offsets(topic)], [partition, offset])
 
         replies = await self._execute(queue)
-        return _collect(entries, groups, replies[len(marks): len(marks) + len(groups)])
+        return _collect(len(entries), calls, replies[len(marks): len(marks) + len(calls)])
 
-    async def clear_pending(self, marks: dict[tuple[str, int], set[str]]) -> None:
-        """Unmark users whose recommendations are published (see ``pending_marks``)."""
-        if not marks:
-            return
-        pipe = self._pipeline()
+    def _args(self, call: "_Call") -> list:
+        clicks, texts = call.clicks, call.texts
+        args: list[Any] = [KeySpace.fence_field(*clicks[0][1:3]) if clicks else "",
+                           KeySpace.fence_field(*texts[0][1:3]) if texts else "",
+                           self.max_clicks, self.max_texts, self.lateness_ms, len(clicks)]
+        for _, _, _, entry in clicks:
+            args += [entry.offset, entry.record.pack()]
+        for _, _, _, entry in texts:
+            record = entry.record
+            args += [entry.offset, record.ts, event_hash(record.event_id).to_bytes(6, "little"), record.embedding]
+        return args
+
+    async def clear_pending(self, marks: Marks) -> None:
+        """Unmark users whose recommendations are published, where the mark is still the one given."""
+        marks = {key: users for key, users in marks.items() if users}
+        if marks:
+            await self._execute(lambda pipe: self._queue_clear(pipe, marks))
+
+    def _queue_clear(self, pipe, marks: Marks) -> None:
         for (topic, partition), users in marks.items():
-            pipe.srem(self.keys.pending(topic, partition), *users)
-        await pipe.execute()
+            self._script(pipe, CLEAR_PENDING, [self.keys.pending(topic, partition)],
+                         [x for pair in users.items() for x in pair])
 
-    async def pending_users(self, topic: str, partitions: Iterable[int]) -> dict[int, set[str]]:
-        """Users left marked on these partitions by a worker that stopped mid-batch."""
+    async def pending_users(self, topic: str, partitions: Iterable[int]) -> dict[int, dict[str, str]]:
+        """Users left marked on these partitions by a worker that stopped mid-batch, with their marks."""
         pipe = self._pipeline()
         partitions = list(partitions)
         for partition in partitions:
-            pipe.smembers(self.keys.pending(topic, partition))
+            pipe.hgetall(self.keys.pending(topic, partition))
         replies = await pipe.execute()
-        return {p: {u.decode() for u in users} for p, users in zip(partitions, replies) if users}
+        return {p: {u.decode(): o.decode() for u, o in users.items()}
+                for p, users in zip(partitions, replies) if users}
 
     async def histories(self, user_ids: Sequence[str]) -> list[AppliedUser]:
         """Stored clicks and texts of several users, oldest first; one round trip."""
         pipe = self._pipeline()
         for user_id in user_ids:
             keys = self.keys.user(user_id)
-            for zset, data in ((keys.clicks, keys.clicks_data), (keys.texts, keys.texts_data)):
-                pipe.zrange(zset, 0, -1, withscores=True)
-                pipe.hgetall(data)
+            pipe.get(keys.clicks)
+            pipe.get(keys.texts)
             pipe.hget(keys.meta, "applied:c")
-            pipe.hget(keys.profile, LONG_TERM_FIELD)
+            pipe.get(keys.profile)
         replies = await pipe.execute()
-        return [_history(user_id, *replies[6 * i: 6 * i + 6]) for i, user_id in enumerate(user_ids)]
+        return [_applied_user(user_id, *replies[4 * i: 4 * i + 4]) for i, user_id in enumerate(user_ids)]
 
-    async def write_profiles(self, profiles: Sequence[Profile], interests: Sequence[str] = ()) -> list[Written]:
-        """Store refreshed profiles; one round trip.
+    async def write_profiles(self, profiles: Sequence[Profile], clear: Marks | None = None) -> list[Written]:
+        """Store refreshed profiles, and clear the pending marks ``clear`` (see `clear_pending`); one round trip.
 
-        Returns each user's new version and, for every name in ``interests``,
-        the version at which that interest last changed (absent if never).
+        Returns each user's new version and, per interest, the version at which
+        it last changed (absent if never).
         """
-        now = int(time.time() * 1000)
+        clear = {key: users for key, users in (clear or {}).items() if users}
 
         def queue(pipe) -> None:
+            self._queue_clear(pipe, clear)
             for profile in profiles:
                 keys = self.keys.user(profile.user_id)
-                mapping = {f"vector:{name}": value for name, value in profile.vectors.items()}
-                mapping.update(profile.extra)
-                mapping.update(recommendations=profile.recommendations, model_version=profile.model_version,
-                               rec_items="\n" + "\n".join(profile.rec_items) + "\n",
-                               last_event_ts=profile.last_event_ts, updated_at=now)
-                args = [len(mapping), *[x for pair in mapping.items() for x in pair],
-                        len(profile.changed), *profile.changed, *interests]
-                self._script(pipe, WRITE_PROFILE, [keys.meta, keys.profile], args)
+                mask = sum(1 << INTEREST_NAMES.index(name) for name in set(profile.changed))
+                value = pack_profile(profile.vectors, profile.rec_items, profile.body)
+                self._script(pipe, WRITE_PROFILE, [keys.meta, keys.profile], [value, mask])
 
         replies = await self._execute(queue)
-        return [Written(int(reply[0]), {name: int(v) for name, v in zip(interests, reply[1:]) if v})
-                for reply in replies]
+        return [Written(int(reply[0]), {name: int(v) for name, v in zip(INTEREST_NAMES, reply[1:]) if int(v)})
+                for reply in replies[len(clear):]]
 
     async def resume_offsets(self, topic: str) -> dict[int, int]:
         """Last applied offset of each partition of ``topic`` (absent: nothing applied yet)."""
         raw = await self.client.hgetall(self.keys.offsets(topic))
         return {int(partition): int(offset) for partition, offset in raw.items()}
 
-    async def profile(self, user_id: str) -> dict[str, bytes]:
-        raw = await self.client.hgetall(self.keys.user(user_id).profile)
-        return {key.decode(): value for key, value in raw.items()}
+    async def profile(self, user_id: str) -> StoredProfile | None:
+        """The user's last written profile (None before the first refresh)."""
+        return _decoded(decode_profile, await self.client.get(self.keys.user(user_id).profile), "profile", user_id)
 
     async def meta(self, user_id: str) -> dict[str, int]:
         raw = await self.client.hgetall(self.keys.user(user_id).meta)
         return {key.decode(): int(value) for key, value in raw.items()}
 
     async def history(self, user_id: str) -> AppliedUser:
-        """A user's stored clicks and texts, oldest first."""
+        """A user's stored clicks and text state, oldest first."""
         return (await self.histories([user_id]))[0]
 
 
-def _history(user_id: str, click_ids, click_data, text_ids, text_data, clicks_applied, long_term) -> AppliedUser:
-    clicks = tuple(StoredClick.parse(i, str(ts).encode(), click_data[i]) for i, ts in click_ids)
-    texts = tuple(StoredText.parse(i, str(ts).encode(), text_data[i]) for i, ts in text_ids)
-    return AppliedUser(user_id, clicks, texts, int(clicks_applied or 0), long_term)
+def _decoded(decode, blob, what: str, user_id: str):
+    try:
+        return decode(blob)
+    except ValueError as exc:
+        found = re.search(r"has layout (\d+)", str(exc))
+        raise LayoutMismatch(f"the {what} value of user {user_id!r}", found[1] if found else "unknown") from None
 
 
-def pending_marks(entries: Iterable[Entry]) -> dict[tuple[str, int], set[str]]:
-    """The users of a batch by the (topic, partition) their events came from."""
-    marks: dict[tuple[str, int], set[str]] = defaultdict(set)
+def _applied_user(user_id: str, clicks, texts, clicks_applied, profile) -> AppliedUser:
+    return AppliedUser(user_id, _decoded(decode_clicks, clicks, "clicks", user_id) if clicks else EMPTY_CLICKS,
+                       _decoded(decode_texts, texts, "texts", user_id), int(clicks_applied or 0),
+                       long_term_of(profile))
+
+
+def pending_marks(entries: Iterable[Entry]) -> Marks:
+    """The users of a batch by the (topic, partition) their events came from, each with the batch's last offset."""
+    marks: Marks = defaultdict(dict)
     for entry in entries:
-        marks[(entry.topic, entry.partition)].add(entry.user_id)
+        users = marks[(entry.topic, entry.partition)]
+        users[entry.user_id] = str(max(int(users.get(entry.user_id, -1)), entry.offset))
     return marks
-
-
-GroupKey = tuple[str, str, str, int]
-
-
-def _group(entries: Sequence[Entry]) -> dict[GroupKey, list[tuple[int, Entry]]]:
-    groups: dict[GroupKey, list[tuple[int, Entry]]] = defaultdict(list)
-    for index, entry in enumerate(entries):
-        groups[(entry.user_id, entry.stream, entry.topic, entry.partition)].append((index, entry))
-    return groups
 
 
 def partition_ends(messages: Iterable) -> dict[tuple[str, int], int]:
@@ -333,22 +355,44 @@ def partition_ends(messages: Iterable) -> dict[tuple[str, int], int]:
     return ends
 
 
-def _collect(entries: Sequence[Entry], groups: dict[GroupKey, list[tuple[int, Entry]]],
-             replies: list) -> ApplyResult:
-    outcomes = [""] * len(entries)
-    ranks = [-1] * len(entries)
+Member = tuple[int, str, int, Entry]  # (index in the batch, topic, partition, entry)
+
+
+@dataclass
+class _Call:
+    """One APPLY_EVENTS call: a user's clicks from one partition and texts from one partition."""
+
+    user_id: str
+    clicks: list[Member]
+    texts: list[Member]
+
+
+def _calls(entries: Sequence[Entry]) -> list[_Call]:
+    """One call per user, in order of first appearance (a user whose events came from two partitions
+    of one topic, which keys make rare, gets one call per partition)."""
+    streams: dict[str, dict[str, dict[tuple[str, int], list[Member]]]] = {}
+    for index, entry in enumerate(entries):
+        by_stream = streams.setdefault(entry.user_id, {"c": {}, "t": {}})
+        by_stream[entry.stream].setdefault((entry.topic, entry.partition), []).append(
+            (index, entry.topic, entry.partition, entry))
+    return [_Call(user_id, clicks or [], texts or [])
+            for user_id, by_stream in streams.items()
+            for clicks, texts in zip_longest(by_stream["c"].values(), by_stream["t"].values())]
+
+
+def _collect(n_entries: int, calls: Sequence[_Call], replies: list) -> ApplyResult:
+    outcomes = [""] * n_entries
+    ranks = [-1] * n_entries
     latest: dict[str, AppliedUser] = {}
-    for ((user_id, *_), members), reply in zip(groups.items(), replies):
-        group_outcomes, group_ranks, clicks, texts, clicks_applied, long_term = reply
-        for (index, _), outcome, rank in zip(members, group_outcomes, group_ranks):
-            outcomes[index] = outcome.decode()
-            ranks[index] = int(rank)
-        if clicks or texts:
-            # Later groups of the same user ran later in the pipeline: their history is newer.
-            latest[user_id] = AppliedUser(user_id, _parse(StoredClick, clicks), _parse(StoredText, texts),
-                                          int(clicks_applied), long_term)
+    for call, reply in zip(calls, replies):
+        click_outcomes, click_ranks, text_outcomes, clicks, texts, clicks_applied, long_term = reply
+        for (index, *_), letter, rank in zip(call.clicks, click_outcomes.decode(), click_ranks):
+            outcomes[index], ranks[index] = OUTCOMES[letter], int(rank)
+        for (index, *_), letter in zip(call.texts, text_outcomes.decode()):
+            outcomes[index] = OUTCOMES[letter]
+        if clicks is not None:
+            # A later call for the same user ran later in the pipeline: its history is newer.
+            latest[call.user_id] = AppliedUser(
+                call.user_id, decode_clicks(clicks), decode_texts(texts), int(clicks_applied),
+                np.frombuffer(long_term, dtype="<f4").copy() if long_term else None)
     return ApplyResult(outcomes, ranks, list(latest.values()))
-
-
-def _parse(kind, flat: list[bytes]) -> tuple:
-    return tuple(kind.parse(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3))

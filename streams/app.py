@@ -32,6 +32,7 @@ commits, leaves the group and exits with status 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -43,6 +44,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from encoders.interests import BlendWeights
 from state import Store
 from state.keys import KeySpace
+from state.store import Marks
 from streams.events import DeadLetter, Limits, RecommendationEvent
 from streams.faults import FaultPoints
 from streams.metrics import Health, Metrics
@@ -57,6 +59,7 @@ log = logging.getLogger("interest_updater.worker")
 
 RETRY_MAX_SECONDS = 30.0
 COMMIT_EVERY_SECONDS = 1.0
+MARKS_EVERY_SECONDS = 0.5  # pending marks of published batches, when no later write has cleared them
 
 
 class KafkaPublisher:
@@ -119,9 +122,10 @@ class Worker:
         # versions, publishes or changes what the next batch may touch.
         self._turn = asyncio.Lock()
         self._stop = asyncio.Event()
-        self._to_recover: dict[tuple[str, int], set[str]] = {}
+        self._to_recover: Marks = {}  # users a stopped worker left pending, with their marks
         self._applied: dict[TopicPartition, int] = {}  # last applied offset, not yet committed to Kafka
         self._unresumed: set[TopicPartition] = set()  # assigned, not yet sought to Redis's resume offsets
+        self._refreshing: asyncio.Task | None = None  # stage two of the last batch ingested
         self._swapping = False
         self._bad_versions: set[str] = set()
 
@@ -145,6 +149,7 @@ class Worker:
             self.store, self.refresher, KafkaPublisher(self.producer, s.topic_recs, s.topic_dead), self.metrics,
             click_topic=s.topic_clicks, limits=Limits(s.max_text_chars, int(s.max_future * 1000)),
             known_items=getattr(self.refresher.encoder, "vocab", None), faults=FaultPoints.from_env())
+        await self.store.check_layout()
         await self.producer.start()
         timers: list[asyncio.Task] = []
         try:
@@ -152,7 +157,8 @@ class Worker:
             self.consumer.subscribe(list(self.topics), listener=_Rebalance(self))
             timers = [asyncio.create_task(self._every(1.0, self._beat), name="heartbeat"),
                       asyncio.create_task(self._every(1.0, self._recover_pending), name="recover-pending"),
-                      asyncio.create_task(self._every(COMMIT_EVERY_SECONDS, self._commit), name="commit")]
+                      asyncio.create_task(self._every(COMMIT_EVERY_SECONDS, self._commit), name="commit"),
+                      asyncio.create_task(self._every(MARKS_EVERY_SECONDS, self._flush_marks), name="pending-marks")]
             if s.checkpoint and s.checkpoint_poll > 0:
                 timers.append(asyncio.create_task(self._every(s.checkpoint_poll, self._watch_checkpoint),
                                                   name="checkpoint-watch"))
@@ -174,6 +180,9 @@ class Worker:
     async def _shutdown(self) -> None:
         self.health.ready = False
         try:
+            if self.pipeline is not None:
+                with contextlib.suppress(Exception):  # left marked, a published user is only refreshed again
+                    await self.pipeline.flush_marks()
             if self.consumer is not None:
                 await self._commit()
                 await self.consumer.stop()  # leaves the group: the partitions move on at once
@@ -192,6 +201,13 @@ class Worker:
     async def _beat(self) -> None:
         self.health.beat()
 
+    async def _flush_marks(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            try:
+                await self.pipeline.flush_marks()
+            except Exception as exc:  # noqa: BLE001  (kept, and cleared with the next write)
+                log.debug("clearing pending marks failed (%s); will try again", exc)
+
     # ------------------------------------------------------------ the loop
     async def _consume(self) -> None:
         batch_ms = max(1, int(self.settings.batch_within * 1000))
@@ -207,23 +223,42 @@ class Worker:
                 ready = self.consumer.assignment() - self._unresumed
                 records = [_raw(record) for tp, batch in fetched.items() if tp in ready for record in batch]
                 if records:
-                    await self._process_until_done(records)
+                    self.metrics.in_flight.inc()
+                    ingested = await self._until_done("ingest", self.pipeline.ingest, records)
                     self._record_progress(records)
+                    # Batch N+1 was ingested while batch N refreshed; its refresh waits for N's (user order).
+                    await self._drain()
+                    self._refreshing = asyncio.create_task(self._refresh(ingested))
+                    if not self.settings.overlap:
+                        await self._drain()
+        async with self._turn:
+            await self._drain()
 
-    async def _process_until_done(self, records: list[RawRecord]) -> None:
-        """Retry a failed batch with backoff: fences make a retry safe, dropping it is not."""
+    async def _refresh(self, ingested) -> None:
+        try:
+            await self._until_done("refresh", self.pipeline.refresh, ingested)
+        finally:
+            self.metrics.in_flight.dec()
+
+    async def _drain(self) -> None:
+        """Wait for the batch being refreshed, if any."""
+        if self._refreshing is not None:
+            refreshing, self._refreshing = self._refreshing, None
+            await refreshing
+
+    async def _until_done(self, stage: str, step, arg):
+        """Retry a failed stage with backoff: fences make a retry safe, dropping the batch is not."""
         delay = 0.5
         while True:
             try:
-                report = await self.pipeline.process(records)
-                log.debug("batch of %d: %s", len(records), report.outcomes)
-                return
+                return await step(arg)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001  (any failure: count, log, retry)
                 kind = type(exc).__name__
                 self.metrics.errors.labels(kind).inc()
-                log.warning("batch of %d failed (%s: %s); retrying in %.1fs", len(records), kind, exc, delay)
+                log.warning("%s of a batch of %d failed (%s: %s); retrying in %.1fs", stage,
+                            len(getattr(arg, "records", arg)), kind, exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
 
@@ -254,8 +289,10 @@ class Worker:
     async def _on_revoked(self, revoked) -> None:
         revoked = set(revoked)
         async with self._turn:  # the batch in flight finishes first
+            await self._drain()
             await self._commit(revoked)
         self._unresumed -= revoked
+        self.pipeline.forget((tp.topic, tp.partition) for tp in revoked)
         for tp in revoked:
             self._applied.pop(tp, None)
             self._to_recover.pop((tp.topic, tp.partition), None)
@@ -288,7 +325,7 @@ class Worker:
                 for partition in numbers:
                     await self._seek(TopicPartition(topic, partition), applied.get(partition))
                 for partition, users in pending.items():
-                    self._to_recover.setdefault((topic, partition), set()).update(users)
+                    self._to_recover.setdefault((topic, partition), {}).update(users)
         except Exception as exc:  # noqa: BLE001  (Redis down: the loop tries again)
             self.metrics.errors.labels(type(exc).__name__).inc()
             log.warning("cannot read resume offsets for %s (%s); retrying", _names(partitions), exc)
@@ -320,13 +357,14 @@ class Worker:
         marks, self._to_recover = self._to_recover, {}
         try:
             async with self._turn:
+                await self._drain()
                 events = await self.pipeline.recover(marks)
             log.info("recovered %d users left unpublished by a stopped worker", len(events))
         except Exception as exc:  # noqa: BLE001  (retried on the next tick)
             self.metrics.errors.labels(type(exc).__name__).inc()
             log.warning("recovering %d pending users failed (%s); retrying", sum(map(len, marks.values())), exc)
             for key, users in marks.items():
-                self._to_recover.setdefault(key, set()).update(users)
+                self._to_recover.setdefault(key, {}).update(users)
 
     async def _watch_checkpoint(self) -> None:
         """Swap to a new model written to --checkpoint, without a restart or a lost event.
@@ -350,6 +388,7 @@ class Worker:
         try:
             encoder = await asyncio.to_thread(load_sequence_encoder, self.settings)
             async with self._turn:
+                await self._drain()
                 old, refresher.encoder = refresher.encoder, encoder
                 self.pipeline.known_items = encoder.vocab
             self.metrics.model.remove(old.model_version)
@@ -371,7 +410,9 @@ def load_sequence_encoder(settings: Settings):
     from encoders.interests import DAY_MS
 
     return InterestEncoder.from_checkpoint(settings.checkpoint, device=settings.device,
-                                           half_life_ms=settings.long_term_half_life * DAY_MS)
+                                           half_life_ms=settings.long_term_half_life * DAY_MS,
+                                           window_hop=settings.window_hop,
+                                           cache_bytes=settings.encoder_cache_mb * 2**20)
 
 
 def _raw(record) -> RawRecord:

@@ -23,7 +23,7 @@ import orjson
 from streams.embedded import die_with_parent
 from streams.settings import Settings, secret_env, settings_argv
 
-__all__ = ["worker_process", "stop_process", "wait_until_applied", "wait_ready", "wait_not_ready",
+__all__ = ["worker_process", "stop_process", "wait_until_applied", "wait_until_idle", "wait_ready", "wait_not_ready",
            "wait_for_fault", "scrape", "total", "histogram_quantile", "since"]
 
 
@@ -52,6 +52,17 @@ def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], wor
             raise RuntimeError(f"the worker exited with code {worker.returncode} before applying the replay")
         time.sleep(poll)
     raise TimeoutError(f"the worker did not apply the replay within {timeout:.0f}s")
+
+
+def wait_until_idle(metrics_port: int, timeout: float = 60.0, poll: float = 0.05) -> None:
+    """Block until the worker on ``metrics_port`` has published every batch it took (``iu_batches_in_flight`` 0)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if total(scrape(url), "iu_batches_in_flight") == 0:
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"the worker on metrics port {metrics_port} was still busy after {timeout:.0f}s")
 
 
 def wait_ready(metrics_port: int, timeout: float = 90.0) -> None:

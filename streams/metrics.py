@@ -29,12 +29,16 @@ class Metrics:
         self.unknown_items = Counter("iu_unknown_items", "Applied click events whose item the model does not know.",
                                      registry=r)
         self.batch_size = Histogram("iu_batch_size", "Events per micro-batch.", buckets=_SIZE_BUCKETS, registry=r)
+        self.in_flight = Gauge("iu_batches_in_flight", "Micro-batches taken and not yet published (0: idle; "
+                               "up to 2 while one is applied and the one before it refreshed).", registry=r)
         self.batch_seconds = Histogram("iu_batch_seconds", "Wall time to process one micro-batch.",
                                        buckets=_FAST_BUCKETS, registry=r)
         self.encoder_batch_size = Histogram("iu_encoder_batch_size", "Inputs per encoder call, by encoder.",
                                             ["encoder"], buckets=_SIZE_BUCKETS, registry=r)
         self.encoder_seconds = Histogram("iu_encoder_seconds", "Wall time of one encoder call, by encoder.",
                                          ["encoder"], buckets=_FAST_BUCKETS, registry=r)
+        self.text_cache = Counter("iu_text_cache", "Texts looked up in the embedding cache, by outcome (hit: not "
+                                  "embedded again, miss: embedded by all-MiniLM-L6-v2).", ["outcome"], registry=r)
         self.redis_seconds = Histogram("iu_redis_seconds", "Redis round-trip time, by operation.",
                                        ["op"], buckets=_FAST_BUCKETS, registry=r)
         self.users_refreshed = Counter("iu_users_refreshed", "Users whose interests were refreshed.", registry=r)

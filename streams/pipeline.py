@@ -1,25 +1,36 @@
 """One micro-batch, start to finish, as plain functions over typed records.
 
-The worker (`streams.app`) only turns fetched records into :class:`RawRecord` and calls
-:meth:`Pipeline.process`; everything here can run without a broker.
+The worker (`streams.app`) only turns fetched records into :class:`RawRecord`
+and calls the two stages below; everything here can run without a broker.
 
-Order matters for "nothing lost, nothing applied twice":
+Stage one, `Pipeline.ingest` (on the event loop, texts in their own thread):
 1. decode and validate every record (events older than the lateness bound are
    found in step 4 and dead-lettered then, at most once);
 2. publish the dead letters and wait until the broker has them (if the worker
    dies after this, a replay sends them again: dead letters are at least once);
-3. embed the texts (executor thread);
-4. apply all events to Redis in one round trip; fences skip replays; the reply
-   carries each changed user's history and previous long-term interest;
-5. encode the changed users in one forward pass, measure their drift from the
-   previous long-term interest, and score (executor thread);
+3. embed the texts (all-MiniLM-L6-v2, cached; executor thread);
+4. apply all events to Redis in one round trip; fences skip replays; pending
+   marks are set; the reply carries each changed user's packed history, text
+   mean and previous long-term interest.
+
+Stage two, `Pipeline.refresh` (the encoder in its own thread):
+5. encode the changed users (cached windows extended), measure their drift from
+   the previous long-term interest, and score;
 6. write profiles in one round trip, which also returns each user's new version
-   and the version at which each interest last changed;
-7. publish one recommendation event per refreshed user, then clear the users'
-   pending marks (set in step 4's round trip). A worker that dies between 4 and
-   7 leaves them marked; the next owner of the partition calls ``recover``.
-A batch that fails at any step is retried whole: steps 4 and 6 are idempotent
-for the events (fences), and step 6 only bumps a version.
+   and the version at which each interest last changed, and clears the pending
+   marks of the batch published before (step 8);
+7. publish one recommendation event per refreshed user;
+8. remember the batch's pending marks, cleared with the next write (or by
+   `flush_marks` when none comes). A worker that dies between 4 and 8 leaves
+   them marked; the next owner of the partition calls ``recover``.
+
+The worker overlaps the stages: batch N+1 is ingested while batch N is
+refreshed, and batch N+1's refresh starts only when batch N's has ended, so
+each user's refreshes run in order. A mark holds the offset of the batch
+that set it and is cleared only while it still does, so batch N never
+unmarks a user that batch N+1 marked again. A failed stage is retried
+whole: step 4 is idempotent for the events (fences), and step 6 only bumps
+versions.
 """
 
 from __future__ import annotations
@@ -29,11 +40,12 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 from encoders.interests import INTERESTS
+from encoders.vocab import action_index
 from state import AppliedUser, Entry, Store, StoredClick, StoredText
-from state.store import partition_ends, pending_marks
+from state.store import Marks, partition_ends, pending_marks
 from streams.events import (ClickEvent, DeadLetter, InvalidEvent, Limits, RecommendationEvent, TextEvent,
                             decode_click, decode_text)
 from streams.faults import NO_FAULTS, FaultPoints
@@ -66,6 +78,20 @@ class BatchReport:
     outcomes: dict[str, int]
     dead_letters: list[DeadLetter] = field(default_factory=list)
     recommendations: list[RecommendationEvent] = field(default_factory=list)
+
+
+@dataclass
+class Ingested:
+    """A batch after stage one: applied to Redis, waiting to be refreshed and published."""
+
+    records: Sequence[RawRecord]
+    valid: list[Decoded]
+    users: list[AppliedUser]  # whose history changed, as it is now
+    changed_clicks: set[str]
+    changed_texts: set[str]
+    marks: Marks  # pending marks this batch set
+    report: BatchReport
+    started: float  # perf_counter at the start of stage one
 
 
 class Publisher(Protocol):
@@ -109,44 +135,103 @@ class Pipeline:
         self.limits = limits
         self.known_items = known_items
         self.faults = faults  # test-only: stop a batch at an exact step (streams/faults.py)
-        # One thread: the encoders are not re-entrant and a second core is better
-        # left to the event loop.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        # One thread per encoder: texts of batch N+1 are embedded while batch N is
+        # encoded; neither encoder is re-entrant.
+        self.encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        self.text_thread = ThreadPoolExecutor(1, thread_name_prefix="text")
+        self._published: Marks = {}  # pending marks of published batches, cleared with the next write
+        self._acknowledged: dict[tuple[str, int], int] = {}  # last offset applied per partition, reply received
 
     async def process(self, records: Sequence[RawRecord]) -> BatchReport:
+        """Both stages, one after the other, and the batch's pending marks cleared."""
+        report = await self.refresh(await self.ingest(records))
+        await self.flush_marks()
+        return report
+
+    async def ingest(self, records: Sequence[RawRecord]) -> Ingested:
+        """Stage one: decode, dead-letter, embed texts, apply to Redis (steps 1-4)."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         valid, dead = decode_batch(records, self.click_topic, now_ms, self.limits)
         await self._publish_dead_letters(dead)
         entries = await self._entries(valid)
         await self.faults.at("after_embed", records)
+        ends = partition_ends(records)
         with self.metrics.redis_seconds.labels("apply").time():
-            applied = await self.store.apply(entries, partition_ends(records))  # dead letters included
+            applied = await self.store.apply(entries, ends)  # dead letters included
+        outcomes, users = await self._lost_attempts(entries, applied.outcomes, applied.users)
+        for key, offset in ends.items():
+            self._acknowledged[key] = max(self._acknowledged.get(key, -1), offset)
         await self.faults.at("after_apply", records)
-        late = _late_letters(valid, entries, applied.outcomes, now_ms)
+        late = _late_letters(valid, entries, outcomes, now_ms)
         await self._publish_dead_letters(late)
-        report = BatchReport(self._count_events(entries, applied.outcomes, dead + late), dead + late)
+        report = BatchReport(self._count_events(entries, outcomes, dead + late), dead + late)
         self._count_online_quality(applied.ranks)
-        applied_now = [e for e, o in zip(entries, applied.outcomes) if o == "applied"]
+        applied_now = [e for e, o in zip(entries, outcomes) if o == "applied"]
         changed = {stream: {e.user_id for e in applied_now if e.stream == stream} for stream in ("c", "t")}
-        report.recommendations = await self._refresh_and_write(applied.users, changed["c"], changed["t"])
-        await self.faults.at("after_write", records)
+        return Ingested(records, valid, users, changed["c"], changed["t"], pending_marks(entries), report, started)
+
+    async def _lost_attempts(self, entries: Sequence[Entry], outcomes: list[str],
+                             users: list[AppliedUser]) -> tuple[list[str], list[AppliedUser]]:
+        """Events a failed attempt of this batch applied (its reply was lost): applied, not replays.
+
+        Redis ran the attempt but the connection broke before its reply came
+        back, so the retry finds the events behind their fences. An event past
+        the last offset this worker saw applied on its partition cannot be an
+        old one: it was applied by that lost attempt, is counted as applied,
+        and its user is refreshed (from a read of their history).
+        """
+        lost = [i for i, (e, o) in enumerate(zip(entries, outcomes))
+                if o == "replay" and e.offset > self._acknowledged.get((e.topic, e.partition), 1 << 62)]
+        if not lost:
+            return outcomes, users
+        outcomes = list(outcomes)
+        for i in lost:
+            outcomes[i] = "applied"
+        known = {u.user_id for u in users}
+        missing = sorted({entries[i].user_id for i in lost} - known)
+        if missing:
+            with self.metrics.redis_seconds.labels("read").time():
+                users = users + await self.store.histories(missing)
+        return outcomes, users
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Partitions this worker no longer owns: another may apply their events now."""
+        for key in partitions:
+            self._acknowledged.pop(key, None)
+
+    async def refresh(self, batch: Ingested) -> BatchReport:
+        """Stage two: encode, score, write, publish (steps 5-8)."""
+        report = batch.report
+        report.recommendations = await self._refresh_and_write(batch.users, batch.changed_clicks,
+                                                               batch.changed_texts)
+        await self.faults.at("after_write", batch.records)
         await self._publish(report.recommendations)
-        await self.faults.at("after_publish", records)
-        self._count_freshness(report.recommendations, valid)
-        await self.store.clear_pending(pending_marks(entries))
-        self.metrics.batch_size.observe(len(records))
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        await self.faults.at("after_publish", batch.records)
+        self._count_freshness(report.recommendations, batch.valid)
+        _merge_marks(self._published, batch.marks)
+        self.metrics.batch_size.observe(len(batch.records))
+        self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
         return report
 
-    async def recover(self, marks: dict[tuple[str, int], set[str]]) -> list[RecommendationEvent]:
+    async def flush_marks(self) -> None:
+        """Clear the pending marks of published batches now, without waiting for the next write."""
+        if self._published:
+            marks, self._published = self._published, {}
+            try:
+                await self.store.clear_pending(marks)
+            except BaseException:
+                _merge_marks(self._published, marks)  # cleared with the next write instead
+                raise
+
+    async def recover(self, marks: Marks) -> list[RecommendationEvent]:
         """Refresh and publish users a stopped worker applied events for but never published."""
         users = sorted(set().union(*marks.values())) if marks else []
         with self.metrics.redis_seconds.labels("read").time():
             histories = await self.store.histories(users)
         # Their events were applied but never published: every interest they have may have changed.
-        users = [h for h in histories if h.clicks or h.texts]
-        events = await self._refresh_and_write(users, {u.user_id for u in users if u.clicks},
+        users = [h for h in histories if len(h.clicks) or h.texts]
+        events = await self._refresh_and_write(users, {u.user_id for u in users if len(u.clicks)},
                                                {u.user_id for u in users if u.texts})
         await self._publish(events)
         await self.store.clear_pending(marks)
@@ -157,10 +242,14 @@ class Pipeline:
         """One forward pass for all users and one round trip to store: one event per user, to publish."""
         if not users:
             return []
-        previous = [u.long_term for u in users]  # read with the histories, no round trip of its own
-        refreshed = await self._run(self.refresher.refresh, users, changed_clicks, changed_texts, previous)
-        with self.metrics.redis_seconds.labels("write").time():
-            written = await self.store.write_profiles([r.profile for r in refreshed], INTERESTS)
+        refreshed = await self._run(self.encoder_thread, self.refresher.refresh, users, changed_clicks, changed_texts)
+        marks, self._published = self._published, {}
+        try:
+            with self.metrics.redis_seconds.labels("write").time():
+                written = await self.store.write_profiles([r.profile for r in refreshed], clear=marks)
+        except BaseException:
+            _merge_marks(self._published, marks)
+            raise
         events = [self._event(r, w) for r, w in zip(refreshed, written)]
         for r in refreshed:
             if r.drift is not None:
@@ -179,12 +268,13 @@ class Pipeline:
 
     async def _entries(self, valid: Sequence[Decoded]) -> list[Entry]:
         texts = [d.event.text for d in valid if isinstance(d.event, TextEvent)]
-        embeddings = iter(await self._run(self.refresher.embed_texts, texts))
+        embeddings = iter(await self._run(self.text_thread, self.refresher.embed_texts, texts))
         return [Entry(d.event.user_id, d.record.topic, d.record.partition, d.record.offset,
                       _stored(d.event, embeddings)) for d in valid]
 
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    @staticmethod
+    async def _run(executor, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     def _event(self, refreshed, written) -> RecommendationEvent:
         profile = refreshed.profile
@@ -192,7 +282,7 @@ class Pipeline:
                      for name in INTERESTS}
         return RecommendationEvent(
             user_id=profile.user_id, version=written.version, items=refreshed.items, interests=refreshed.interests,
-            model_version=profile.model_version, last_event_ts=profile.last_event_ts,
+            model_version=profile.body["model_version"], last_event_ts=refreshed.last_event_ts,
             published_at=int(time.time() * 1000), clicks_applied=refreshed.clicks_applied,
             interest_profile=interests, next_action=refreshed.next_action, drift=refreshed.drift)
 
@@ -231,7 +321,17 @@ class Pipeline:
             self.metrics.freshness.observe(max(0.0, (event.published_at - newest[event.user_id]) / 1000))
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self.encoder_thread, self.text_thread):
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _merge_marks(into: Marks, marks: Marks) -> None:
+    """Add ``marks`` to ``into``; for a user marked twice the later batch's offset is the one to clear."""
+    for key, users in marks.items():
+        known = into.setdefault(key, {})
+        for user, offset in users.items():
+            if int(offset) > int(known.get(user, -1)):
+                known[user] = offset
 
 
 def _late_letters(valid: Sequence[Decoded], entries: Sequence[Entry], outcomes: Sequence[str],
@@ -248,8 +348,8 @@ def _late_letters(valid: Sequence[Decoded], entries: Sequence[Entry], outcomes: 
 
 def _stored(event: ClickEvent | TextEvent, embeddings) -> StoredClick | StoredText:
     if isinstance(event, ClickEvent):
-        return StoredClick(event.event_id, event.item_id, event.action, event.ts, event.session_id)
-    return StoredText(event.event_id, event.kind, event.ts, next(embeddings), event.item_id)
+        return StoredClick(event.event_id, event.item_id, action_index(event.action), event.ts, event.session_id)
+    return StoredText(event.event_id, event.ts, next(embeddings))
 
 
 def _newest_record_ms(valid: Sequence[Decoded]) -> dict[str, int]:

@@ -1,28 +1,31 @@
 """Turning changed histories into interests and recommendations.
 
 Runs in the worker's executor thread: everything here is synchronous and
-batched, one encoder forward pass for all users of a micro-batch (their whole
-bounded histories and their current sessions together).
+batched, one encoder call for all users of a micro-batch.  The stored
+histories arrive as arrays (`state.layout.ClickHistory`): items are mapped to
+the model's rows through one sorted hash table (`state.layout.HashIndex`,
+built once per model), sessions are cut with numpy, and the encoder extends
+each user's cached window with the new events (`encoders.states`).
 
 Interests refreshed per user (see `encoders.interests` for the definitions):
 - ``current``: the encoder's state at the last event, fused by the learned gate
   with the text interest when the checkpoint has a text fusion;
-- ``long_term``: time-decayed mean of the encoder's states over the history;
+- ``long_term``: time-decayed mean of the encoder's states over the window;
 - ``session``: the encoder over the current session only (sessions are cut by
   inactivity or a new ``session_id``);
 - ``categories``: time-decayed distribution over the catalogue's categories;
-- ``text``: the mean all-MiniLM-L6-v2 embedding of the user's recent texts
-  (384-d, as the text encoder gives it; its projection feeds ``current``).
+- ``text``: the mean all-MiniLM-L6-v2 embedding of all the user's texts, kept
+  by Redis (its projection feeds ``current``).
 Recommendations score the catalogue with the blend of `BlendWeights`. A user
 with texts but no clicks gets the projected text interest as ``current`` (or,
 with a checkpoint that has no fusion, the model's prior for a new user). The
 scoring rule itself (the blend, the category lift, the exclusions, and a
-text-only user's stand-in event) is `InterestEncoder.recommend`'s; this module
-keeps the Redis side: it cuts sessions, decodes stored texts, and turns each
-user's result into the profile written and the summary published.
-``drift`` is the cosine distance between the new and the previous long-term
-interest, when clicks changed it (None otherwise); the next-action
-probabilities come from the encoder's action head.
+text-only user's stand-in event) is `InterestEncoder.recommend_histories`';
+this module keeps the Redis side: it turns stored arrays into the encoder's
+input, and each user's result into the profile written and the summary
+published.  ``drift`` is the cosine distance between the new and the
+previous long-term interest, when clicks changed it (None otherwise); the
+next-action probabilities come from the encoder's action head.
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-import orjson
 
 # The records only (encoders.interests is torch-free); the encoder itself is handed in.
-from encoders.interests import BlendWeights, Recommendation, UserEvents, drift
-from state import AppliedUser, Profile, StoredClick
-from state.sessions import current_session
+from encoders.interests import BlendWeights, History, Recommendation, drift
+from encoders.vocab import FIRST_ITEM, UNKNOWN
+from state import AppliedUser, Profile
+from state.layout import HashIndex, pack_embedding
+from state.sessions import session_starts_of
 
 __all__ = ["Refresher", "Refreshed"]
 
@@ -54,6 +58,7 @@ class Refreshed:
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)  # per interest, for the event
     next_action: dict[str, float] | None = None
     drift: float | None = None
+    last_event_ts: int = 0
 
 
 class Refresher:
@@ -68,69 +73,95 @@ class Refresher:
         self.session_gap_ms = session_gap_ms
         self.weights = weights
         self.metrics = metrics
+        self._index: tuple[object, HashIndex] | None = None  # (encoder, its vocabulary by item hash)
+        # Long-term interests of the previous refresh: with overlapped batches, batch N+1 was applied before
+        # batch N's profiles were written, so Redis gave its users' long-term interest from before batch N.
+        self._last_long_term: dict[str, np.ndarray] = {}
 
     def embed_texts(self, texts: Sequence[str]) -> list[bytes]:
-        """float16 bytes of each text's embedding; empty bytes when no text encoder is loaded."""
+        """Each text's embedding as Redis keeps it (int16); empty bytes when no text encoder is loaded."""
         if not texts:
             return []
         if self.text_encoder is None:
             return [b""] * len(texts)
+        stats = getattr(self.text_encoder, "stats", None)
+        before = dict(stats) if stats else {}
         with self._timed("text", len(texts)):
             vectors = self.text_encoder.embed(list(texts))
-        return [row.astype(np.float16).tobytes() for row in vectors]
+        if stats and self.metrics is not None:
+            for outcome, count in stats.items():
+                if count > before.get(outcome, 0):
+                    self.metrics.text_cache.labels(outcome).inc(count - before.get(outcome, 0))
+        return [pack_embedding(row) for row in vectors]
 
-    def refresh(self, users: Sequence[AppliedUser], changed_clicks: set[str], changed_texts: set[str],
-                previous_long_term: Sequence[bytes | None] | None = None) -> list[Refreshed]:
-        """Encode every user's history and session in one forward pass and score the catalogue."""
+    def items_index(self, encoder) -> HashIndex:
+        """The encoder's vocabulary looked up by item hash, built once per model."""
+        if self._index is None or self._index[0] is not encoder:
+            self._index = (encoder, HashIndex(encoder.vocab.item_ids))
+        return self._index[1]
+
+    def refresh(self, users: Sequence[AppliedUser], changed_clicks: set[str],
+                changed_texts: set[str]) -> list[Refreshed]:
+        """Encode every user's window and session in one call and score the catalogue."""
         if not users:
             return []
-        encoder, n = self.encoder, len(users)  # one read: a checkpoint swap cannot split a batch
-        sessions = [current_session(user.clicks, self.session_gap_ms) for user in users]
-        with self._timed("sequence", 2 * n):
-            inputs = [UserEvents(_tuples(user.clicks), _tuples(session), _embeddings(user))
-                      for user, session in zip(users, sessions)]
-            recs = encoder.recommend(inputs, self.weights, k=self.top_k, exclude_seen=self.exclude_seen)
-        previous = previous_long_term or [None] * n
-        return [
-            self._result(user, rec, model_version=encoder.model_version, session=session, texts=given.texts,
-                         changed=_changed(user, changed_clicks, changed_texts, bool(rec.categories)),
-                         previous=_previous(prior, rec.long_term))
-            for user, rec, session, given, prior in zip(users, recs, sessions, inputs, previous)
-        ]
+        encoder = self.encoder  # one read: a checkpoint swap cannot split a batch
+        index = self.items_index(encoder)
+        histories = self._histories(users, index)
+        with self._timed("sequence", len(users)):
+            recs = encoder.recommend_histories(histories, self.weights, k=self.top_k,
+                                               exclude_seen=self.exclude_seen)
+        # Rounded once for the whole batch: [users, 3 interests, d].
+        rounded = np.round(np.stack([np.stack([r.current, r.long_term, r.session]) for r in recs])
+                           .astype(np.float64), VECTOR_DECIMALS).tolist()
+        results = [self._result(user, rec, history, index, encoder.model_version, vectors,
+                                _changed(user, changed_clicks, changed_texts, bool(rec.categories)),
+                                self._last_long_term.get(user.user_id, user.long_term))
+                   for user, rec, history, vectors in zip(users, recs, histories, rounded)]
+        self._last_long_term = {user.user_id: rec.long_term for user, rec in zip(users, recs)}
+        return results
+
+    def _histories(self, users: Sequence[AppliedUser], index: HashIndex) -> list[History]:
+        """Every user's stored clicks as the encoder's input: one lookup and one session cut for the batch."""
+        clicks = [user.clicks for user in users]
+        ends = np.cumsum([len(c) for c in clicks])[:-1]
+        rows = np.split(index.rows(np.concatenate([c.items for c in clicks]), missing=UNKNOWN - FIRST_ITEM)
+                        + FIRST_ITEM, ends)
+        starts = session_starts_of(clicks, self.session_gap_ms)
+        return [History(user.user_id, rows[i], c.actions.astype(np.int64), c.ts, c.events,
+                        total=max(user.clicks_applied, len(c)), session_start=starts[i],
+                        text=None if user.texts is None else user.texts.mean,
+                        text_ts=0 if user.texts is None else user.texts.newest_ts)
+                for i, (user, c) in enumerate(zip(users, clicks))]
 
     @staticmethod
-    def _result(user: AppliedUser, rec: Recommendation, *, model_version: str, session: Sequence[StoredClick],
-                texts: Sequence[tuple[np.ndarray, int]], changed: tuple[str, ...],
-                previous: np.ndarray | None) -> Refreshed:
+    def _result(user: AppliedUser, rec: Recommendation, history: History, index: HashIndex, model_version: str,
+                vectors: list[list[float]], changed: tuple[str, ...], previous: np.ndarray | None) -> Refreshed:
         """One user's profile (to write) and event summary (to publish) from their recommendation."""
-        vectors = {"current": rec.current, "long_term": rec.long_term, "session": rec.session}
-        stored = {name: v.astype(np.float32).tobytes() for name, v in vectors.items()}
-        text_vector = _mean_text(texts)
-        if text_vector is not None:
-            stored["text"] = text_vector.tobytes()
-        shift = drift(previous, rec.long_term) if "long_term" in changed else None
+        shift = drift(_previous(previous, rec.long_term), rec.long_term) if "long_term" in changed else None
         next_action = (None if rec.next_action is None else
                        {name: round(p, 4) for name, p in rec.next_action.items()})
         top = [[c, round(p, 4)] for c, p in list(rec.categories.items())[:TOP_CATEGORIES]]
-        extra: dict[str, bytes | str | int | float] = {"categories": orjson.dumps(top)}
-        if next_action is not None:
-            extra["next_action"] = orjson.dumps(next_action)
-        if shift is not None:
-            extra["drift"] = round(shift, 6)
-        last_ts = max([c.ts for c in user.clicks[-1:]] + [t.ts for t in user.texts[-1:]])
+        last_ts = max(int(history.ts[-1]) if len(history.ts) else 0, history.text_ts)
+        texts = 0 if user.texts is None else user.texts.count
+        session_events = len(history.ts) - history.session_start
         items = tuple((item, float(score)) for item, score in rec.items)
-        profile = Profile(user.user_id, stored, orjson.dumps([[i, s] for i, s in items]),
-                          tuple(item for item, _ in items), model_version, last_ts, extra,
-                          changed=changed)
+        body = {"items": [[i, round(s, 6)] for i, s in items], "categories": top, "next_action": next_action,
+                "drift": None if shift is None else round(shift, 6), "model_version": model_version,
+                "last_event_ts": last_ts, "texts": texts, "updated_at": int(time.time() * 1000)}
+        profile = Profile(user.user_id, {"current": rec.current, "long_term": rec.long_term, "session": rec.session},
+                          tuple(int(h) for h in index.hashes[np.asarray(rec.rows, dtype=np.int64) - FIRST_ITEM]),
+                          body, changed=changed)
+        current, long_term, session = vectors
         summary = {
-            "current": {"vector": _rounded(rec.current)},
-            "long_term": {"vector": _rounded(rec.long_term), "drift": shift},
-            "session": {"vector": _rounded(rec.session), "events": len(session),
-                        "started_at": session[0].ts if session else None},
+            "current": {"vector": current},
+            "long_term": {"vector": long_term, "drift": shift},
+            "session": {"vector": session, "events": session_events,
+                        "started_at": int(history.ts[history.session_start]) if session_events else None},
             "categories": {"top": top},
-            "text": {"texts": len(user.texts)},
+            "text": {"texts": texts},
         }
-        return Refreshed(profile, items, changed, user.clicks_applied, summary, next_action, shift)
+        return Refreshed(profile, items, changed, user.clicks_applied, summary, next_action, shift, last_ts)
 
     def _timed(self, encoder: str, size: int):
         return _Timer(self.metrics, encoder, size)
@@ -145,33 +176,10 @@ def _changed(user: AppliedUser, clicks: set[str], texts: set[str], has_categorie
     return tuple(names)
 
 
-def _previous(raw: bytes | None, like: np.ndarray) -> np.ndarray | None:
-    if not raw or len(raw) != like.nbytes:
+def _previous(stored: np.ndarray | None, like: np.ndarray) -> np.ndarray | None:
+    if stored is None or stored.shape != like.shape:
         return None  # none yet, or written by a model of another width
-    return np.frombuffer(raw, dtype=np.float32)
-
-
-def _tuples(clicks: Sequence[StoredClick]) -> list[tuple[str, str, int]]:
-    return [(c.item_id, c.action, c.ts) for c in clicks]
-
-
-def _embeddings(user: AppliedUser) -> list[tuple[np.ndarray, int]]:
-    """(384-d embedding, ts) of each stored text, oldest first."""
-    return [(np.frombuffer(t.embedding, dtype=np.float16).astype(np.float32), t.ts)
-            for t in user.texts if t.embedding]
-
-
-def _mean_text(texts: Sequence[tuple[np.ndarray, int]]) -> np.ndarray | None:
-    rows = [vector for vector, _ in texts]
-    if not rows:
-        return None
-    mean = np.mean(np.stack(rows), axis=0)
-    return (mean / max(float(np.linalg.norm(mean)), 1e-6)).astype(np.float32)
-
-
-def _rounded(vector: np.ndarray) -> list[float]:
-    # numpy's rounding, 3.5x faster than round() per element (the profile's largest Python cost in a refresh).
-    return np.round(np.asarray(vector, dtype=np.float64), VECTOR_DECIMALS).tolist()
+    return stored
 
 
 class _Timer:

@@ -55,6 +55,9 @@ class Settings:
     topic_dead: str = _option("dead-letters", "Topic bad events go to, with a reason.")
     partitions: int = _option(4, "Partitions of every topic (clicks and texts must match).")
     batch_max: int = _option(256, "Most events in one micro-batch.")
+    overlap: bool = _option(True, "Apply micro-batch N+1 to Redis while batch N is encoded and published (each "
+                                  "user's refreshes stay in order). A click in batch N+1 is then ranked, for the "
+                                  "online metrics, against the list before batch N's. false: one batch at a time.")
     batch_within: float = _option(0.05, "Seconds to wait for a micro-batch to fill (bench/load.py at 150 events/s: "
                                          "p99 freshness 385 ms at 0.05, 631 ms at 0.2, with more CPU per event).")
     fetch_max_wait: float = _option(0.05, "Seconds a fetch may wait at the broker for new events. Kafka "
@@ -65,7 +68,18 @@ class Settings:
                                            "(written there by train/finetune); a new one is loaded beside "
                                            "the old and swapped in between micro-batches. 0: never.")
     device: str = _option("auto", "Torch device for the encoders: auto, cpu or cuda.")
+    torch_threads: int = _option(1, "Threads torch may use for one encoder call. More than one rarely pays on "
+                                    "a worker that shares its cores with the broker and Redis.")
+    window_hop: int = _option(50, "Events by which a user's encoder window moves once their history is longer "
+                                  "than the model's max_len: the window holds max_len-hop+1..max_len events, and "
+                                  "a refresh encodes only the new events except when the window moves. 1: always "
+                                  "the last max_len events, exact but re-encoding the whole window per event.")
+    encoder_cache_mb: int = _option(1024, "Memory for the encoder states kept between a user's refreshes "
+                                          "(about 1 KiB per event of a window at d=64); least recently "
+                                          "refreshed users are dropped first. 0: encode every window from scratch.")
     text_encoder: bool = _option(True, "Embed text events with all-MiniLM-L6-v2 (false: store texts unembedded).")
+    text_cache: int = _option(50_000, "Texts whose embedding is kept for when the same text comes again (searches "
+                                      "repeat; 768 bytes each). 0: embed every text.")
     top_k: int = _option(10, "Recommendations per user.")
     exclude_seen: bool = _option(True, "Leave items already in the user's history out of recommendations.")
     session_gap: float = _option(1800.0, "Seconds of inactivity that end a session.")
@@ -76,7 +90,8 @@ class Settings:
                          "session and categories (left out: 0, current 1). The default was chosen on ML-1M "
                          "validation (bench/interest_blend.py); current=1 alone is behaviour only.")
     max_history: int = _option(200, "Click events kept per user (oldest dropped first).")
-    max_texts: int = _option(32, "Text events kept per user (oldest dropped first).")
+    max_texts: int = _option(32, "Text event ids kept per user to recognise a text sent twice (their embeddings "
+                                 "are folded into the user's running mean, not kept; at most 255).")
     max_text_chars: int = _option(2000, "Longest accepted text; longer texts are dead-lettered.")
     lateness: float = _option(86400.0, "Seconds an event may be older than the user's newest event "
                                        "and still be inserted in time order; older ones are dead-lettered.")
@@ -143,12 +158,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def _check(settings: Settings) -> None:
-    positive = ("partitions", "batch_max", "top_k", "max_history", "max_texts", "max_text_chars")
+    positive = ("partitions", "batch_max", "top_k", "max_history", "max_texts", "max_text_chars", "torch_threads",
+                "window_hop")
     for name in positive:
         if getattr(settings, name) < 1:
             raise ConfigurationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
     if settings.checkpoint_poll < 0 or settings.long_term_half_life < 0:
         raise ConfigurationError("--checkpoint-poll and --long-term-half-life cannot be negative")
+    if settings.text_cache < 0:
+        raise ConfigurationError(f"--text-cache cannot be negative, got {settings.text_cache}")
+    if settings.encoder_cache_mb < 0:
+        raise ConfigurationError(f"--encoder-cache-mb cannot be negative, got {settings.encoder_cache_mb}")
+    if settings.max_texts > 255:
+        raise ConfigurationError(f"--max-texts must be at most 255 (text ids kept for duplicates), "
+                                 f"got {settings.max_texts}")
     try:
         BlendWeights.parse(settings.blend)  # a bad weight fails here, as one clear line
     except ValueError as exc:

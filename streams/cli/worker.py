@@ -23,11 +23,14 @@ def load_encoders(settings: Settings):
 
     if not settings.checkpoint:
         raise ConfigurationError("no checkpoint: pass --checkpoint DIR (IU_CHECKPOINT), made by `train`")
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
     encoder = load_sequence_encoder(settings)
     text_encoder = None
     if settings.text_encoder:
         from encoders.nn.text import TextEncoder
-        text_encoder = TextEncoder(device=settings.device)
+        text_encoder = TextEncoder(device=settings.device, cache_size=settings.text_cache)
     return encoder, text_encoder
 
 

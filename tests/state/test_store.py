@@ -1,14 +1,25 @@
 """The store against a real Redis-compatible server (Valkey, started by the fixture)."""
 
+import numpy as np
 import pytest
 
-from state import Entry, StoredClick, StoredText
+from state import Entry, LayoutMismatch, StoredClick, StoredText
 from state.keys import KeySpace
+from state.layout import event_hash, id_hash, pack_embedding
+
+VIEW = 2
 
 
 def click(user, offset, ts, event_id=None, partition=0, item=None):
-    record = StoredClick(event_id or f"{user}-{offset}", item or f"item{offset}", "view", ts)
+    record = StoredClick(event_id or f"{user}-{offset}", item or f"item{offset}", VIEW, ts)
     return Entry(user, "clicks", partition, offset, record)
+
+
+def profile(user, rec_items=(), **body):
+    from state import Profile
+
+    vectors = {name: np.full(4, n, np.float32) for n, name in enumerate(("current", "long_term", "session"))}
+    return Profile(user, vectors, tuple(id_hash(i) for i in rec_items), body)
 
 
 def test_applies_once_and_fences_replays(store, run):
@@ -18,6 +29,8 @@ def test_applies_once_and_fences_replays(store, run):
     assert {u.user_id: len(u.clicks) for u in first.users} == {"u1": 2, "u2": 1}
     again = run(store.apply(batch))
     assert again.outcomes == ["replay"] * 3 and again.users == []
+    assert first.users[0].clicks.events.tolist() == [event_hash("u1-0"), event_hash("u1-1")]
+    assert first.users[0].clicks.items.tolist() == [id_hash("item0"), id_hash("item1")]
     assert run(store.meta("u1"))["applied:c"] == 2
     assert run(store.resume_offsets("clicks")) == {0: 2}
 
@@ -29,7 +42,10 @@ def test_same_event_id_at_a_new_offset_is_a_duplicate(store, run):
 
 def test_out_of_order_events_are_stored_in_time_order(store, run):
     run(store.apply([click("u1", 0, 5000), click("u1", 1, 1000), click("u1", 2, 3000)]))
-    assert [c.ts for c in run(store.history("u1")).clicks] == [1000, 3000, 5000]
+    run(store.apply([click("u1", 3, 2000), click("u1", 4, 5000), click("u1", 5, 6000)]))
+    history = run(store.history("u1")).clicks
+    assert history.ts.tolist() == [1000, 2000, 3000, 5000, 5000, 6000]
+    assert history.events.tolist()[3:5] == [event_hash("u1-0"), event_hash("u1-4")]  # equal times: arrival order
 
 
 def test_events_older_than_the_lateness_bound_are_refused(store, run):
@@ -41,52 +57,57 @@ def test_events_older_than_the_lateness_bound_are_refused(store, run):
 def test_history_is_bounded_and_counters_are_not(store, run):
     store.max_clicks = 3
     result = run(store.apply([click("u1", i, 1000 + i) for i in range(5)]))
-    assert [c.ts for c in result.users[0].clicks] == [1002, 1003, 1004]
+    assert result.users[0].clicks.ts.tolist() == [1002, 1003, 1004]
     assert run(store.meta("u1"))["applied:c"] == 5
-    keys = KeySpace().user("u1")
-    assert run(store.client.hlen(keys.clicks_data)) == 3
+    assert run(store.client.strlen(KeySpace().user("u1").clicks)) == 1 + 3 * 24
 
 
-def test_clicks_and_texts_fence_separately_and_return_both_histories(store, run):
-    text = Entry("u1", "texts", 0, 0, StoredText("t1", "search", 1500, b"\x01\x02", "i9"))
-    result = run(store.apply([click("u1", 0, 1000), text]))
-    assert result.outcomes == ["applied", "applied"]
+def test_clicks_and_texts_fence_separately_and_texts_fold_into_a_running_mean(store, run):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(5, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def text(offset, event_id, ts):
+        return Entry("u1", "texts", 3, offset, StoredText(event_id, ts, pack_embedding(vectors[offset])))
+
+    result = run(store.apply([click("u1", 0, 1000), text(0, "t0", 1500), text(1, "t1", 1600)]))
+    assert result.outcomes == ["applied"] * 3
     (user,) = result.users
-    assert len(user.clicks) == 1 and user.texts[0].embedding == b"\x01\x02" and user.texts[0].item_id == "i9"
+    assert len(user.clicks) == 1 and user.texts.count == 2 and user.texts.newest_ts == 1600
+    np.testing.assert_allclose(user.texts.mean, vectors[:2].mean(0), atol=1e-4)
+    again = run(store.apply([text(1, "t1", 1600), text(2, "t1", 1700), text(3, "t3", 1800), text(4, "t4", 1900)]))
+    assert again.outcomes == ["replay", "duplicate", "applied", "applied"]
+    np.testing.assert_allclose(again.users[0].texts.mean, vectors[[0, 1, 3, 4]].mean(0), atol=1e-4)
+    assert run(store.meta("u1"))["applied:t"] == 4 and run(store.meta("u1"))["fence:texts:3"] == 4
 
 
 def test_write_profiles_returns_increasing_versions(store, run):
-    from state import Profile
-
-    profile = Profile("u1", {"current": b"\x00" * 8}, b"[]", (), "m1", 1000)
-    assert [w.version for w in run(store.write_profiles([profile]))] == [1]
-    written = run(store.write_profiles([profile, Profile("u2", {}, b"[]", (), "m1", 5)]))
+    assert [w.version for w in run(store.write_profiles([profile("u1")]))] == [1]
+    written = run(store.write_profiles([profile("u1", model_version="m1"), profile("u2")]))
     assert [w.version for w in written] == [2, 1]
-    assert run(store.profile("u1"))["model_version"] == b"m1"
-    assert run(store.profile("u1"))["vector:current"] == b"\x00" * 8
+    stored = run(store.profile("u1"))
+    assert stored.body == {"model_version": "m1"} and stored.vectors["long_term"].tolist() == [1.0] * 4
+    assert run(store.profile("nobody")) is None
 
 
 def test_the_previous_long_term_vector_comes_back_with_the_history(store, run):
-    from state import Profile
-
     assert run(store.apply([click("u1", 0, 1000)])).users[0].long_term is None  # a new user has none
-    run(store.write_profiles([Profile("u1", {"long_term": b"\x01" * 8}, b"[]", (), "m1", 1000)]))
+    run(store.write_profiles([profile("u1")]))
     (user,) = run(store.apply([click("u1", 1, 2000)])).users
-    assert user.long_term == b"\x01" * 8  # as it was before this batch's refresh
-    assert run(store.histories(["u1", "u2"]))[0].long_term == b"\x01" * 8  # the recovery path reads it too
+    assert user.long_term.tolist() == [1.0] * 4  # as it was before this batch's refresh
+    assert run(store.histories(["u1", "u2"]))[0].long_term.tolist() == [1.0] * 4  # the recovery path reads it too
     assert run(store.histories(["u2"]))[0].long_term is None
 
 
 def test_each_interest_keeps_the_version_at_which_it_last_changed(store, run):
-    from state import Profile
+    from dataclasses import replace
 
-    names = ("current", "long_term", "text")
-    first = Profile("u1", {}, b"[]", (), "m1", 1000, changed=("current", "long_term"))
-    second = Profile("u1", {}, b"[]", (), "m1", 2000, changed=("current", "text"))
-    assert run(store.write_profiles([first], names))[0].interest_versions == {"current": 1, "long_term": 1}
-    (written,) = run(store.write_profiles([second], names))
+    first = replace(profile("u1"), changed=("current", "long_term"))
+    second = replace(profile("u1"), changed=("current", "text"))
+    assert run(store.write_profiles([first]))[0].interest_versions == {"current": 1, "long_term": 1}
+    (written,) = run(store.write_profiles([second]))
     assert written.version == 2 and written.interest_versions == {"current": 2, "long_term": 1, "text": 2}
-    assert run(store.profile("u1"))["version:long_term"] == b"1"
+    assert run(store.profile("u1")).versions == {"current": 2, "long_term": 1, "text": 2}
 
 
 def test_resume_offsets_never_move_backwards(store, run):
@@ -97,7 +118,7 @@ def test_resume_offsets_never_move_backwards(store, run):
 
 def test_keys_of_one_user_share_one_hash_tag():
     keys = KeySpace("iu").user("user:42")
-    tags = {key[key.index("{"): key.index("}") + 1] for key in keys.script_keys() + [keys.profile]}
+    tags = {key[key.index("{"): key.index("}") + 1] for key in keys.script_keys()}
     assert tags == {"{u:user:42}"}
 
 
@@ -111,7 +132,7 @@ def test_ids_with_colons_and_stars_stay_apart(store, run):
     users = ["a", "a:b", "a*", "*", "a:clicks", "a:*"]
     run(store.apply([click(u, i, 1000 + i, item=f"it:{i}*") for i, u in enumerate(users)]))
     for i, user in enumerate(users):
-        assert [c.item_id for c in run(store.history(user)).clicks] == [f"it:{i}*"]
+        assert run(store.history(user)).clicks.items.tolist() == [id_hash(f"it:{i}*")]
 
 
 def test_a_resent_old_event_is_a_duplicate_not_late(store, run):
@@ -121,10 +142,8 @@ def test_a_resent_old_event_is_a_duplicate_not_late(store, run):
 
 
 def test_applied_clicks_are_ranked_against_the_last_published_list(store, run):
-    from state import Profile
-
     run(store.apply([click("u1", 0, 1000)]))
-    run(store.write_profiles([Profile("u1", {}, b"[]", ("a", "item5", "b"), "m1", 1000)]))
+    run(store.write_profiles([profile("u1", ("a", "item5", "b"))]))
     result = run(store.apply([click("u1", 5, 2000), click("u1", 6, 3000, item="b"),
                               click("u1", 7, 4000, item="zz"), click("u1", 6, 5000, item="b")]))
     assert result.outcomes == ["applied", "applied", "applied", "replay"]
@@ -138,7 +157,7 @@ def test_a_user_without_a_list_is_not_ranked(store, run):
 
 def test_scripts_lost_by_redis_are_loaded_again_and_the_batch_applied_once(store, run):
     """SCRIPT FLUSH (what a Redis restart does to the script cache) between two batches."""
-    from state import Profile
+    from dataclasses import replace
 
     run(store.apply([click("u1", 0, 1000)]))
     run(store.client.script_flush())  # every node of a Cluster
@@ -146,6 +165,36 @@ def test_scripts_lost_by_redis_are_loaded_again_and_the_batch_applied_once(store
     assert second.outcomes == ["applied", "replay"]
     assert run(store.meta("u1"))["applied:c"] == 2
     run(store.client.script_flush())
-    written = run(store.write_profiles([Profile("u1", {}, b"[]", (), "m", 2000, {}, changed=("current",))],
-                                       ["current"]))
+    written = run(store.write_profiles([replace(profile("u1"), changed=("current",))]))
     assert written[0].version == 1 and written[0].interest_versions == {"current": 1}
+
+
+def test_a_pending_mark_is_cleared_only_by_the_batch_that_set_it(store, run):
+    run(store.apply([click("u1", 0, 1000), click("u2", 1, 1000)]))
+    first = {("clicks", 0): {"u1": "0", "u2": "1"}}
+    run(store.apply([click("u1", 2, 2000)]))  # a later batch marks u1 again before the first one publishes
+    run(store.clear_pending(first))
+    assert run(store.pending_users("clicks", [0, 1])) == {0: {"u1": "2"}}
+    run(store.clear_pending({("clicks", 0): {"u1": "2"}}))
+    assert run(store.pending_users("clicks", [0])) == {}
+
+
+def test_the_layout_is_claimed_and_another_layout_is_refused_not_misread(store, run):
+    run(store.check_layout())
+    assert run(store.client.get(store.keys.layout())) == b"2"
+    run(store.check_layout())  # idempotent
+    keys = KeySpace().user("u1")
+    run(store.client.set(keys.clicks, b"\x07" + b"\x00" * 24))  # a value of a future layout
+    with pytest.raises(LayoutMismatch, match="layout 7"):
+        run(store.apply([click("u1", 0, 1000)]))
+    with pytest.raises(LayoutMismatch, match="layout 7"):
+        run(store.history("u1"))
+
+
+def test_a_database_of_the_first_layout_is_refused_at_start(store, run):
+    run(store.client.hset(f"{store.keys.prefix}:{{u:old}}:clicks:data", "e1", b"[]"))
+    with pytest.raises(LayoutMismatch, match="layout 1.*migrate"):
+        run(store.check_layout())
+    run(store.client.set(store.keys.layout(), "3"))
+    with pytest.raises(LayoutMismatch, match="layout 3"):
+        run(store.check_layout())

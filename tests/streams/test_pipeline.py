@@ -105,8 +105,9 @@ def test_events_carry_every_interest_with_the_version_at_which_it_changed(pipeli
     assert f"long-term drift {second.drift:.3f}" in line and "session 3 events" in line
     assert pipeline.metrics.drift._sum.get() == pytest.approx(second.drift)
     stored = run(pipeline.store.profile("u1"))
-    assert stored["version:long_term"] == b"2" and stored["version:text"] == b"3"
-    assert len(stored["vector:long_term"]) == 4 * pipeline.refresher.encoder.dim
+    assert stored.versions["long_term"] == 2 and stored.versions["text"] == 3
+    assert len(stored.vectors["long_term"]) == pipeline.refresher.encoder.dim
+    assert stored.body["texts"] == 1 and stored.body["items"] == [[i, round(s, 6)] for i, s in third.items]
 
 
 def test_the_category_weight_moves_recommendations_toward_the_users_categories(pipeline, run):
@@ -146,3 +147,35 @@ def test_a_user_whose_first_event_is_a_search_gets_recommendations_from_the_text
     # A click later, behaviour and text are fused: the list follows both.
     run(pipeline.process([click(0, "s1", "i0", NOW - 500)]))
     assert set(pipeline.publisher.recs[-1].interests) >= {"current", "long_term", "session"}
+
+
+def test_overlapped_stages_keep_the_order_and_the_marks_of_a_later_batch(pipeline, run):
+    """Batch 2 is ingested while batch 1 waits to be refreshed (as the worker overlaps them)."""
+    first = run(pipeline.ingest([click(0, "u1", "i1", NOW - 3000), click(1, "u2", "i2", NOW - 3000)]))
+    second = run(pipeline.ingest([click(2, "u1", "i3", NOW - 2000)]))
+    run(pipeline.refresh(first))
+    run(pipeline.flush_marks())
+    pending = run(pipeline.store.pending_users("clicks", [0]))
+    assert pending == {0: {"u1": "2"}}  # batch 1 cleared u2, not u1: batch 2 marked u1 again
+    run(pipeline.refresh(second))
+    run(pipeline.flush_marks())
+    assert run(pipeline.store.pending_users("clicks", [0])) == {}
+    u1 = [r for r in pipeline.publisher.recs if r.user_id == "u1"]
+    assert [r.version for r in u1] == [1, 2] and u1[-1].clicks_applied == 2
+    # Redis had no long-term interest for u1 when batch 2 was applied; the drift is from batch 1's.
+    assert second.users[0].long_term is None and u1[-1].drift is not None
+
+
+def test_a_batch_retried_after_a_lost_reply_counts_its_events_applied_and_refreshes_the_users(pipeline, run):
+    from state import Entry, StoredClick
+
+    run(pipeline.process([click(0, "u1", "i1", NOW - 5000)]))  # the worker has seen offset 0 applied
+    batch = [click(1, "u1", "i2", NOW - 4000), click(2, "u2", "i3", NOW - 4000)]
+    # The first attempt reached Redis, but the connection broke before its reply came back.
+    run(pipeline.store.apply([Entry(user, "clicks", 0, offset, StoredClick(f"e{offset}", item, 3, NOW - 4000))
+                              for offset, user, item in ((1, "u1", "i2"), (2, "u2", "i3"))]))
+    report = run(pipeline.process(batch))
+    assert report.outcomes == {"applied": 2, "dead_letter": 0}
+    assert {r.user_id: r.clicks_applied for r in report.recommendations} == {"u1": 2, "u2": 1}
+    again = run(pipeline.process(batch))  # a true replay stays one
+    assert again.outcomes == {"replay": 2, "dead_letter": 0} and again.recommendations == []
