@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.config import EncoderConfig  # noqa: E402
 from encoders.features import from_arrays  # noqa: E402
+from encoders.inference import keep_freed_memory  # noqa: E402
 from encoders.nn.model import SequenceEncoder, resolve_device  # noqa: E402
 from encoders.states import Window, WindowEncoder  # noqa: E402
 
@@ -70,9 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[256], help="users per call [default: 256]")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per cell [default: 5]")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads [default: 1, as the worker]")
+    parser.add_argument("--unmap-freed", action="store_true",
+                        help="leave glibc's default of returning large freed blocks to the kernel (the worker "
+                             "keeps them: encoders.inference.keep_freed_memory)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if not args.unmap_freed:
+        keep_freed_memory()
     device = resolve_device(args.device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())

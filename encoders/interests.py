@@ -145,6 +145,7 @@ class Interests:
     categories: list[dict[str, float]]  # time-decayed category shares ({} without categories)
     next_action: np.ndarray | None  # [B, len(action_classes)] probabilities, None without a head
     seen: list[np.ndarray]  # vocabulary rows of the items each user clicked: what ``exclude_seen`` leaves out
+    category_shares: np.ndarray | None = None  # [B, n_categories], the ``categories`` dicts as one matrix
 
     def __len__(self) -> int:
         return len(self.current)
@@ -233,35 +234,60 @@ class CategoryIndex:
         mix = self.shares.sum(0)
         self.catalogue_mix = mix / max(float(mix.sum()), 1e-12)
         self.categories = {item: tuple(categories[item]) for item in item_ids if categories.get(item)}
-        # Items share few distinct category mixes (ML-1M: 301 for 3,706 items): the lift is computed
+        # Items share few distinct category mixes (ML-1M: 300 for 3,416 items): the lift is computed
         # per mix and then spread to the items, not per item.
-        self._mixes, self._item_mix = np.unique(self.shares, axis=0, return_inverse=True)
-        self._item_mix = self._item_mix.reshape(-1)
+        self._mixes, item_mix = np.unique(self.shares, axis=0, return_inverse=True)
+        self.item_mix = item_mix.reshape(-1)  # row -> index of its mix
         self._mix_baseline = self._mixes @ self.catalogue_mix
         self._mix_known = self._mixes.sum(1) > 0
 
     def __bool__(self) -> bool:
         return bool(self.names)
 
+    def shares_of(self, histories: Sequence[tuple[np.ndarray, np.ndarray]], half_life_ms: float) -> np.ndarray:
+        """[B, n_categories] `category_distribution` of many histories of (vocabulary rows, times) at once.
+
+        A row sums to 1, or is all zeros when none of the user's items has a category.
+        """
+        out = np.zeros((len(histories), len(self.names)), dtype=np.float64)
+        lengths = np.fromiter((len(rows) for rows, _ in histories), dtype=np.int64, count=len(histories))
+        if not self.names or not lengths.sum():
+            return out
+        rows = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in histories])
+        ts = np.concatenate([np.asarray(t, dtype=np.float64) for _, t in histories])
+        present = lengths > 0
+        starts = (np.cumsum(lengths) - lengths)[present]  # each user's events are one segment
+        newest = np.repeat(np.maximum.reduceat(ts, starts), lengths[present])
+        weights = np.exp2(-(newest - ts) / half_life_ms) if half_life_ms > 0 else np.ones(len(ts))
+        out[present] = np.add.reduceat(weights[:, None] * self.shares[rows], starts, axis=0)
+        total = out.sum(1, keepdims=True)
+        return np.divide(out, total, out=np.zeros_like(out), where=total > 0)
+
+    def as_dict(self, shares: np.ndarray) -> dict[str, float]:
+        """One row of `shares_of` as {category: share}, largest first (ties by name), zeros left out."""
+        order = np.argsort(-shares, kind="stable")  # names are sorted: ties keep name order
+        return {self.names[j]: float(shares[j]) for j in order if shares[j] > 0}
+
     def distribution(self, rows: np.ndarray, ts: np.ndarray, half_life_ms: float) -> dict[str, float]:
         """`category_distribution` of a history given as vocabulary rows, largest share first."""
-        if not self.names or not len(rows):
-            return {}
-        mass = decay_weights(ts, half_life_ms) @ self.shares[np.asarray(rows)].astype(np.float64)
-        total = float(mass.sum())
-        if not total:
-            return {}
-        order = sorted(np.flatnonzero(mass).tolist(), key=lambda j: (-mass[j], self.names[j]))
-        return {self.names[j]: float(mass[j] / total) for j in order}
+        return self.as_dict(self.shares_of([(rows, ts)], half_life_ms)[0]) if self.names else {}
 
-    def lift(self, distributions: Sequence[Mapping[str, float]]) -> np.ndarray:
-        """[B, n_items] log lift of each item's categories for each user (0 where unknown)."""
+    def mix_of(self, distributions: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """[B, n_categories] shares of category dicts (categories the catalogue lacks left out)."""
         user_mix = np.zeros((len(distributions), len(self.names)), dtype=np.float32)
         for row, dist in enumerate(distributions):
             for cat, share in dist.items():
                 if cat in self._column:
                     user_mix[row, self._column[cat]] = share
+        return user_mix
+
+    def mix_lift(self, user_mix: np.ndarray) -> np.ndarray:
+        """[B, n_mixes] log lift of each distinct category mix for each user; ``[:, item_mix]`` gives items."""
         lift = np.log((user_mix @ self._mixes.T + _EPS) / (self._mix_baseline[None, :] + _EPS)).astype(np.float32)
         lift[:, ~self._mix_known] = 0.0
-        lift[np.asarray([not d for d in distributions], dtype=bool)] = 0.0
-        return lift[:, self._item_mix]
+        lift[user_mix.sum(1) <= 0] = 0.0
+        return lift
+
+    def lift(self, distributions: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """[B, n_items] log lift of each item's categories for each user (0 where unknown)."""
+        return self.mix_lift(self.mix_of(distributions))[:, self.item_mix]

@@ -87,8 +87,8 @@ class Window:
 class _State:
     """What a user's window left behind: keys/values per position, last hidden state, long-term sums.
 
-    ``kv`` is [capacity, n_layers, 2, H, d/H], positions first, so that a
-    batch of them pads into one tensor in a single call.
+    ``kv`` is [n_layers, 2, H, capacity, d/H]: the first ``n`` positions hold
+    the window, the rest is room to grow.
     """
 
     __slots__ = ("keys", "kv", "n", "last", "long_sum", "long_norm", "ref_ts", "counted")
@@ -108,11 +108,11 @@ class _State:
     def append(self, keys: np.ndarray, kv: torch.Tensor, hidden: np.ndarray, ts: np.ndarray,
                half_life_ms: float, max_len: int) -> None:
         k = len(keys)
-        if self.n + k > len(self.kv):  # grow the buffer by doubling, never past the window's bound
-            grown = self.kv.new_empty((_capacity(self.n + k, max_len), *self.kv.shape[1:]))
-            grown[: self.n] = self.kv[: self.n]
+        if self.n + k > self.kv.shape[-2]:  # grow the buffer by doubling, never past the window's bound
+            grown = self.kv.new_empty((*self.kv.shape[:-2], _capacity(self.n + k, max_len), self.kv.shape[-1]))
+            grown[..., : self.n, :] = self.kv[..., : self.n, :]
             self.kv = grown
-        self.kv[self.n: self.n + k] = kv
+        self.kv[..., self.n: self.n + k, :] = kv
         self.keys = np.concatenate([self.keys, keys])
         self.n += k
         self.last = hidden[-1]
@@ -155,6 +155,7 @@ class WindowEncoder:
         self.cache_bytes = cache_bytes
         self.device = next(model.parameters()).device
         self._cache: OrderedDict[object, _State] = OrderedDict()
+        self._workspace: torch.Tensor | None = None  # reused by `_past`
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self.stats = {"reused": 0, "extended": 0, "encoded": 0, "evicted": 0}  # windows, since start
@@ -210,7 +211,7 @@ class WindowEncoder:
         new = [windows[row].seq.window(windows[row].start + state.n, None) for row, state in jobs]
         k = max(len(s) for s in new)
         batch = pad_batch(new, k)
-        past = torch.nn.utils.rnn.pad_sequence([state.kv[: state.n] for _, state in jobs], batch_first=True)
+        past = self._past(jobs)
         lengths = torch.as_tensor([state.n for _, state in jobs])
         hidden, kv = self.model.extend(*(self._to_device(a) for a in (batch.items, batch.actions, batch.gaps)),
                                        past, lengths)
@@ -218,11 +219,30 @@ class WindowEncoder:
         for i, ((row, state), seq) in enumerate(zip(jobs, new)):
             window, m = windows[row], len(seq)
             at = window.start + state.n
-            state.append(window.keys[at: at + m], kv[i, :m], hidden[i, :m], window.ts[at: at + m],
+            state.append(window.keys[at: at + m], kv[:, :, i, :, :m], hidden[i, :m], window.ts[at: at + m],
                          self.half_life_ms, self.model.config.max_len)
             self._account(window.cache_key, state)
             last[row], long_term[row] = state.last, state.long_term
         self.stats["extended"] += len(jobs)
+
+    def _past(self, jobs: list[tuple[int, _State]]) -> torch.Tensor:
+        """The cached keys/values of the jobs' windows, [n_layers, 2, B, H, P, d/H], in a reused buffer.
+
+        One copy per user into memory allocated once: a fresh tensor per batch
+        of 256 full windows (51 MB) cost more in page faults than in copying.
+        """
+        kv0 = jobs[0][1].kv
+        b, p = len(jobs), max(state.n for _, state in jobs)
+        shape = (*kv0.shape[:2], b, kv0.shape[2], p, kv0.shape[-1])
+        have = self._workspace
+        if have is None or have.dtype != kv0.dtype or have.shape[2] < b or have.shape[4] < p:
+            size = (*shape[:2], max(b, have.shape[2] if have is not None else 0), shape[3],
+                    max(p, have.shape[4] if have is not None else 0), shape[5])
+            self._workspace = have = kv0.new_zeros(size)
+        past = have[:, :, :b, :, :p]
+        for i, (_, state) in enumerate(jobs):
+            past[:, :, i, :, : state.n] = state.kv[..., : state.n, :]
+        return past
 
     def _encode_scratch(self, windows: Sequence[Window], rows: list[int], last: np.ndarray,
                         long_term: np.ndarray) -> None:
@@ -244,8 +264,9 @@ class WindowEncoder:
                     last[row] = hidden[i, m - 1]
                     long_term[row] = (w @ hidden[i, :m].astype(np.float64) / w.sum()).astype(np.float32)
                     continue
-                window_kv = kv.new_empty((_capacity(m, self.model.config.max_len), *kv.shape[2:]))
-                window_kv[:m] = kv[i, :m]
+                window_kv = kv.new_empty((*kv.shape[:2], kv.shape[3], _capacity(m, self.model.config.max_len),
+                                          kv.shape[-1]))
+                window_kv[..., :m, :] = kv[:, :, i, :, :m]
                 state = _State(window.keys[window.start:], window_kv, hidden[i, m - 1], ts, hidden[i, :m],
                                self.half_life_ms)
                 last[row], long_term[row] = state.last, state.long_term

@@ -168,7 +168,7 @@ class SequenceEncoder(nn.Module):
     def encode_cached(self, items: torch.Tensor, actions: torch.Tensor,
                       gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states [B, L, d] (as `forward` gives them, in eval mode) and keys/values
-        [B, L, n_layers, 2, H, d/H] (position-major, a view) of right-padded inputs at positions 0..L-1."""
+        [n_layers, 2, B, H, L, d/H] of right-padded inputs at positions 0..L-1."""
         b, length = items.shape
         d = self.config.d_model
         x = self._inputs(items, actions, gaps, torch.arange(length, device=items.device).expand(b, length))
@@ -180,13 +180,13 @@ class SequenceEncoder(nn.Module):
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + block.attn.c_proj(a.transpose(1, 2).reshape(b, length, d))
             x = self._mlp(block, x)
-        return self._final(x), torch.stack(cache).permute(2, 4, 0, 1, 3, 5)
+        return self._final(x), torch.stack(cache)
 
     def extend(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor, past: torch.Tensor,
                past_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states [B, k, d] of k events appended to each row, and their keys/values [B, k, n_layers, 2, H, d/H].
+        """Hidden states [B, k, d] of k events appended to each row, and their keys/values [n_layers, 2, B, H, k, d/H].
 
-        ``past`` [B, P, n_layers, 2, H, d/H] holds the keys and values of the
+        ``past`` [n_layers, 2, B, H, P, d/H] holds the keys and values of the
         events before them (row b's first ``past_lengths[b]`` positions; the
         rest is padding), so the new events sit at positions
         ``past_lengths[b]`` onwards.  New events are right-padded like any
@@ -194,7 +194,7 @@ class SequenceEncoder(nn.Module):
         real one needs.
         """
         b, k = items.shape
-        d, p = self.config.d_model, past.shape[1]
+        d, p = self.config.d_model, past.shape[-2]
         lengths = past_lengths.to(items.device)
         positions = lengths[:, None] + torch.arange(k, device=items.device)[None, :]
         x = self._inputs(items, actions, gaps, positions.clamp(max=self.config.max_len - 1))
@@ -206,11 +206,11 @@ class SequenceEncoder(nn.Module):
             h = F.layer_norm(x, (d,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
             q, key, value = (self._heads(t) for t in block.attn.c_attn(h).split(d, dim=2))
             cache.append(torch.stack([key, value]))
-            past_k, past_v = past[:, :, layer, 0].transpose(1, 2), past[:, :, layer, 1].transpose(1, 2)
+            past_k, past_v = past[layer, 0], past[layer, 1]
             scores = torch.cat([(q @ past_k.transpose(-1, -2)).masked_fill(~keep_past, float("-inf")),
                                 (q @ key.transpose(-1, -2)).masked_fill(~causal, float("-inf"))], dim=-1)
             weights = torch.softmax(scores * scale, dim=-1)
             a = weights[..., :p] @ past_v + weights[..., p:] @ value
             x = x + block.attn.c_proj(a.transpose(1, 2).reshape(b, k, d))
             x = self._mlp(block, x)
-        return self._final(x), torch.stack(cache).permute(2, 4, 0, 1, 3, 5)
+        return self._final(x), torch.stack(cache)

@@ -25,7 +25,10 @@ def load_encoders(settings: Settings):
         raise ConfigurationError("no checkpoint: pass --checkpoint DIR (IU_CHECKPOINT), made by `train`")
     import torch
 
+    from encoders.inference import keep_freed_memory
+
     torch.set_num_threads(settings.torch_threads)
+    keep_freed_memory()
     encoder = load_sequence_encoder(settings)
     text_encoder = None
     if settings.text_encoder:

@@ -76,3 +76,17 @@ def test_a_user_with_no_events_gets_zero_vectors(synthetic_checkpoint):
     encoder = InterestEncoder.from_checkpoint(synthetic_checkpoint, device="cpu")
     encoded = encoder.encode_interests([[], _events(2)])
     assert not encoded.current[0].any() and not encoded.long_term[0].any() and encoded.long_term[1].any()
+
+
+def test_category_shares_of_many_histories_equal_each_alone():
+    cats = {"a": ["x"], "b": ["x", "y"], "c": ["z"], "d": []}
+    index = CategoryIndex(["a", "b", "c", "d"], cats)
+    row = {"a": 2, "b": 3, "c": 4, "d": 5}
+    histories = [(["a", "b"], [0, DAY_MS]), ([], []), (["d"], [5]), (["c", "a", "c"], [0, 3 * DAY_MS, 9 * DAY_MS])]
+    arrays = [(np.array([row[i] for i in items], dtype=np.int64), np.array(ts, dtype=np.int64))
+              for items, ts in histories]
+    shares = index.shares_of(arrays, 2 * DAY_MS)
+    for (items, ts), got in zip(histories, shares):
+        assert index.as_dict(got) == pytest.approx(category_distribution(items, ts, cats, 2 * DAY_MS))
+    assert list(index.as_dict(shares[3])) == ["z", "x"]  # largest first
+    assert not shares[1].any() and not shares[2].any()
