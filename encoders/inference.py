@@ -98,7 +98,8 @@ class InterestEncoder:
     def __init__(self, model: SequenceEncoder, vocab: ItemVocab, model_version: str = "", *,
                  fusion=None, categories: dict[str, tuple[str, ...]] | None = None,
                  action_classes: Sequence[str] = (), half_life_ms: float = DEFAULT_HALF_LIFE_MS,
-                 window_hop: int = 1, cache_bytes: int = 0) -> None:
+                 window_hop: int = 1, cache_bytes: int = 0, ann_above: int = 0, ann_candidates: int = 200,
+                 ann_probe: int = 128, index_kind: str = "ivf", index_cache: str | Path | None = None) -> None:
         if len(vocab) != model.config.n_items:
             raise ValueError(f"vocab has {len(vocab)} entries but model.config.n_items={model.config.n_items}")
         if not 1 <= window_hop <= model.config.max_len:
@@ -121,16 +122,28 @@ class InterestEncoder:
         self._table = model.item_table().detach().float()
         self._item_mix = torch.as_tensor(self.categories.item_mix, dtype=torch.long, device=self.device)
         self._lock = threading.Lock()
+        self.ann_candidates = ann_candidates
+        self.index = None  # above ann_above items: an index proposes candidates (`encoders.retrieval`)
+        if 0 < ann_above < len(vocab) - FIRST_ITEM:
+            from .retrieval import CandidateIndex
+
+            self.index = CandidateIndex(self._table.cpu().numpy(), self.categories.shares if self.categories else None,
+                                        FIRST_ITEM, probe=ann_probe, kind=index_kind, cache_dir=index_cache,
+                                        version=model_version)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", half_life_ms: float = DEFAULT_HALF_LIFE_MS,
-                        window_hop: int = 1, cache_bytes: int = 0) -> InterestEncoder:
-        """Load a checkpoint directory (see `encoders.checkpoint`) with its fusion and categories."""
+                        window_hop: int = 1, cache_bytes: int = 0, **scoring) -> InterestEncoder:
+        """Load a checkpoint directory (see `encoders.checkpoint`) with its fusion and categories.
+
+        ``scoring``: ``ann_above``, ``ann_candidates``, ``ann_probe``, ``index_kind`` and ``index_cache``
+        (see `encoders.retrieval`).
+        """
         model, vocab, meta = load_checkpoint(path, device)
         fusion = load_fusion(path, device=next(model.parameters()).device)
         return cls(model, vocab, meta.model_version, fusion=fusion, categories=load_categories(path),
                    action_classes=meta.extra.get("action_classes", ()), half_life_ms=half_life_ms,
-                   window_hop=min(window_hop, model.config.max_len), cache_bytes=cache_bytes)
+                   window_hop=min(window_hop, model.config.max_len), cache_bytes=cache_bytes, **scoring)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         # bf16 on the GPU only: on CPU it is slower and changes results.
@@ -337,16 +350,44 @@ class InterestEncoder:
     def _rank_rows(self, interests: Interests, weights: BlendWeights, k: int,
                    exclude_seen: bool) -> list[list[tuple[int, float]]]:
         query = weights.query(interests.current, interests.long_term, interests.session)
-        add_lift = None
+        exclude = interests.seen if exclude_seen else None
+        add_lift = user_mix = None
         if weights.categories and self.categories:
             shares = interests.category_shares
             user_mix = (self.categories.mix_of(interests.categories) if shares is None else shares).astype(np.float32)
+        if self.index is not None:
+            return self._top_candidates(query, k, exclude, user_mix, weights.categories)
+        if user_mix is not None:
             mix_lift = self._to_device(self.categories.mix_lift(user_mix))
 
             def add_lift(scores: torch.Tensor) -> None:  # per distinct mix, spread to the items in place
                 scores.add_(mix_lift.index_select(1, self._item_mix), alpha=weights.categories)
 
-        return self._top_rows(query, k, interests.seen if exclude_seen else None, add_lift)
+        return self._top_rows(query, k, exclude, add_lift)
+
+    def _top_candidates(self, query: np.ndarray, k: int, exclude: Sequence | None, user_mix: np.ndarray | None,
+                        weight: float) -> list[list[tuple[int, float]]]:
+        """The rule of `_top_rows` on the index's candidates only (see `encoders.retrieval`)."""
+        query = np.asarray(query, dtype=np.float32)
+        most_seen = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        fetch = min(self.ann_candidates + most_seen, len(self.vocab) - FIRST_ITEM)
+        terms = None if user_mix is None else weight * self.categories.category_lift(user_mix)
+        with self._lock:
+            found = self.index.candidates(query, terms, fetch)
+        invalid = found < 0
+        if exclude is not None:
+            invalid |= np.stack([np.isin(row, seen) for row, seen in zip(found, exclude)])
+        with self._lock, torch.inference_mode():
+            rows = torch.from_numpy(np.where(invalid, 0, found)).to(self.device)
+            scores = torch.einsum("bkd,bd->bk", self._table[rows], self._to_device(query))
+            if user_mix is not None:
+                mix_lift = self._to_device(self.categories.mix_lift(user_mix))
+                scores.add_(mix_lift.gather(1, self._item_mix[rows]), alpha=weight)
+            scores.masked_fill_(self._to_device(invalid), float("-inf"))
+            values, at = scores.topk(min(k, fetch), dim=1)
+            picked = rows.gather(1, at)
+        return [[(int(r), float(v)) for r, v in zip(row_r, row_v) if v != float("-inf")]
+                for row_r, row_v in zip(picked.cpu().tolist(), values.cpu().tolist())]
 
     def recommend(self, users: Sequence[UserEvents], weights: BlendWeights = BlendWeights(), *, k: int = 10,
                   exclude_seen: bool = True) -> list[Recommendation]:

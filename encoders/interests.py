@@ -288,6 +288,12 @@ class CategoryIndex:
         lift[user_mix.sum(1) <= 0] = 0.0
         return lift
 
+    def category_lift(self, user_mix: np.ndarray) -> np.ndarray:
+        """[B, n_categories] log lift of each single category: an item of category c gets column c."""
+        lift = np.log((user_mix + _EPS) / (self.catalogue_mix[None, :] + _EPS)).astype(np.float32)
+        lift[user_mix.sum(1) <= 0] = 0.0
+        return lift
+
     def lift(self, distributions: Sequence[Mapping[str, float]]) -> np.ndarray:
         """[B, n_items] log lift of each item's categories for each user (0 where unknown)."""
         return self.mix_lift(self.mix_of(distributions))[:, self.item_mix]

@@ -196,7 +196,13 @@ class Worker:
     async def _every(self, seconds: float, tick) -> None:
         while True:
             await asyncio.sleep(seconds)
-            await tick()
+            try:
+                await tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (a timer must outlive one bad tick)
+                self.metrics.errors.labels(type(exc).__name__).inc()
+                log.warning("%s failed (%s: %s); next tick in %.1fs", tick.__name__, type(exc).__name__, exc, seconds)
 
     async def _beat(self) -> None:
         self.health.beat()
@@ -406,13 +412,18 @@ class Worker:
 
 def load_sequence_encoder(settings: Settings):
     """The `InterestEncoder` of --checkpoint, with the settings that shape its interests."""
+    import os
+
     from encoders.inference import InterestEncoder
     from encoders.interests import DAY_MS
 
     return InterestEncoder.from_checkpoint(settings.checkpoint, device=settings.device,
                                            half_life_ms=settings.long_term_half_life * DAY_MS,
                                            window_hop=settings.window_hop,
-                                           cache_bytes=settings.encoder_cache_mb * 2**20)
+                                           cache_bytes=settings.encoder_cache_mb * 2**20,
+                                           ann_above=settings.ann_above, ann_candidates=settings.ann_candidates,
+                                           ann_probe=settings.ann_probe,
+                                           index_cache=os.path.expanduser(settings.index_cache))
 
 
 def _raw(record) -> RawRecord:

@@ -81,6 +81,14 @@ class Settings:
     text_cache: int = _option(50_000, "Texts whose embedding is kept for when the same text comes again (searches "
                                       "repeat; 768 bytes each). 0: embed every text.")
     top_k: int = _option(10, "Recommendations per user.")
+    ann_above: int = _option(200_000, "Catalogues larger than this many items are searched through an inverted-file "
+                                      "index (faiss) built when a model loads, candidates then scored by the full "
+                                      "rule; smaller ones are scanned exactly. 0: always scan.")
+    ann_candidates: int = _option(200, "Candidates taken from the index per user, besides the user's seen items.")
+    ann_probe: int = _option(128, "Index lists searched per user (of about 4*sqrt(items)): more finds more of the "
+                                  "exact top-K, at more time (bench/ann_bench.py).")
+    index_cache: str = _option("~/.cache/interest-updater", "Folder where built indexes are kept, by model version, "
+                                                            "so a restart loads one instead of building it.")
     exclude_seen: bool = _option(True, "Leave items already in the user's history out of recommendations.")
     session_gap: float = _option(1800.0, "Seconds of inactivity that end a session.")
     long_term_half_life: float = _option(30.0, "Days after which an event counts half in the long-term "
@@ -165,6 +173,11 @@ def _check(settings: Settings) -> None:
             raise ConfigurationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
     if settings.checkpoint_poll < 0 or settings.long_term_half_life < 0:
         raise ConfigurationError("--checkpoint-poll and --long-term-half-life cannot be negative")
+    if settings.ann_probe < 1:
+        raise ConfigurationError(f"--ann-probe must be at least 1, got {settings.ann_probe}")
+    if settings.ann_above < 0 or settings.ann_candidates < settings.top_k:
+        raise ConfigurationError(f"--ann-above cannot be negative and --ann-candidates must be at least --top-k, got "
+                                 f"{settings.ann_above} and {settings.ann_candidates}")
     if settings.text_cache < 0:
         raise ConfigurationError(f"--text-cache cannot be negative, got {settings.text_cache}")
     if settings.encoder_cache_mb < 0:

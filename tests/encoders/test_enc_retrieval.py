@@ -1,0 +1,62 @@
+"""Large catalogues: the index's candidates, re-ranked by the rule, give the scan's lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.config import EncoderConfig
+from encoders.inference import InterestEncoder
+from encoders.interests import BlendWeights, History
+from encoders.nn.model import SequenceEncoder
+from encoders.vocab import ItemVocab
+
+ITEMS = 3000
+BLEND = BlendWeights(current=1.0, long_term=0.25, session=0.5, categories=0.5)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    model = SequenceEncoder(EncoderConfig(n_items=ITEMS + 2, d_model=32, n_layers=1, n_heads=2, max_len=50)).eval()
+    with torch.no_grad():
+        model.item_emb.weight.normal_(0.0, 1.0)
+    vocab = ItemVocab(f"i{n}" for n in range(ITEMS))
+    categories = {f"i{n}": (f"c{n % 7}",) + ((f"c{n % 5}",) if n % 3 == 0 else ()) for n in range(ITEMS)}
+    rng = np.random.default_rng(1)
+    histories = []
+    for user in range(60):
+        n = int(rng.integers(1, 40))
+        histories.append(History(f"u{user}", rng.integers(2, ITEMS + 2, n), rng.integers(2, 6, n),
+                                 1_700_000_000_000 + np.cumsum(rng.integers(1, 10**6, n)),
+                                 np.arange(n, dtype=np.uint64), total=n))
+    return model, vocab, categories, histories
+
+
+def _lists(encoder, histories):
+    return [rec.rows for rec in encoder.recommend_histories(histories, BLEND, k=10)]
+
+
+def test_candidates_from_every_list_give_the_scan_exactly(parts, tmp_path):
+    model, vocab, categories, histories = parts
+    scan = InterestEncoder(model, vocab, "m", categories=categories)
+    every = InterestEncoder(model, vocab, "m", categories=categories, ann_above=1000, ann_candidates=ITEMS, ann_probe=ITEMS,
+                            index_cache=tmp_path)
+    assert scan.index is None and every.index is not None
+    assert _lists(every, histories) == _lists(scan, histories)
+    assert list(tmp_path.glob("ivf-m-*.faiss"))  # saved for the next start
+    again = InterestEncoder(model, vocab, "m", categories=categories, ann_above=1000, ann_candidates=ITEMS, ann_probe=ITEMS,
+                            index_cache=tmp_path)
+    assert _lists(again, histories) == _lists(scan, histories)  # loaded from the cache
+
+
+def test_a_few_hundred_candidates_find_nearly_all_of_the_scans_top_10(parts):
+    model, vocab, categories, histories = parts
+    scan = InterestEncoder(model, vocab, "m", categories=categories)
+    ann = InterestEncoder(model, vocab, "m", categories=categories, ann_above=1000, ann_candidates=200)
+    found, truth = _lists(ann, histories), _lists(scan, histories)
+    recall = np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth)])
+    assert recall >= 0.9, recall
+    seen = [set(h.items.tolist()) for h in histories]
+    assert not any(set(rows) & s for rows, s in zip(found, seen))  # seen items stay out
