@@ -26,7 +26,8 @@ from encoders.data import load_dataset  # noqa: E402
 from streams.cli.replay import replay_events  # noqa: E402
 from streams.clients.kafka import Producer, ensure_topics  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
-from streams.harness import histogram_quantile, scrape, since, wait_until_applied, worker_process  # noqa: E402
+from streams.harness import (  # noqa: E402
+    histogram_quantile, scrape, since, wait_until_applied, wait_until_idle, worker_process)
 from streams.settings import Settings  # noqa: E402
 
 
@@ -43,14 +44,14 @@ def run_mode(stack, checkpoint: str, events_of, batch_max: int, run: int, workdi
     with worker_process(settings, workdir / f"{name}.log") as worker:
         # Warm up: the worker has joined its group and loaded its models once this is applied.
         wait_until_applied(settings, producer.send_all(events[:1]), worker, timeout=180)
-        time.sleep(0.5)
+        wait_until_idle(settings.metrics_port)
         metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         before = scrape(metrics_url)  # the warm-up's freshness includes start-up: leave it out
         started = time.monotonic()
         ends = producer.send_all(events[1:], rate=rate)
         wait_until_applied(settings, ends, worker, timeout=1800)
         elapsed = time.monotonic() - started
-        time.sleep(1.0)
+        wait_until_idle(settings.metrics_port)  # the last batch's recommendations are published
         samples = since(scrape(metrics_url), before)
     producer.close()
     return {"events_per_s": (len(events) - 1) / elapsed,

@@ -2,9 +2,10 @@
 
 A worker runs in a child process (`worker_process`) that dies with its parent;
 callers synchronise on conditions, never on sleeps: Redis's resume offsets
-(`wait_until_applied`), the readiness endpoint (`wait_ready`,
-`wait_not_ready`) and the test-only fault points of `streams.faults`
-(`wait_for_fault`).  `scrape` reads a worker's /metrics.
+(`wait_until_applied`), the worker's own metrics (`wait_until_idle`: every
+batch taken is published; `wait_for_metric`), the readiness endpoint
+(`wait_ready`, `wait_not_ready`) and the test-only fault points of
+`streams.faults` (`wait_for_fault`).  `scrape` reads a worker's /metrics.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import orjson
 from streams.embedded import die_with_parent
 from streams.settings import Settings, secret_env, settings_argv
 
-__all__ = ["worker_process", "stop_process", "wait_until_applied", "wait_until_idle", "wait_ready", "wait_not_ready",
-           "wait_for_fault", "scrape", "total", "histogram_quantile", "since"]
+__all__ = ["worker_process", "stop_process", "wait_until_applied", "wait_until_idle", "wait_until_nothing_pending",
+           "wait_for_metric", "wait_ready", "wait_not_ready", "wait_for_fault", "scrape", "total",
+           "histogram_quantile", "since"]
 
 
 def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], worker: subprocess.Popen | None = None,
@@ -54,15 +56,59 @@ def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], wor
     raise TimeoutError(f"the worker did not apply the replay within {timeout:.0f}s")
 
 
+def wait_until_nothing_pending(settings: Settings, timeout: float = 120.0, poll: float = 0.1) -> None:
+    """Block until no user is marked pending on any partition (every applied event's user was published)."""
+    import asyncio
+
+    from state import Store
+    from state.keys import KeySpace
+
+    async def pending() -> bool:
+        store = Store.from_url(settings.redis_url, cluster=settings.redis_cluster, keys=KeySpace(settings.key_prefix))
+        try:
+            for topic in (settings.topic_clicks, settings.topic_texts):
+                if await store.pending_users(topic, range(settings.partitions)):
+                    return True
+            return False
+        finally:
+            await store.close()
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not asyncio.run(pending()):
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"users were still pending after {timeout:.0f}s")
+
+
 def wait_until_idle(metrics_port: int, timeout: float = 60.0, poll: float = 0.05) -> None:
     """Block until the worker on ``metrics_port`` has published every batch it took (``iu_batches_in_flight`` 0)."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if total(scrape(url), "iu_batches_in_flight") == 0:
+        if _metric(url, "iu_batches_in_flight") == 0:
             return
         time.sleep(poll)
     raise TimeoutError(f"the worker on metrics port {metrics_port} was still busy after {timeout:.0f}s")
+
+
+def wait_for_metric(metrics_port: int, name: str, at_least: float, timeout: float = 120.0, **labels: str) -> None:
+    """Block until the sum of metric ``name`` (with ``labels``) on the worker's /metrics reaches ``at_least``."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (_metric(url, name, **labels) or 0.0) >= at_least:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} on metrics port {metrics_port} did not reach {at_least} within {timeout:.0f}s")
+
+
+def _metric(url: str, name: str, **labels: str) -> float | None:
+    """A metric's sum, or None while the worker does not serve /metrics yet (still loading its models)."""
+    try:
+        return total(scrape(url), name, **labels)
+    except OSError:
+        return None
 
 
 def wait_ready(metrics_port: int, timeout: float = 90.0) -> None:

@@ -21,7 +21,8 @@ import orjson
 
 from streams.cli.format import format_interests, format_recommendation
 from streams.embedded import embedded_stack, free_port
-from streams.harness import histogram_quantile, scrape, since, total, wait_until_applied, worker_process
+from streams.harness import (histogram_quantile, scrape, since, total, wait_until_applied, wait_until_idle,
+                             worker_process)
 from streams.settings import Settings
 
 __all__ = ["demo"]
@@ -75,8 +76,8 @@ def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen
         # The first event waits for the worker to load its models and join its group,
         # so that the replay below measures the pipeline, not the start-up.
         wait_until_applied(settings, producer.send_all(events[:1]), worker)
+        wait_until_idle(settings.metrics_port)
         print("worker ready; replaying", flush=True)
-        time.sleep(0.5)
         steady = STEADY_EVENTS if not args.rate and len(events) > 2 * STEADY_EVENTS else 0
         bulk, tail = events[1:len(events) - steady], events[len(events) - steady:]
         phases = [_replay_phase(settings, worker, producer, bulk, args.rate, "replay")]
@@ -85,7 +86,7 @@ def _replay_and_show(args, settings: Settings, dataset, worker: subprocess.Popen
                                         f"real time at {STEADY_RATE:.0f} events/s"))
     finally:
         producer.close()
-    time.sleep(1.0)  # the last batch's recommendations are published just after its offsets
+    wait_until_idle(settings.metrics_port)  # the last batch's recommendations are published after its offsets
     printer.stop()
     _summary(settings, printer.seen, phases)
     if args.linger > 0:
@@ -103,7 +104,7 @@ def _replay_phase(settings: Settings, worker, producer, events, rate: float, nam
         ends = producer.send_all(events, rate=rate, progress=bar)
     wait_until_applied(settings, ends, worker)
     elapsed = time.monotonic() - started
-    time.sleep(0.3)  # its last recommendations
+    wait_until_idle(settings.metrics_port)  # its last recommendations
     return name, elapsed, since(scrape(_metrics_url(settings)), before)
 
 

@@ -18,7 +18,8 @@ from collections import Counter, defaultdict
 import pytest
 
 from encoders.data import load_movielens_small
-from streams.harness import stop_process, wait_ready, wait_until_applied, worker_process
+from streams.harness import (stop_process, wait_for_metric, wait_ready, wait_until_applied, wait_until_idle,
+                             wait_until_nothing_pending, worker_process)
 from streams.embedded import free_port
 from streams.cli.replay import replay_events
 from streams.clients.kafka import Producer, ensure_topics
@@ -39,14 +40,15 @@ def checkpoint(data_dir, tmp_path_factory):
                  max_len=50, epochs=1, progress=False)
 
 
-# Seconds into the replay at which worker A is killed; more points: IU_TEST_KILL_POINTS="0.5,1.5,2.5,3.5,4.5".
-KILL_POINTS = [float(x) for x in os.environ.get("IU_TEST_KILL_POINTS", "1.0,3.5").split(",")]
+# Events worker A has applied when it is killed (it owns about half of the 1,500); more points:
+# IU_TEST_KILL_POINTS="50,200,400,600".
+KILL_POINTS = [int(x) for x in os.environ.get("IU_TEST_KILL_POINTS", "150,500").split(",")]
 
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
 def test_kill_restart_and_rebalance_apply_every_event_once(kill_at, broker_url, redis_url, data_dir, checkpoint,
                                                            tmp_path, assert_clicks_applied_once, read_recommendations):
-    name = f"cr{int(kill_at * 10)}"
+    name = f"cr{kill_at}"
     base = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(checkpoint), app_id=f"{name}-group",
                     topic_clicks=f"{name}-clicks", topic_texts=f"{name}-texts", topic_recs=f"{name}-recs",
                     topic_dead=f"{name}-dead", key_prefix=name, text_encoder=False, batch_within=0.1,
@@ -63,17 +65,20 @@ def test_kill_restart_and_rebalance_apply_every_event_once(kill_at, broker_url, 
         wait_ready(a.metrics_port)
         wait_ready(b.metrics_port)
         sender.start()
-        time.sleep(kill_at)
+        wait_for_metric(a.metrics_port, "iu_events_total", kill_at)
         worker_a.kill()  # SIGKILL: no shutdown code runs
-        time.sleep(3.0)
+        time.sleep(3.0)  # the scenario: A comes back 3 s later (not a wait for anything)
         with worker_process(a2, tmp_path / "a2.log"):
-            time.sleep(2.0)
+            wait_ready(a2.metrics_port)
             stop_process(worker_b)  # SIGTERM: a clean leave
             with worker_process(c, tmp_path / "c.log") as worker_c:
+                wait_ready(c.metrics_port)
                 sender.join()
                 producer.close()
                 wait_until_applied(base, ends, worker_c, timeout=240)
-                time.sleep(2.0)  # recommendations of the last batches, and pending recoveries
+                wait_until_nothing_pending(base, timeout=120)  # the users A left pending were recovered
+                wait_until_idle(a2.metrics_port)
+                wait_until_idle(c.metrics_port)
 
     clicks = assert_clicks_applied_once(events, base.topic_clicks, name)
 
@@ -89,5 +94,5 @@ def test_kill_restart_and_rebalance_apply_every_event_once(kill_at, broker_url, 
     for user in clicks:
         assert newest[user]["clicks_applied"] == len(clicks[user]), user
     repeats = Counter(len(v) for v in versions.values())
-    print(f"kill at {kill_at}s: {len(recommendations)} recommendation events for {len(versions)} users; "
+    print(f"kill after {kill_at} events: {len(recommendations)} recommendation events for {len(versions)} users; "
           f"events per user {dict(sorted(repeats.items())[:5])}...")

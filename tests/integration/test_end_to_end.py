@@ -21,7 +21,8 @@ import pytest
 from encoders.data import load_movielens_small
 from state import Store
 from state.layout import event_hash
-from streams.harness import wait_for_fault, wait_not_ready, wait_ready, wait_until_applied, worker_process
+from streams.harness import (wait_for_fault, wait_for_metric, wait_not_ready, wait_ready, wait_until_applied,
+                             wait_until_idle, worker_process)
 from streams.embedded import free_port
 from streams.harness import scrape, total
 from streams.cli.replay import replay_events
@@ -104,7 +105,7 @@ def test_replay_with_bad_events_lands_exactly_once(broker_url, redis_url, data_d
         producer.close()
         ends = {tp: max(ends.get(tp, -1), ends2.get(tp, -1)) for tp in ends | ends2}
         wait_until_applied(settings, ends, worker, timeout=240)
-        time.sleep(1.5)
+        wait_until_idle(settings.metrics_port)  # every batch taken is published
         metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
         assert worker.poll() is None, "the worker must not exit on bad input"
 
@@ -201,7 +202,7 @@ def test_a_new_consumer_group_resumes_from_the_offsets_in_redis(broker_url, redi
     second = settings.with_overrides(app_id="rs-second", metrics_port=free_port())
     with worker_process(second, tmp_path / "second.log") as worker:
         wait_until_applied(second, producer.send_all(events[500:]), worker, timeout=180)
-        time.sleep(1.0)  # Redis has the offsets a moment before the worker reads the reply
+        wait_until_idle(second.metrics_port)  # Redis has the offsets a moment before the worker counts them
         metrics = scrape(f"http://127.0.0.1:{second.metrics_port}/metrics")
         for path in ("healthz", "readyz"):
             with urlopen(f"http://127.0.0.1:{second.metrics_port}/{path}", timeout=5) as reply:
@@ -256,7 +257,8 @@ def test_two_workers_on_a_redis_cluster_split_the_partitions_and_apply_each_even
         wait_ready(second.metrics_port)
         ends = producer.send_all(events)
         wait_until_applied(base, ends, a, timeout=240)
-        time.sleep(1.0)
+        wait_until_idle(first.metrics_port)
+        wait_until_idle(second.metrics_port)
         assert b.poll() is None
         samples = [scrape(f"http://127.0.0.1:{s.metrics_port}/metrics") for s in (first, second)]
     producer.close()
@@ -334,13 +336,13 @@ def test_a_redis_outage_of_ten_seconds_loses_nothing(broker_url, movielens_check
             wait_ready(settings.metrics_port)
             sender = threading.Thread(target=lambda: ends.update(producer.send_all(events, rate=150)))
             sender.start()
-            time.sleep(2.0)
+            wait_for_metric(settings.metrics_port, "iu_events_total", 200)  # mid-stream: 200 events applied
             server.stop()
-            time.sleep(10.0)
+            time.sleep(10.0)  # the outage itself
             server = start_redis(redis_dir, port=server.port, persistent=True)
             sender.join()
             wait_until_applied(settings, ends, worker, timeout=240)
-            time.sleep(1.0)
+            wait_until_idle(settings.metrics_port)
             metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
             assert worker.poll() is None
         producer.close()
@@ -424,7 +426,7 @@ def test_ten_thousand_malformed_events_are_dead_lettered_and_good_ones_all_appli
         ends = producer.send_all(stream)
         producer.close()
         wait_until_applied(settings, ends, worker, timeout=300)
-        time.sleep(1.0)
+        wait_until_idle(settings.metrics_port)
         metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
         assert worker.poll() is None
 

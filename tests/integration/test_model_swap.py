@@ -11,16 +11,14 @@ increasing with no repeats, published by the old model and then the new one
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
 
 import pytest
 
 from encoders.checkpoint import read_metadata
 from encoders.data import load_movielens_small
-from streams.harness import wait_ready, wait_until_applied, worker_process
 from streams.embedded import free_port
-from streams.harness import scrape, total
+from streams.harness import scrape, total, wait_for_metric, wait_ready, wait_until_applied, wait_until_idle, worker_process
 from streams.cli.replay import replay_events
 from streams.clients.kafka import Producer, ensure_topics
 from streams.settings import Settings
@@ -30,15 +28,6 @@ pytestmark = pytest.mark.integration
 EVENTS = 1200
 RATE = 150.0  # events/s: the replay lasts about 8 s, the fine-tuning a few
 AFTER = 200  # events sent once the swap is seen, so the new model refreshes some users on any machine
-
-
-def wait_for_swap(port: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if total(scrape(f"http://127.0.0.1:{port}/metrics"), "iu_model_swaps_total", outcome="swapped") >= 1:
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"the worker did not swap models within {timeout:.0f}s")
 
 
 def test_a_worker_switches_to_a_finetuned_checkpoint_without_losing_an_event(broker_url, redis_url, data_dir,
@@ -65,16 +54,16 @@ def test_a_worker_switches_to_a_finetuned_checkpoint_without_losing_an_event(bro
     with worker_process(settings, tmp_path / "worker.log") as worker:
         wait_ready(settings.metrics_port)
         sender.start()
-        time.sleep(2.0)
+        wait_for_metric(settings.metrics_port, "iu_events_total", 200)  # mid-replay: 200 events applied
         finetune(live, dataset, live, since_ms=since, epochs=1, progress=False)  # written in place
         new_version = read_metadata(live).model_version
-        wait_for_swap(settings.metrics_port)
+        wait_for_metric(settings.metrics_port, "iu_model_swaps_total", 1, outcome="swapped")
         sender.join()
         later = producer.send_all(events[EVENTS:])
         producer.close()
         ends = {tp: max(ends.get(tp, -1), later.get(tp, -1)) for tp in ends | later}
         wait_until_applied(settings, ends, worker, timeout=240)
-        time.sleep(2.0)
+        wait_until_idle(settings.metrics_port)
         metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
         assert worker.poll() is None
 

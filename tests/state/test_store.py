@@ -193,7 +193,7 @@ def test_the_layout_is_claimed_and_another_layout_is_refused_not_misread(store, 
 
 def test_a_database_of_the_first_layout_is_refused_at_start(store, run):
     run(store.client.hset(f"{store.keys.prefix}:{{u:old}}:clicks:data", "e1", b"[]"))
-    with pytest.raises(LayoutMismatch, match="layout 1.*migrate"):
+    with pytest.raises(LayoutMismatch, match="layout 1.*--key-prefix"):
         run(store.check_layout())
     run(store.client.set(store.keys.layout(), "3"))
     with pytest.raises(LayoutMismatch, match="layout 3"):
