@@ -4,10 +4,22 @@ Formats (``--format``, sniffed from the file when "auto"):
 
 ``lines``     ``user item [timestamp]`` per line, whitespace-separated, no
               header; without timestamps each user's lines are in order.
+``lines-per-user``  ``user item item item ...``: one line per user, items in
+              order (the S3Rec / ICLRec / DuoRec family's files).
 ``csv``       comma- or tab-separated with a header naming user, item and,
               optionally, timestamp, rating and action columns (common names
               are recognised: userId, user_id, movieId, item_id, asin, ...;
               others are named with ``Columns``).
+``headerless``  comma-, tab- or space-separated without a header; columns by
+              field number, counted from 1 (``Columns(user="1", item="2")``);
+              by default user 1, item 2, then timestamp 3 for three fields or
+              rating 3 and timestamp 4 for four or more (``u.data``, Amazon's
+              ratings-only CSVs).
+``recbole``   RecBole ``.inter`` files: tab-separated with a typed header
+              (``user_id:token  item_id:token  rating:float  timestamp:float``);
+              the ``.item`` file beside it gives titles and categories.
+``movielens-dat``, ``movielens-100k``  ``ratings.dat`` (``::``-separated) and
+              ``u.data``, with their movie files (see `encoders.data.benchmarks`).
 ``sessions``  ``SessionId ItemId Time`` (session-rec's layout, tab-separated
               with a header): each session is a sequence; a test file of the
               same layout (``test``, or ``test.tsv[.gz]`` beside ``train``)
@@ -40,12 +52,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import DataFormatError
+from .benchmarks import catalogue_beside, is_recbole_header, movielens_100k, movielens_dat, strip_recbole_type
 from .builtin import load_ml1m, load_movielens_small, rating_action, synthetic
-from .records import Catalogue, Dataset, Event
+from .records import Dataset, Event
 
 __all__ = ["FORMATS", "Columns", "load_dataset", "parse_ts", "sniff_format"]
 
-FORMATS = ("auto", "lines", "csv", "sessions", "jsonl", "otto", "amazon", "ml-1m", "movielens")
+FORMATS = ("auto", "lines", "lines-per-user", "csv", "headerless", "recbole", "sessions", "jsonl", "otto",
+           "amazon", "movielens-dat", "movielens-100k", "ml-1m", "movielens")
+FOLDER_FORMATS = ("ml-1m", "movielens")  # these read a folder, never a file
+_SNIFF_LINES = 50
 
 # Column names recognised without flags, compared lower-case with "_", "-" and spaces removed.
 _KNOWN_COLUMNS = {
@@ -75,12 +91,32 @@ def _open(path: Path) -> IO[str]:
     return path.open("r", encoding="utf-8", newline="")
 
 
-def _first_line(path: Path) -> str:
+def _first_lines(path: Path, count: int = 1) -> list[str]:
+    """Up to ``count`` non-blank lines from the top of the file, stripped."""
+    lines: list[str] = []
     try:
         with _open(path) as fh:
-            return next((line.strip() for line in fh if line.strip()), "")
+            for line in fh:
+                if line.strip():
+                    lines.append(line.strip())
+                    if len(lines) == count:
+                        break
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataFormatError(path, f"cannot read as UTF-8 text ({exc})") from None
+    return lines
+
+
+def _first_line(path: Path) -> str:
+    lines = _first_lines(path)
+    return lines[0] if lines else ""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _norm(name: str) -> str:
@@ -88,11 +124,14 @@ def _norm(name: str) -> str:
 
 
 def sniff_format(path: str | Path) -> str:
-    """The format of a file, guessed from its first non-blank line."""
+    """The format of a file, guessed from its first non-blank lines."""
     path = Path(path)
-    line = _first_line(path)
-    if not line:
+    lines = _first_lines(path, _SNIFF_LINES)
+    if not lines:
         raise DataFormatError(path, "empty file: expected events")
+    line = lines[0]
+    if path.name == "u.data":
+        return "movielens-100k"  # headerless too, but with u.item and u.genre beside it
     if line.startswith("{"):
         try:
             keys = set(json.loads(line))
@@ -103,13 +142,25 @@ def sniff_format(path: str | Path) -> str:
         if {"reviewerID", "asin"} <= keys:
             return "amazon"
         return "jsonl"
+    if "::" in line:
+        return "movielens-dat"
     delimited = "\t" in line or "," in line
-    names = {_norm(f) for f in (re.split(r"[\t,]", line) if delimited else line.split())}
+    fields = re.split(r"[\t,]", line) if delimited else line.split()
+    if delimited and is_recbole_header(fields):
+        return "recbole"
+    names = {_norm(f) for f in fields}
     known = {alias for aliases in _KNOWN_COLUMNS.values() for alias in aliases}
     if names & {"sessionid"} and not names & {"userid", "user"}:
         return "sessions"
-    # A header names a known column; a delimited file without one needs --user-col etc.
-    return "csv" if names & known or delimited else "lines"
+    if names & known:
+        return "csv"
+    if delimited:
+        # Headers hold names, not numbers: a first line with a number in it is data.
+        return "headerless" if any(_is_number(f) for f in fields) else "csv"
+    counts = {len(l.split()) for l in lines}
+    if max(counts) > 4 or len(counts) > 1 and max(counts) > 3:
+        return "lines-per-user"  # lines of different lengths beyond 'user item ts': item lists
+    return "headerless" if counts == {4} else "lines"
 
 
 def parse_ts(value: Any, path: Path, line: int) -> int:
@@ -142,12 +193,31 @@ def _lines(path: Path) -> list[Event]:
             if not parts:
                 continue
             if len(parts) not in (2, 3):
-                raise DataFormatError(path, f"expected 'user item [timestamp]', got {line.strip()[:80]!r}", line_no)
+                hint = " (one line per user with all its items: --format lines-per-user)" if len(parts) > 3 else ""
+                raise DataFormatError(path, f"expected 'user item [timestamp]', got {line.strip()[:80]!r}{hint}",
+                                      line_no)
             user, item = parts[0], parts[1]
             # No timestamp: the per-user order index, one "second" apart (as for ML-1M).
             ts = parse_ts(parts[2], path, line_no) if len(parts) == 3 else order[user] * 1000
             order[user] += 1
             events.append(Event(user, item, ts))
+    return events
+
+
+def _lines_per_user(path: Path) -> list[Event]:
+    events: list[Event] = []
+    order: dict[str, int] = defaultdict(int)
+    with _open(path) as fh:
+        for line_no, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise DataFormatError(path, f"expected 'user item item ...', got {line.strip()[:80]!r}", line_no)
+            user = parts[0]
+            for item in parts[1:]:
+                events.append(Event(user, item, order[user] * 1000))  # order index: no timestamps
+                order[user] += 1
     return events
 
 
@@ -165,7 +235,8 @@ def _resolve_columns(path: Path, header: list[str], given: Columns) -> dict[str,
             chosen[role] = next((by_norm[a] for a in aliases if a in by_norm), None)
     for role in ("user", "item"):
         if chosen[role] is None:
-            raise DataFormatError(path, f"no {role} column in header {header}; name it with --{role}-col", 1)
+            raise DataFormatError(path, f"no {role} column in header {header}; name it with --{role}-col "
+                                        "(or --format headerless if the first line is data)", 1)
     return chosen
 
 
@@ -174,10 +245,63 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
     delimiter = "\t" if "\t" in _first_line(path) else ","
     with _open(path) as fh:
         reader = csv.reader(fh, delimiter=delimiter)
-        header = next(reader, None) or []
+        header = [strip_recbole_type(h) for h in next(reader, None) or []]
         for row in reader:
             if row:
                 yield reader.line_num, header, row
+
+
+def _headerless_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    first = _first_line(path)
+    delimiter = "\t" if "\t" in first else "," if "," in first else None
+    with _open(path) as fh:
+        if delimiter is None:
+            for line_no, line in enumerate(fh, 1):
+                if line.strip():
+                    yield line_no, line.split()
+            return
+        reader = csv.reader(fh, delimiter=delimiter)
+        for row in reader:
+            if row:
+                yield reader.line_num, row
+
+
+def _positions(path: Path, width: int, given: Columns) -> dict[str, int | None]:
+    """Column indexes of a headerless file: the field numbers given (from 1), or the defaults."""
+    default = {"user": 1, "item": 2, "time": 3 if width == 3 else 4 if width >= 4 else None,
+               "rating": 3 if width >= 4 else None, "action": None}
+    chosen: dict[str, int | None] = {}
+    for role, number in default.items():
+        name = getattr(given, role)
+        if name is not None:
+            if not name.isdigit() or not 1 <= int(name) <= width:
+                raise DataFormatError(path, f"--{role}-col {name!r}: a file without a header needs a field "
+                                            f"number from 1 to {width}", 1)
+            number = int(name)
+        chosen[role] = None if number is None else number - 1
+    if chosen["user"] == chosen["item"]:
+        raise DataFormatError(path, f"user and item are both field {chosen['user'] + 1}", 1)
+    return chosen
+
+
+def _headerless(path: Path, given: Columns) -> list[Event]:
+    events: list[Event] = []
+    order: dict[str, int] = defaultdict(int)
+    cols: dict[str, int | None] | None = None
+    width = 0
+    for line_no, row in _headerless_rows(path):
+        if cols is None:
+            width = len(row)
+            if width < 2:
+                raise DataFormatError(path, f"expected at least 'user item' fields, got {row}", line_no)
+            cols = _positions(path, width, given)
+        if len(row) != width:
+            raise DataFormatError(path, f"expected {width} fields like the first line, got {len(row)}", line_no)
+        user, item = row[cols["user"]], row[cols["item"]]
+        ts = parse_ts(row[cols["time"]], path, line_no) if cols["time"] is not None else order[user] * 1000
+        order[user] += 1
+        events.append(Event(user, item, ts, _action(row, cols, path, line_no)))
+    return events
 
 
 def _delimited(path: Path, given: Columns) -> list[Event]:
@@ -281,18 +405,29 @@ def _read(path: Path, fmt: str, columns: Columns) -> tuple[list[Event], list[Eve
     """(clicks, texts) of one file in ``fmt``."""
     if fmt == "lines":
         return _lines(path), []
-    if fmt in ("csv", "sessions"):
+    if fmt == "lines-per-user":
+        return _lines_per_user(path), []
+    if fmt == "headerless":
+        return _headerless(path, columns), []
+    if fmt in ("csv", "sessions", "recbole"):
         return _delimited(path, columns), []
+    if fmt == "movielens-dat":
+        return movielens_dat(path), []
+    if fmt == "movielens-100k":
+        return movielens_100k(path), []
     if fmt == "jsonl":
         return _product_events(path)
     if fmt == "otto":
         return _otto(path), []
     if fmt == "amazon":
         return _amazon(path)
-    raise DataFormatError(path, f"format {fmt!r} is not a single-file format; expected one of {FORMATS[1:7]}")
+    raise DataFormatError(path, f"format {fmt!r} reads a folder; for a file use one of "
+                                f"{', '.join(f for f in FORMATS[1:] if f not in FOLDER_FORMATS)}")
 
 
 _FOLDER_FILES = (  # (file names tried in order, format)
+    (("ratings.dat",), "movielens-dat"),
+    (("u.data",), "movielens-100k"),
     (("train.tsv.gz", "train.tsv", "train.csv.gz", "train.csv"), "sessions"),
     (("reviews.jsonl.gz", "reviews.jsonl"), "amazon"),
     (("train.jsonl.gz", "train.jsonl"), "auto"),
@@ -312,9 +447,13 @@ def _folder(folder: Path, fmt: str, columns: Columns, test: Path | None) -> Data
                 beside = found.with_name("test." + found.name.split(".", 1)[1])
                 test = beside if beside.is_file() else None
             return _file(found, fmt if fmt != "auto" else folder_fmt, columns, test, name=folder.name)
+    inters = sorted(folder.glob("*.inter"))
+    if len(inters) == 1:
+        return _file(inters[0], fmt if fmt != "auto" else "recbole", columns, test, name=folder.name)
     raise DataFormatError(folder, "expected a folder with sequences.txt.gz (ML-1M), ratings.csv[.gz] "
-                                  "(MovieLens), train.tsv[.gz] (sessions), reviews.jsonl[.gz] (Amazon) or "
-                                  "train.jsonl / events.jsonl, or a file")
+                                  "(MovieLens), ratings.dat (MovieLens 1M/10M), u.data (MovieLens 100k), "
+                                  "one <name>.inter (RecBole), train.tsv[.gz] (sessions), reviews.jsonl[.gz] "
+                                  "(Amazon) or train.jsonl / events.jsonl, or a file")
 
 
 def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str | None = None) -> Dataset:
@@ -324,7 +463,7 @@ def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str |
     if not clicks:
         raise DataFormatError(path, f"no click events found (read as {fmt})")
     test_clicks = _read(test, fmt, columns)[0] if test else []
-    return Dataset(name or path.name.split(".")[0], clicks, texts, Catalogue({}, {}), test_clicks)
+    return Dataset(name or path.name.split(".")[0], clicks, texts, catalogue_beside(path, fmt), test_clicks)
 
 
 def load_dataset(
@@ -350,6 +489,6 @@ def load_dataset(
         return _folder(path, fmt, columns or Columns(), test_path)
     if not path.is_file():
         raise DataFormatError(path, "no such file or folder (expected an event log, or 'synthetic')")
-    if fmt in ("ml-1m", "movielens"):
+    if fmt in FOLDER_FORMATS:
         raise DataFormatError(path, f"format {fmt!r} reads a folder, not a file")
     return _file(path, fmt, columns or Columns(), test_path)

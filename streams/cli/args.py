@@ -7,9 +7,10 @@ import argparse
 __all__ = ["DATA_HELP", "add_data_arguments", "dataset_from_args"]
 
 DATA_HELP = ("event log: 'synthetic', a dataset folder (ML-1M sequences.txt.gz, MovieLens ratings.csv, "
-             "session-rec train.tsv[+test.tsv], Amazon reviews.jsonl, OTTO or product-schema train.jsonl) "
-             "or a file: 'user item [ts]' lines, CSV/TSV with a header, SessionId/ItemId/Time sessions, "
-             "JSON lines (see README, 'Event logs')")
+             "ratings.dat or ml-100k u.data, a RecBole <name>.inter, session-rec train.tsv[+test.tsv], Amazon "
+             "reviews.jsonl, OTTO or product-schema train.jsonl) or a file: 'user item [ts]' lines, one "
+             "'user item item ...' line per user, CSV/TSV with or without a header, SessionId/ItemId/Time "
+             "sessions, JSON lines (see README, 'Event logs')")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +19,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--data", required=True, help=DATA_HELP)
     parser.add_argument("--format", default="auto", choices=FORMATS,
-                        help="how to read --data [default: auto, sniffed from the file]")
-    parser.add_argument("--test", default=None, help="held-out test sessions (same format as --data)")
+                        help="how to read --data [default: auto, sniffed from the file; name it where a sniff "
+                             "could be wrong, e.g. lines-per-user whose users all have one or two items]")
+    parser.add_argument("--test", default=None, help="held-out test sessions (same format as --data) [default: test.tsv[.gz] beside a "
+                             "folder's train.tsv[.gz], else none]")
     for role in ("user", "item", "time", "rating", "action"):
         parser.add_argument(f"--{role}-col", default=None, metavar="NAME",
-                            help=f"CSV/TSV: the {role} column, when the header's name is not a common one")
+                            help=f"CSV/TSV: the {role} column, when the header's name is not a common one; "
+                                 "without a header, its field number from 1 [default: recognised by name, "
+                                 "or by position: user 1, item 2, rating 3 and time 4 (time 3 of 3 fields)]")
     parser.add_argument("--protocol", default="auto", choices=("auto", "leave-one-out", "session"),
                         help="evaluation split: leave-one-out per user, or next item within held-out "
                              "sessions [default: session when there are test sessions]")

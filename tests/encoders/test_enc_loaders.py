@@ -73,7 +73,10 @@ def test_otto_and_amazon(shared_folder) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "error"),
     [
-        ("bad.txt", "u1 a\nu1 a b c\n", r"bad.txt:2: expected 'user item \[timestamp\]'"),
+        ("bad.txt", "u1 a\nu1\n", r"bad.txt:2: expected 'user item \[timestamp\]', got 'u1'$"),
+        ("bad.dat", "1::2::5::978300760\n1::2::3\n", r"bad.dat:2: expected 'user::item::rating::timestamp'"),
+        ("wide.tsv", "1\t2\t3\n1\t2\n", r"wide.tsv:2: expected 3 fields like the first line, got 2"),
+        ("typed.inter", "user_id:token\trating:float\n1\t4\n", r"typed.inter:1: no item column in header"),
         ("bad.csv", "user,item,ts\nu,i,yesterday\n", r"bad.csv:2: timestamp 'yesterday' is neither"),
         ("short.csv", "user,item,ts\nu,i\n", r"short.csv:2: expected 3 fields"),
         ("bad.jsonl", '{"user_id": "u", "item_id": "i", "ts": 1}\n{"user_id": \n', r"bad.jsonl:2: invalid JSON"),
@@ -112,3 +115,66 @@ def test_cli_prints_one_line_for_a_bad_file(tmp_path: Path) -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
         f"interest-updater: error: {tmp_path / 'bad.txt'}:1: expected 'user item [timestamp]', got 'just-one-field'"]
+
+
+def test_lines_per_user_are_sniffed_and_kept_in_order(tmp_path: Path) -> None:
+    path = _write(tmp_path / "Beauty.txt", "1 10 11 12\n2 11 13\n1 14\n")
+    assert sniff_format(path) == "lines-per-user"
+    log = load_dataset(path)
+    assert [e.item_id for e in log.sequences()["1"]] == ["10", "11", "12", "14"]
+    assert [e.ts for e in log.sequences()["2"]] == [0, 1000]
+    with pytest.raises(DataFormatError, match="got '1 10 11 12' \\(one line per user with all its items"):
+        load_dataset(path, fmt="lines")
+
+
+def test_movielens_dat_folder_with_latin1_titles(tmp_path: Path) -> None:
+    _write(tmp_path / "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1193::2::978298413\n")
+    (tmp_path / "movies.dat").write_bytes("1193::Am\xe9lie (2001)::Comedy|Romance\n661::Heat (1995)::Action\n"
+                                          .encode("latin-1"))
+    assert sniff_format(tmp_path / "ratings.dat") == "movielens-dat"
+    log = load_dataset(tmp_path)
+    assert [(e.item_id, e.action, e.ts) for e in log.sequences()["1"]] == [("1193", "buy", 978_300_760_000),
+                                                                          ("661", "click", 978_302_109_000)]
+    assert log.catalogue.titles["1193"] == "Am\xe9lie (2001)"
+    assert log.catalogue.categories["1193"] == ("Comedy", "Romance")
+
+
+def test_movielens_100k_folder_and_its_u_data_file(tmp_path: Path) -> None:
+    _write(tmp_path / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t302\t5\t881250950\n")
+    _write(tmp_path / "u.genre", "unknown|0\nAction|1\nComedy|2\n")
+    _write(tmp_path / "u.item", "242|Kolya (1996)|24-Jan-1997||http://x|0|0|1\n302|L.A. Confidential|01-Jan-1997||"
+                                "http://y|0|1|0\n")
+    log = load_dataset(tmp_path)
+    assert sniff_format(tmp_path / "u.data") == "movielens-100k"
+    assert [(e.item_id, e.action) for e in log.sequences()["196"]] == [("242", "click"), ("302", "buy")]
+    assert log.catalogue.titles["242"] == "Kolya (1996)" and log.catalogue.categories["302"] == ("Action",)
+    renamed = _write(tmp_path / "ratings.tsv", (tmp_path / "u.data").read_text())
+    assert sniff_format(renamed) == "headerless"  # the same columns by position: rating 3, timestamp 4
+    assert [(e.item_id, e.ts) for e in load_dataset(renamed).sequences()["196"]] == [("242", 881_250_949_000),
+                                                                                    ("302", 881_250_950_000)]
+
+
+def test_headerless_csv_with_columns_by_field_number(tmp_path: Path) -> None:
+    path = _write(tmp_path / "ratings_Beauty.csv", "A39HTATAQ9V7YF,0205616461,5.0,1369699200\n"
+                                                   "A3JM6GV9MNOF9X,0558925278,3.0,1355443200\n")
+    assert sniff_format(path) == "headerless"
+    log = load_dataset(path)
+    assert [(e.item_id, e.action, e.ts) for e in log.sequences()["A39HTATAQ9V7YF"]] == [
+        ("0205616461", "buy", 1_369_699_200_000)]
+    swapped = load_dataset(path, columns=Columns(user="2", item="1", rating="3", time="4"))
+    assert set(swapped.sequences()) == {"0205616461", "0558925278"}
+    with pytest.raises(DataFormatError, match=r"ratings_Beauty.csv:1: --user-col 'reviewer': a file without a "
+                                              r"header needs a field number from 1 to 4"):
+        load_dataset(path, columns=Columns(user="reviewer"))
+
+
+def test_recbole_atomic_files(tmp_path: Path) -> None:
+    _write(tmp_path / "ml-100k.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                       "196\t242\t3\t881250949\n196\t302\t5\t881250950\n")
+    _write(tmp_path / "ml-100k.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                                      "242\tKolya\t1996\tComedy\n302\tL.A. Confidential\t1997\tCrime Film-Noir\n")
+    assert sniff_format(tmp_path / "ml-100k.inter") == "recbole"
+    log = load_dataset(tmp_path)
+    assert [(e.item_id, e.action) for e in log.sequences()["196"]] == [("242", "click"), ("302", "buy")]
+    assert log.catalogue.titles["302"] == "L.A. Confidential"
+    assert log.catalogue.categories["302"] == ("Crime", "Film-Noir")
