@@ -29,6 +29,9 @@ class EncoderConfig:
     # A next-action classifier over the last hidden state. False by default so
     # that a config.json written before the head existed still loads its weights.
     action_head: bool = False
+    # Multiplies each input's item embedding before positions are added; SASRec
+    # uses sqrt(d_model). 1.0 is the value of every config.json written before it.
+    input_scale: float = 1.0
 
     def __post_init__(self) -> None:
         # Validate eagerly: a bad config should fail here, not deep inside torch.
@@ -41,6 +44,8 @@ class EncoderConfig:
             raise ConfigError("values", f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("values", f"dropout={self.dropout} must be in [0, 1)")
+        if not self.input_scale > 0:
+            raise ConfigError("values", f"input_scale={self.input_scale} must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

@@ -126,8 +126,7 @@ class SequenceEncoder(nn.Module):
         """
         if items.shape[1] > self.config.max_len:
             raise ValueError(f"sequence length {items.shape[1]} exceeds max_len={self.config.max_len}")
-        x = self.item_emb(items) + self.action_emb(actions)
-        x = x + self.time_emb(time_buckets(items, gaps, self.config.n_time_buckets))
+        x = self._embed(items, actions, gaps)
         # No attention_mask on purpose: right padding + causal attention (module docstring).
         return self.gpt(inputs_embeds=x, use_cache=False).last_hidden_state
 
@@ -144,11 +143,17 @@ class SequenceEncoder(nn.Module):
         return hidden[rows, lengths.to(hidden.device) - 1]
 
     # ------------------------------------------------------------ inference with cached keys and values
+    def _embed(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+        """Each position's input before GPT-2 adds its position: scaled item + action + time gap."""
+        x = self.item_emb(items)
+        if self.config.input_scale != 1.0:
+            x = x * self.config.input_scale
+        x = x + self.action_emb(actions)
+        return x + self.time_emb(time_buckets(items, gaps, self.config.n_time_buckets))
+
     def _inputs(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
                 positions: torch.Tensor) -> torch.Tensor:
-        x = self.item_emb(items) + self.action_emb(actions)
-        x = x + self.time_emb(time_buckets(items, gaps, self.config.n_time_buckets))
-        return x + self.gpt.wpe(positions)
+        return self._embed(items, actions, gaps) + self.gpt.wpe(positions)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, d] -> [B, H, L, d/H]."""

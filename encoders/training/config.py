@@ -74,6 +74,7 @@ class TrainConfig:
     n_heads: int = 2
     max_len: int = 200  # events per training window and per user the model reads
     dropout: float = 0.2
+    input_scale: float = 1.0  # item embeddings of the inputs times this (SASRec: sqrt(d_model))
     # The optimisation.
     epochs: int = 50  # most epochs; validation stops earlier
     batch_size: int = 128
@@ -104,6 +105,7 @@ class TrainConfig:
         _require(self.d_model % self.n_heads == 0, "d_model", self.d_model,
                  f"is not divisible by n_heads={self.n_heads}")
         _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        _require(self.input_scale > 0, "input_scale", self.input_scale, "must be > 0")
         _require(self.lr > 0, "lr", self.lr, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(self.loss in LOSSES, "loss", self.loss, f"must be one of {LOSSES}")
@@ -155,7 +157,7 @@ class TrainConfig:
     def encoder_config(self, n_items: int, *, action_head: bool = False) -> EncoderConfig:
         """The model's shape: these dimensions over a vocabulary of ``n_items`` (padding and unknown included)."""
         return EncoderConfig(n_items, self.d_model, self.n_layers, self.n_heads, self.max_len, self.dropout,
-                             action_head=action_head)
+                             action_head=action_head, input_scale=self.input_scale)
 
     def negatives_for(self, n_items: int) -> int | None:
         """None for a full softmax over ``n_items``, else the number of sampled negatives per batch.
@@ -192,7 +194,8 @@ class TrainConfig:
         """
         inherited = {k: train_args[k] for k in _INHERITED if train_args.get(k) is not None}  # None: a full softmax
         return cls.from_dict({"d_model": encoder.d_model, "n_layers": encoder.n_layers, "n_heads": encoder.n_heads,
-                              "max_len": encoder.max_len, "dropout": encoder.dropout, "protocol": protocol,
+                              "max_len": encoder.max_len, "dropout": encoder.dropout,
+                              "input_scale": encoder.input_scale, "protocol": protocol,
                               **inherited}, "checkpoint train_args")
 
 

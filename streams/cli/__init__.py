@@ -58,30 +58,41 @@ def _parser() -> argparse.ArgumentParser:
                                             "a checkpoint with report.json and training.png.")
     add_data_arguments(train)
     train.add_argument("--out", required=True, help="checkpoint directory to write")
-    train.add_argument("--epochs", type=int, default=200, help="most epochs (early stopping on validation)")
-    train.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
-    train.add_argument("--eval-every", type=int, default=1, help="validate every N epochs")
-    train.add_argument("--d-model", type=int, default=64)
-    train.add_argument("--layers", type=int, default=2)
-    train.add_argument("--heads", type=int, default=2)
-    train.add_argument("--max-len", type=int, default=200, help="events per user the model reads")
-    train.add_argument("--dropout", type=float, default=0.2)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    train.add_argument("--epochs", type=int, default=200,
+                       help="most epochs; early stopping on validation NDCG@10 usually ends sooner [default: 200]")
+    train.add_argument("--patience", type=int, default=5,
+                       help="validations without improvement before stopping [default: 5]")
+    train.add_argument("--eval-every", type=int, default=1, help="validate every N epochs [default: 1]")
+    train.add_argument("--d-model", type=int, default=64,
+                       help="width of item embeddings and Transformer states [default: 64]")
+    train.add_argument("--layers", type=int, default=2, help="Transformer blocks [default: 2]")
+    train.add_argument("--heads", type=int, default=2, help="attention heads per block [default: 2]")
+    train.add_argument("--max-len", type=int, default=200,
+                       help="most recent events per user the model reads [default: 200]")
+    train.add_argument("--dropout", type=float, default=0.2,
+                       help="dropout on embeddings, attention and feed-forward layers [default: 0.2]")
+    train.add_argument("--input-scale", type=float, default=1.0,
+                       help="multiply each input's item embedding by this before positions are added "
+                            "(SASRec uses sqrt(d-model), 8 at d=64) [default: 1]")
+    train.add_argument("--batch-size", type=int, default=64, help="users per training step [default: 64]")
+    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate [default: 0.001]")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay [default: 0]")
     train.add_argument("--loss", choices=("auto", "full", "sampled"), default="auto",
                        help="softmax over the whole catalogue, or over sampled negatives [default: auto, "
                             "full up to 50,000 items]")
-    train.add_argument("--negatives", type=int, default=256, help="negatives per batch for --loss sampled")
+    train.add_argument("--negatives", type=int, default=256,
+                       help="negatives per batch for --loss sampled [default: 256]")
     train.add_argument("--all-windows", action="store_true",
-                       help="train on every max-len window of long histories, not only the newest")
+                       help="train on every max-len window of long histories, not only the newest "
+                            "[default: off]")
     train.add_argument("--refit", action="store_true",
                        help="after choosing the epoch count on validation, retrain on training + "
-                            "validation targets (HSTU's ML-1M protocol) and save that model")
-    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    train.add_argument("--seed", type=int, default=0)
+                            "validation targets (HSTU's ML-1M protocol) and save that model [default: off]")
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda [default: auto]")
+    train.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and dropout [default: 0]")
     train.add_argument("--max-seconds", type=float, default=None,
-                       help="stop after this much training time, keeping the best weights so far")
+                       help="stop after this much training time, keeping the best weights so far "
+                            "[default: no limit]")
     train.add_argument("--text-fusion", choices=("auto", "on", "off"), default="auto",
                        help="after the encoder, train the text projection and gate (all-MiniLM-L6-v2 texts into "
                             "the item space) on texts about items and catalogue titles, and save it in the "
@@ -96,11 +107,13 @@ def _parser() -> argparse.ArgumentParser:
                                                     "beside baselines and published figures")
     add_data_arguments(evaluate)
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory from `train`")
-    evaluate.add_argument("--split", choices=("test", "valid"), default="test")
+    evaluate.add_argument("--split", choices=("test", "valid"), default="test",
+                          help="which held-out item to rank [default: test]")
     evaluate.add_argument("--history", choices=("auto", "exclude", "keep"), default="auto",
                           help="rank items the user already has? [default: auto: excluded for "
                                "leave-one-out, kept within sessions]")
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda "
+                                                           "[default: auto]")
 
     finetune = commands.add_parser(
         "finetune", help="continue training a checkpoint on a newer slice of the event log",
@@ -118,14 +131,17 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--context", type=int, default=None,
                           help="earlier events kept for each user active since --since, as the history "
                                "the slice's events follow (0: the slice alone) [default: the model's max_len]")
-    finetune.add_argument("--epochs", type=int, default=10, help="most epochs (early stopping on validation)")
-    finetune.add_argument("--patience", type=int, default=3)
-    finetune.add_argument("--lr", type=float, default=3e-4, help="learning rate (lower than train's: the "
-                                                                 "model is already trained)")
-    finetune.add_argument("--batch-size", type=int, default=128)
-    finetune.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    finetune.add_argument("--seed", type=int, default=0)
-    finetune.add_argument("--max-seconds", type=float, default=None, help="stop after this much training time")
+    finetune.add_argument("--epochs", type=int, default=10,
+                          help="most epochs (early stopping on validation) [default: 10]")
+    finetune.add_argument("--patience", type=int, default=3,
+                          help="validations without improvement before stopping [default: 3]")
+    finetune.add_argument("--lr", type=float, default=3e-4, help="learning rate, lower than train's: the "
+                                                                 "model is already trained [default: 0.0003]")
+    finetune.add_argument("--batch-size", type=int, default=128, help="users per training step [default: 128]")
+    finetune.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda [default: auto]")
+    finetune.add_argument("--seed", type=int, default=0, help="seed of shuffling and dropout [default: 0]")
+    finetune.add_argument("--max-seconds", type=float, default=None,
+                          help="stop after this much training time [default: no limit]")
 
     produce = commands.add_parser("produce", help="replay a dataset into the click and text topics")
     produce.add_argument("--data", required=True, help=DATA_HELP)
@@ -138,11 +154,20 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not the newest")
     tail.add_argument("--max", type=int, default=0, help="stop after N events (0: never)")
     add_arguments(tail)
+    for sub in (train, evaluate, finetune):
+        sub.add_argument("--threads", type=int, default=_cores(),
+                         help="CPU threads for torch; give each of two runs side by side half the cores, or "
+                              "they slow each other down several times over [default: the cores this process "
+                              f"may use, here {_cores()}]")
     for sub in commands.choices.values():
         sub.add_argument("--debug", action="store_true", default=_env_flag("IU_DEBUG"),
                          help="on an error, print the traceback as well as the one-line message "
                               "[env: IU_DEBUG; default: off]")
     return parser
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _env_flag(name: str) -> bool:

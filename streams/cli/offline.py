@@ -10,16 +10,18 @@ from typing import TYPE_CHECKING
 import orjson
 
 from streams.cli.args import dataset_from_args
+from streams.errors import InterestUpdaterError
 
 if TYPE_CHECKING:  # the subcommands import encoders (torch) only when they run
     from encoders.training.config import TrainConfig
 
-__all__ = ["train", "evaluate", "finetune", "evaluation_table", "train_config"]
+__all__ = ["train", "evaluate", "finetune", "evaluation_table", "train_config", "use_threads"]
 
 
 def train(args: argparse.Namespace) -> int:
     from encoders.training.train import train as train_encoder
 
+    use_threads(args.threads)
     config = train_config(args)  # before the data: a bad flag fails now, not after minutes of loading
     dataset = dataset_from_args(args.data, args)
     config = config.replace(text_fusion=_wants_text_fusion(args.text_fusion, dataset))
@@ -55,11 +57,20 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     from encoders.training.config import TrainConfig
 
     return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len,
-                       dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       dropout=args.dropout, input_scale=args.input_scale, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,
                        seed=args.seed, patience=args.patience, eval_every=args.eval_every,
                        max_seconds=args.max_seconds, action_weight=args.action_weight)
+
+
+def use_threads(threads: int) -> None:
+    """--threads: torch's CPU threads. Two runs that each take every core slow each other several times over."""
+    if threads < 1:
+        raise InterestUpdaterError(f"--threads {threads}: expected 1 or more")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _wants_text_fusion(choice: str, dataset) -> bool:
@@ -75,6 +86,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from encoders.evaluation.evaluate import evaluate as evaluate_encoder
     from encoders.protocols import default_protocol
 
+    use_threads(args.threads)
     dataset = dataset_from_args(args.data, args)
     protocol = default_protocol(dataset) if args.protocol == "auto" else args.protocol
     exclude = {"auto": None, "exclude": True, "keep": False}[args.history]
@@ -92,6 +104,7 @@ def finetune(args: argparse.Namespace) -> int:
     from encoders.training.finetune import finetune as finetune_encoder
     from encoders.data import parse_ts
 
+    use_threads(args.threads)
     since = parse_ts(args.since, Path("--since"), 0) if args.since is not None else None
     started = time.monotonic()
     out = finetune_encoder(args.checkpoint, dataset_from_args(args.data, args), args.out, since_ms=since,

@@ -119,3 +119,16 @@ def test_histories_with_window_hop_1_give_the_exact_interests(model):
         for name in ("current", "long_term", "session"):
             np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=2e-5, err_msg=f"{name} at {n}")
     assert encoder.windows.stats["extended"] >= 2
+
+
+def test_a_scaled_input_is_encoded_alike_by_the_training_and_the_lean_paths(model):
+    scaled = SequenceEncoder(EncoderConfig(n_items=60, d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN,
+                                           input_scale=4.0)).eval()
+    scaled.load_state_dict(model.state_dict())
+    rng = np.random.default_rng(3)
+    items, actions, ts = (torch.from_numpy(np.asarray(a))[None, :] for a in _events(rng, 10))
+    gaps = torch.cat([torch.tensor([[-1]]), ts[:, 1:] - ts[:, :-1]], 1)
+    with torch.no_grad():
+        lean, _ = scaled.encode_cached(items, actions, gaps)
+        assert torch.allclose(scaled(items, actions, gaps), lean, atol=1e-5)
+        assert not torch.allclose(model(items, actions, gaps), lean, atol=1e-3)  # the scale is applied

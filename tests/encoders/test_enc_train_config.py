@@ -15,7 +15,7 @@ from encoders.training.config import LOSSES, TrainConfig
 
 def test_defaults_are_trains():
     assert TrainConfig().to_dict() == {
-        "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "epochs": 50,
+        "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "input_scale": 1.0, "epochs": 50,
         "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "loss": "auto", "negatives": 256,
         "all_windows": False, "refit": False, "protocol": "auto", "device": "auto", "seed": 0, "patience": 5,
         "eval_every": 1, "max_seconds": None, "progress": True, "action_weight": 0.2, "text_fusion": False}

@@ -109,3 +109,19 @@ def test_a_bad_train_flag_fails_before_the_data_is_read():
     result = cli("train", "--data", "/no/such/folder", "--out", "/tmp/none", "--epochs", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "interest-updater: error: training config values: epochs=0 must be >= 1"
+
+
+def test_every_offline_flag_has_help_that_shows_its_default():
+    from streams.cli import _parser
+
+    commands = _parser()._subparsers._group_actions[0].choices
+    for name in ("train", "evaluate", "finetune"):
+        for action in commands[name]._actions:
+            if action.option_strings and action.dest not in ("help", "data", "out", "checkpoint"):
+                assert action.help and ("default" in action.help or action.required), (name, action.dest)
+
+
+def test_threads_below_one_is_refused_naming_the_flag():
+    result = cli("train", "--data", "synthetic", "--out", "/tmp/never-written", "--threads", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["interest-updater: error: --threads 0: expected 1 or more"]
