@@ -50,6 +50,7 @@ from streams.faults import FaultPoints
 from streams.metrics import Health, Metrics
 from streams.pipeline import Pipeline, RawRecord
 from streams.refresh import Refresher
+from streams.retry import is_transient
 from streams.security import aiokafka_config
 from streams.settings import Settings
 
@@ -230,19 +231,20 @@ class Worker:
                 records = [_raw(record) for tp, batch in fetched.items() if tp in ready for record in batch]
                 if records:
                     self.metrics.in_flight.inc()
-                    ingested = await self._until_done("ingest", self.pipeline.ingest, records)
+                    parts = await self._until_done("ingest", self.pipeline.ingest_isolating, records)
                     self._record_progress(records)
                     # Batch N+1 was ingested while batch N refreshed; its refresh waits for N's (user order).
                     await self._drain()
-                    self._refreshing = asyncio.create_task(self._refresh(ingested))
+                    self._refreshing = asyncio.create_task(self._refresh(parts))
                     if not self.settings.overlap:
                         await self._drain()
         async with self._turn:
             await self._drain()
 
-    async def _refresh(self, ingested) -> None:
+    async def _refresh(self, parts) -> None:
         try:
-            await self._until_done("refresh", self.pipeline.refresh, ingested)
+            for part in parts:  # one batch, unless ingesting it had to isolate a record
+                await self._until_done("refresh", self.pipeline.refresh, part)
         finally:
             self.metrics.in_flight.dec()
 
@@ -253,18 +255,25 @@ class Worker:
             await refreshing
 
     async def _until_done(self, stage: str, step, arg):
-        """Retry a failed stage with backoff: fences make a retry safe, dropping the batch is not."""
+        """Retry a stage with backoff while Redis or the broker is unreachable: fences make a retry safe.
+
+        The stages isolate other failures themselves (`streams.pipeline`);
+        one that still escapes them (the dead-letter topic refusing a
+        letter, say) is retried the same way, since dropping the batch is not safe.
+        """
         delay = 0.5
         while True:
             try:
                 return await step(arg)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001  (any failure: count, log, retry)
+            except Exception as exc:  # noqa: BLE001  (count, log, retry)
                 kind = type(exc).__name__
                 self.metrics.errors.labels(kind).inc()
-                log.warning("%s of a batch of %d failed (%s: %s); retrying in %.1fs", stage,
-                            len(getattr(arg, "records", arg)), kind, exc, delay)
+                self.metrics.retries.labels(stage).inc()
+                level = logging.WARNING if is_transient(exc) else logging.ERROR
+                log.log(level, "%s of a batch of %d failed (%s: %s); retrying in %.1fs", stage,
+                        len(getattr(arg, "records", arg)), kind, exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
 

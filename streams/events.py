@@ -16,6 +16,7 @@ Rules beyond the schema, decided here and documented in the README:
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -105,17 +106,28 @@ class DeadLetter:
     partition: int
     offset: int
     key: str | None
-    value: str
+    value: str  # the raw value's first RAW_KEEP bytes: as text, or base64 when they are not UTF-8
     reason: str
     error: str
     at: int
+    value_encoding: str = "utf-8"
 
     RAW_KEEP = 1024
+
+    @staticmethod
+    def kept_value(raw: bytes) -> tuple[str, str]:
+        """(value, value_encoding) of a raw message value: UTF-8 text, or base64 of bytes that are not."""
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(raw[: DeadLetter.RAW_KEEP]).decode("ascii"), "base64"
+        # Valid UTF-8 cut at RAW_KEEP bytes may end inside a character: drop that part-character only.
+        return raw[: DeadLetter.RAW_KEEP].decode("utf-8", "ignore"), "utf-8"
 
     def to_json(self) -> bytes:
         return orjson.dumps({
             "schema": SCHEMA_VERSION, "topic": self.topic, "partition": self.partition,
-            "offset": self.offset, "key": self.key, "value": self.value,
+            "offset": self.offset, "key": self.key, "value": self.value, "value_encoding": self.value_encoding,
             "reason": self.reason, "error": self.error, "at": self.at,
         })
 

@@ -63,8 +63,12 @@ class Metrics:
                                    registry=r)
         self.online_gain = Counter("iu_online_ndcg_gain", "Sum of 1/log2(rank+1) over those hits; divided by "
                                    "iu_online_clicks_total it is online NDCG@K.", registry=r)
-        self.errors = Counter("iu_errors", "Errors by kind; a failed batch is retried, never dropped.",
-                              ["kind"], registry=r)
+        self.errors = Counter("iu_errors", "Failures of a batch stage, by exception type.", ["kind"], registry=r)
+        self.retries = Counter("iu_retries", "Batch stages retried after a lost connection or a timeout "
+                               "(Redis or the broker), by stage.", ["stage"], registry=r)
+        self.isolated = Counter("iu_isolated_events", "Events dead-lettered as processing_error because their "
+                                "batch failed for another reason and was split down to them, by stage (ingest: "
+                                "the event; refresh: the user's events of the batch).", ["stage"], registry=r)
 
     def serve(self, port: int, health: "Health | None" = None) -> None:
         """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on all interfaces in a daemon thread."""

@@ -31,11 +31,23 @@ that set it and is cleared only while it still does, so batch N never
 unmarks a user that batch N+1 marked again. A failed stage is retried
 whole: step 4 is idempotent for the events (fences), and step 6 only bumps
 versions.
+
+What "failed" means decides what happens next (`streams.retry`): a lost
+connection or a timeout is retried by the worker, as long as it lasts; any
+other failure would fail every retry too, so ``ingest_isolating`` and
+``refresh`` split the batch (records, or users) in halves until the one at
+fault is alone. A record that fails alone is dead-lettered with reason
+``processing_error`` and its offset passed; a user whose refresh fails alone
+keeps the events just applied to their history, has their events of the
+batch dead-lettered the same way, and keeps their previous recommendations
+until their next event. A batch's dead letters are published once, however
+often the batch is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,8 +63,11 @@ from streams.events import (ClickEvent, DeadLetter, InvalidEvent, Limits, Recomm
 from streams.faults import NO_FAULTS, FaultPoints
 from streams.metrics import Metrics
 from streams.refresh import Refresher
+from streams.retry import is_transient
 
 __all__ = ["RawRecord", "Decoded", "decode_batch", "Pipeline", "Publisher", "BatchReport"]
+
+log = logging.getLogger("interest_updater.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +131,9 @@ def decode_batch(records: Sequence[RawRecord], click_topic: str, now_ms: int,
 
 def _dead_letter(record: RawRecord, exc: InvalidEvent, now_ms: int) -> DeadLetter:
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
-    value = record.value[: DeadLetter.RAW_KEEP].decode("utf-8", "replace")
+    value, encoding = DeadLetter.kept_value(record.value)
     error = f"{record.topic}[{record.partition}]@{record.offset}: {exc}"
-    return DeadLetter(record.topic, record.partition, record.offset, key, value, exc.reason, error, now_ms)
+    return DeadLetter(record.topic, record.partition, record.offset, key, value, exc.reason, error, now_ms, encoding)
 
 
 class Pipeline:
@@ -141,19 +156,58 @@ class Pipeline:
         self.text_thread = ThreadPoolExecutor(1, thread_name_prefix="text")
         self._published: Marks = {}  # pending marks of published batches, cleared with the next write
         self._acknowledged: dict[tuple[str, int], int] = {}  # last offset applied per partition, reply received
+        # Dead letters published by earlier tries of the batch in each stage, not to be published again.
+        self._dead_sent: dict[str, set[tuple[str, int, int]]] = {"ingest": set(), "refresh": set()}
 
     async def process(self, records: Sequence[RawRecord]) -> BatchReport:
         """Both stages, one after the other, and the batch's pending marks cleared."""
-        report = await self.refresh(await self.ingest(records))
+        reports = [await self.refresh(part) for part in await self.ingest_isolating(records)]
         await self.flush_marks()
-        return report
+        return _merged(reports)
+
+    async def ingest_isolating(self, records: Sequence[RawRecord]) -> list[Ingested]:
+        """Stage one (`ingest`), splitting a batch that fails for a reason other than a lost connection.
+
+        Returns the parts in order, each one a batch to refresh in that order;
+        a record that failed alone is a part of its own with no user to refresh.
+        """
+        parts = await self._ingest_parts(records)
+        self._dead_sent["ingest"].clear()  # the batch is through: it is never tried again
+        return parts
+
+    async def _ingest_parts(self, records: Sequence[RawRecord]) -> list[Ingested]:
+        try:
+            return [await self.ingest(records)]
+        except Exception as exc:  # noqa: BLE001  (anything but a lost connection: find the record at fault)
+            if is_transient(exc):
+                raise
+            self.metrics.errors.labels(type(exc).__name__).inc()
+            if len(records) == 1:
+                return [await self._reject_record(records[0], exc)]
+            log.warning("ingest of a batch of %d failed (%s: %s); splitting it to find the record at fault",
+                        len(records), type(exc).__name__, exc)
+            middle = len(records) // 2
+            return await self._ingest_parts(records[:middle]) + await self._ingest_parts(records[middle:])
+
+    async def _reject_record(self, record: RawRecord, exc: Exception) -> Ingested:
+        """Dead-letter the one record a batch failed on, and pass its offset so no one reads it again."""
+        started = time.perf_counter()
+        error = InvalidEvent("processing_error", f"{type(exc).__name__}: {exc}")
+        letter = _dead_letter(record, error, int(time.time() * 1000))
+        log.error("record %s[%d]@%d could not be processed (%s); dead-lettered as processing_error",
+                  record.topic, record.partition, record.offset, error.detail)
+        if await self._publish_dead_letters([letter], "ingest"):
+            self.metrics.isolated.labels("ingest").inc()
+        await self.store.apply([], {(record.topic, record.partition): record.offset})
+        report = BatchReport(self._count_events([], [], [letter]), [letter])
+        return Ingested([record], [], [], set(), set(), {}, report, started)
 
     async def ingest(self, records: Sequence[RawRecord]) -> Ingested:
         """Stage one: decode, dead-letter, embed texts, apply to Redis (steps 1-4)."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         valid, dead = decode_batch(records, self.click_topic, now_ms, self.limits)
-        await self._publish_dead_letters(dead)
+        await self._publish_dead_letters(dead, "ingest")
         entries = await self._entries(valid)
         await self.faults.at("after_embed", records)
         ends = partition_ends(records)
@@ -164,7 +218,7 @@ class Pipeline:
             self._acknowledged[key] = max(self._acknowledged.get(key, -1), offset)
         await self.faults.at("after_apply", records)
         late = _late_letters(valid, entries, outcomes, now_ms)
-        await self._publish_dead_letters(late)
+        await self._publish_dead_letters(late, "ingest")
         report = BatchReport(self._count_events(entries, outcomes, dead + late), dead + late)
         self._count_online_quality(applied.ranks)
         applied_now = [e for e, o in zip(entries, outcomes) if o == "applied"]
@@ -203,16 +257,46 @@ class Pipeline:
     async def refresh(self, batch: Ingested) -> BatchReport:
         """Stage two: encode, score, write, publish (steps 5-8)."""
         report = batch.report
-        report.recommendations = await self._refresh_and_write(batch.users, batch.changed_clicks,
-                                                               batch.changed_texts)
-        await self.faults.at("after_write", batch.records)
-        await self._publish(report.recommendations)
-        await self.faults.at("after_publish", batch.records)
-        self._count_freshness(report.recommendations, batch.valid)
+        report.recommendations = await self._refresh_isolating(batch, batch.users)
+        self._dead_sent["refresh"].clear()
         _merge_marks(self._published, batch.marks)
         self.metrics.batch_size.observe(len(batch.records))
         self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
         return report
+
+    async def _refresh_isolating(self, batch: Ingested, users: Sequence[AppliedUser]) -> list[RecommendationEvent]:
+        """Refresh and publish ``users``, splitting them on a failure other than a lost connection."""
+        try:
+            events = await self._refresh_and_write(users, batch.changed_clicks, batch.changed_texts)
+            await self.faults.at("after_write", batch.records)
+            await self._publish(events)
+            await self.faults.at("after_publish", batch.records)
+        except Exception as exc:  # noqa: BLE001  (anything but a lost connection: find the user at fault)
+            if is_transient(exc) or not users:
+                raise
+            self.metrics.errors.labels(type(exc).__name__).inc()
+            if len(users) == 1:
+                await self._reject_user(batch, users[0].user_id, exc)
+                return []
+            log.warning("refresh of %d users failed (%s: %s); splitting them to find the user at fault",
+                        len(users), type(exc).__name__, exc)
+            middle = len(users) // 2
+            return (await self._refresh_isolating(batch, users[:middle])
+                    + await self._refresh_isolating(batch, users[middle:]))
+        self._count_freshness(events, batch.valid)
+        return events
+
+    async def _reject_user(self, batch: Ingested, user_id: str, exc: Exception) -> None:
+        """Dead-letter the batch's events of the one user whose refresh fails (they stay in the history)."""
+        now_ms = int(time.time() * 1000)
+        error = InvalidEvent("processing_error", f"refreshing user {user_id!r} failed: {type(exc).__name__}: {exc}")
+        log.error("%s; their events of this batch are dead-lettered as processing_error", error.detail)
+        letters = [_dead_letter(d.record, error, now_ms) for d in batch.valid if d.event.user_id == user_id]
+        fresh = await self._publish_dead_letters(letters, "refresh")
+        batch.report.dead_letters.extend(fresh)
+        self.metrics.isolated.labels("refresh").inc(len(fresh))
+        for letter in fresh:
+            self.metrics.dead_letters.labels(letter.topic, letter.reason).inc()
 
     async def flush_marks(self) -> None:
         """Clear the pending marks of published batches now, without waiting for the next write."""
@@ -262,9 +346,14 @@ class Pipeline:
             await self.publisher.publish_recommendations(events)
             self.metrics.recommendations.inc(len(events))
 
-    async def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
-        if letters:
-            await self.publisher.publish_dead_letters(letters)
+    async def _publish_dead_letters(self, letters: list[DeadLetter], stage: str) -> list[DeadLetter]:
+        """Publish the letters an earlier try of this stage's batch has not; returns those."""
+        sent = self._dead_sent[stage]
+        fresh = [letter for letter in letters if (letter.topic, letter.partition, letter.offset) not in sent]
+        if fresh:
+            await self.publisher.publish_dead_letters(fresh)
+            sent.update((letter.topic, letter.partition, letter.offset) for letter in fresh)
+        return fresh
 
     async def _entries(self, valid: Sequence[Decoded]) -> list[Entry]:
         texts = [d.event.text for d in valid if isinstance(d.event, TextEvent)]
@@ -323,6 +412,17 @@ class Pipeline:
     def close(self) -> None:
         for executor in (self.encoder_thread, self.text_thread):
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _merged(reports: Sequence[BatchReport]) -> BatchReport:
+    """One report of a batch processed in parts."""
+    merged = BatchReport({})
+    for report in reports:
+        for outcome, count in report.outcomes.items():
+            merged.outcomes[outcome] = merged.outcomes.get(outcome, 0) + count
+        merged.dead_letters += report.dead_letters
+        merged.recommendations += report.recommendations
+    return merged
 
 
 def _merge_marks(into: Marks, marks: Marks) -> None:

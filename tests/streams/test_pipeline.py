@@ -179,3 +179,83 @@ def test_a_batch_retried_after_a_lost_reply_counts_its_events_applied_and_refres
     assert {r.user_id: r.clicks_applied for r in report.recommendations} == {"u1": 2, "u2": 1}
     again = run(pipeline.process(batch))  # a true replay stays one
     assert again.outcomes == {"replay": 2, "dead_letter": 0} and again.recommendations == []
+
+
+def test_a_record_that_fails_alone_is_dead_lettered_and_the_rest_of_its_batch_goes_on(pipeline, run):
+    """A failure that is not a lost connection would fail every retry: the batch is split down to the record."""
+    embed = pipeline.refresher.embed_texts
+
+    def embed_refusing_poison(texts):
+        if "poison" in texts:
+            raise ValueError("cannot embed this text")
+        return embed(texts)
+
+    pipeline.refresher.embed_texts = embed_refusing_poison
+    batch = [click(0, "u1", "i1", NOW - 3000), click(1, "u2", "i2", NOW - 3000), click(2, "u3", "i3", NOW - 3000)]
+    batch += [text(0, "u3", "jazz", NOW - 2000), text(1, "u2", "poison", NOW - 2000)]
+    report = run(pipeline.process(batch))
+    assert report.outcomes == {"applied": 4, "dead_letter": 1}
+    [letter] = pipeline.publisher.dead
+    assert (letter.topic, letter.offset, letter.reason) == ("texts", 1, "processing_error")
+    assert "ValueError: cannot embed this text" in letter.error
+    assert {r.user_id for r in pipeline.publisher.recs} == {"u1", "u2", "u3"}
+    assert pipeline.metrics.isolated.labels("ingest")._value.get() == 1
+    assert run(pipeline.store.resume_offsets("texts")) == {0: 1}  # passed: no one reads it again
+
+
+def test_a_user_whose_refresh_fails_alone_has_their_events_dead_lettered_and_the_others_are_published(
+        pipeline, run):
+    refresh = pipeline.refresher.refresh
+
+    def refresh_refusing(users, changed_clicks, changed_texts):
+        if any(u.user_id == "u-bad" for u in users):
+            raise RuntimeError("the encoder cannot take this user")
+        return refresh(users, changed_clicks, changed_texts)
+
+    pipeline.refresher.refresh = refresh_refusing
+    report = run(pipeline.process([click(0, "u1", "i1", NOW - 3000), click(1, "u-bad", "i2", NOW - 3000),
+                                   click(2, "u-bad", "i3", NOW - 2500), click(3, "u2", "i3", NOW - 2000)]))
+    assert report.outcomes == {"applied": 4, "dead_letter": 0}
+    assert sorted(r.user_id for r in report.recommendations) == ["u1", "u2"]
+    assert [(d.offset, d.reason) for d in pipeline.publisher.dead] == [(1, "processing_error"),
+                                                                      (2, "processing_error")]
+    assert "refreshing user 'u-bad' failed: RuntimeError" in pipeline.publisher.dead[0].error
+    [history] = run(pipeline.store.histories(["u-bad"]))
+    assert len(history.clicks) == 2  # the events stay applied; only the refresh was given up
+    assert run(pipeline.store.pending_users("clicks", [0])) == {}
+
+
+def test_a_batch_retried_after_a_lost_connection_publishes_its_dead_letters_once(pipeline, run):
+    from aiokafka.errors import KafkaConnectionError
+
+    publish = pipeline.publisher.publish_recommendations
+    calls = []
+
+    async def publish_failing_once(events):
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise KafkaConnectionError("broker unreachable")
+        await publish(events)
+
+    pipeline.publisher.publish_recommendations = publish_failing_once
+    batch = [click(0, "u1", "i1", NOW - 3000), RawRecord("clicks", 0, 1, b"u1", b"{oops", NOW)]
+    parts = run(pipeline.ingest_isolating(batch))
+    with pytest.raises(KafkaConnectionError):  # transient: the worker retries the stage as it is
+        run(pipeline.refresh(parts[0]))
+    run(pipeline.refresh(parts[0]))
+    assert [d.reason for d in pipeline.publisher.dead] == ["bad_json"]
+    assert [r.user_id for r in pipeline.publisher.recs] == ["u1"]
+
+
+def test_only_lost_connections_and_timeouts_are_transient():
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, UnknownTopicOrPartitionError
+    from redis import exceptions as redis_errors
+
+    from streams.retry import is_transient
+
+    for exc in (ConnectionRefusedError(), TimeoutError(), redis_errors.ConnectionError("down"),
+                redis_errors.BusyLoadingError("loading"), redis_errors.TimeoutError(), KafkaConnectionError(),
+                KafkaTimeoutError(), UnknownTopicOrPartitionError()):
+        assert is_transient(exc), exc
+    for exc in (ValueError(), RuntimeError(), redis_errors.ResponseError("ERR script"), KeyError("x")):
+        assert not is_transient(exc), exc

@@ -46,3 +46,20 @@ def test_click_schema_and_decoder_agree(value):
 ])
 def test_text_schema_and_decoder_agree(value):
     assert validator("text.schema.json").is_valid(value) == accepts(decode_text, value)
+
+
+def test_dead_letters_keep_raw_bytes_that_are_not_text_as_base64():
+    import base64
+
+    from streams.events import DeadLetter, Limits
+    from streams.pipeline import RawRecord, decode_batch
+
+    raw = b'{"user_id": "u\xff\xfe"}'
+    records = [RawRecord("clicks", 0, 7, b"u", raw, NOW), RawRecord("clicks", 0, 8, b"u", "é".encode() * 600, NOW)]
+    _, (binary, text) = decode_batch(records, "clicks", NOW, Limits())
+    assert binary.value_encoding == "base64" and base64.b64decode(binary.value) == raw
+    assert text.value_encoding == "utf-8" and text.value == "é" * 512  # cut at 1024 bytes, on a character
+    for letter in (binary, text):
+        assert validator("dead-letter.schema.json").is_valid(orjson.loads(letter.to_json()))
+    assert DeadLetter.kept_value(b"plain") == ("plain", "utf-8")
+
