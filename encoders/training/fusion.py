@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -292,6 +293,7 @@ def train_fusion(
     weight_decay: float = 1e-4,
     batch_size: int = 256,
     seed: int = 0,
+    deadline: float | None = None,
 ) -> tuple[TextFusion, dict[str, Any]]:
     """Train a `TextFusion` on top of a trained, frozen ``model``; returns it and a report.
 
@@ -308,6 +310,9 @@ def train_fusion(
     than it will on unseen targets and a gate fitted there over-trusts it.
     The projection is then not fine-tuned (too few cases).  Test cases are
     never used.
+
+    ``deadline`` (a `time.perf_counter` reading) ends each stage at the
+    first epoch end past it, keeping its best weights so far.
 
     >>> fusion, report = train_fusion(model, vocab, dataset, TextEncoder(device="cpu"))  # doctest: +SKIP
     """
@@ -350,7 +355,7 @@ def train_fusion(
     has_valid_text = bool(valid.has_text.any())
     report["stage1"] = _fit(fusion, opt, epochs, patience, len(rows), batch_size,
                             valid_text if has_valid_text else None, "projection",
-                            lambda idx: _loss(fusion.project(data.emb[rows[idx]]), table, items[idx]))
+                            lambda idx: _loss(fusion.project(data.emb[rows[idx]]), table, items[idx]), deadline)
     # Stage 2: gate (and projection) on next-item targets of training positions with texts.
     groups = [{"params": list(fusion.gate.parameters()), "lr": lr}]
     if finetune_projection:
@@ -369,7 +374,7 @@ def train_fusion(
 
     if len(gate_idx) and has_valid_text:
         report["stage2"] = _fit(fusion, opt, epochs, patience, len(gate_idx), batch_size, valid_fused, "gate",
-                                gate_loss)
+                                gate_loss, deadline)
     fusion.eval()
     return fusion, report
 
@@ -380,16 +385,17 @@ def _rows(sparse: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 def _fit(fusion: TextFusion, opt: torch.optim.Optimizer, epochs: int, patience: int, n: int, batch_size: int,
          validate: Callable[[], float] | None, name: str,
-         loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+         loss_fn: Callable[[torch.Tensor], torch.Tensor], deadline: float | None = None) -> dict[str, Any]:
     """Minibatch epochs with early stopping on ``validate()``; restores the best weights.
 
     ``validate=None``: all ``epochs`` run and the last weights are kept.
+    Past ``deadline`` (a `time.perf_counter` reading) no further epoch starts.
     """
     if validate is None:
         validate = lambda: 0.0  # noqa: E731
         patience = epochs + 1
     best, best_epoch, best_state, bad = validate(), 0, copy.deepcopy(fusion.state_dict()), 0
-    start_score = best
+    start_score, out_of_time = best, False
     bar = tqdm(range(1, epochs + 1), desc=f"fusion {name}", unit="epoch")
     for epoch in bar:
         fusion.train()
@@ -409,9 +415,13 @@ def _fit(fusion: TextFusion, opt: torch.optim.Optimizer, epochs: int, patience: 
             bad += 1
             if bad >= patience:
                 break
+        if deadline is not None and time.perf_counter() > deadline:
+            out_of_time = True
+            break
     bar.close()
     fusion.load_state_dict(best_state)
-    return {"valid_ndcg10_before": start_score, "valid_ndcg10": best, "best_epoch": best_epoch}
+    return {"valid_ndcg10_before": start_score, "valid_ndcg10": best, "best_epoch": best_epoch,
+            "stopped_by_max_seconds": out_of_time}
 
 
 # ---------------------------------------------------------------- evaluation

@@ -60,8 +60,11 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
     are saved (or, with ``refit``, a model retrained on training + validation
     targets for the best epoch count), with the test metrics in the metadata,
     a per-epoch ``report.json`` and a ``training.png`` curve beside them.
-    ``max_seconds`` also stops training at the first epoch end past that
-    wall-clock budget (the run is then only as reproducible as the machine's speed).
+    ``max_seconds`` bounds the whole run: every training stage (encoder,
+    refit, fusion projection, fusion gate) stops at its first epoch end past
+    that wall-clock budget, counted from the start, keeping its best weights
+    (the run is then only as reproducible as the machine's speed); embedding
+    the texts for the fusion is not cut short.
     ``action_weight`` weighs the next-action loss; 0 (or a dataset whose
     training targets have a single action) trains no next-action head.
     ``text_fusion`` then trains a text projection and gate on the frozen
@@ -101,13 +104,22 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
         selected_test = rank_metrics(model, split.test, exclude_history=split.exclude_history)
         full = make_split(dataset, vocab, config.protocol, through_valid=True)
         model = _new_model(encoder, config.seed, dev)
-        fits["refit"] = fit(model, train_windows(full.train, config.max_len, config.all_windows), None, config,
+        fits["refit"] = fit(model, train_windows(full.train, config.max_len, config.all_windows), None,
+                            config.replace(max_seconds=_seconds_left(config, wall_start)),
                             epochs=selected.best_epoch, desc=f"refit {dataset.name} (train + valid)")
-    fusion, fusion_report = (_text_fusion(model, vocab, dataset, split, dev, config.seed) if config.text_fusion
-                             else (None, None))
+    deadline = None if config.max_seconds is None else wall_start + config.max_seconds
+    fusion, fusion_report = (_text_fusion(model, vocab, dataset, split, dev, config.seed, deadline)
+                             if config.text_fusion else (None, None))
     return finish(dataset, out_dir, model, vocab, split, fits, config, wall_start=wall_start,
                   earlier={"test_before_refit": selected_test}, fusion=fusion, fusion_report=fusion_report,
                   categories=dataset.catalogue.categories)
+
+
+def _seconds_left(config: TrainConfig, wall_start: float) -> float | None:
+    """What is left of --max-seconds (at least one second: a stage always runs one epoch)."""
+    if config.max_seconds is None:
+        return None
+    return max(1.0, wall_start + config.max_seconds - time.perf_counter())
 
 
 def _new_model(config: EncoderConfig, seed: int, dev: torch.device) -> SequenceEncoder:
@@ -116,7 +128,7 @@ def _new_model(config: EncoderConfig, seed: int, dev: torch.device) -> SequenceE
 
 
 def _text_fusion(model: SequenceEncoder, vocab: ItemVocab, dataset: Dataset, split: Split, dev: torch.device,
-                 seed: int) -> tuple[Any, dict[str, Any] | None]:
+                 seed: int, deadline: float | None) -> tuple[Any, dict[str, Any] | None]:
     """A `TextFusion` trained on the frozen encoder, and its report with the test figures."""
     from .fusion import evaluate_fusion, prepare, train_fusion
     from ..nn.text import TextEncoder
@@ -127,7 +139,7 @@ def _text_fusion(model: SequenceEncoder, vocab: ItemVocab, dataset: Dataset, spl
     if len(data.pair_rows) == 0:
         return None, {"skipped": "no text events about items and no catalogue titles to pair texts with"}
     model = model.eval().to("cpu")
-    fusion, report = train_fusion(model, vocab, dataset, data=data, seed=seed)
+    fusion, report = train_fusion(model, vocab, dataset, data=data, seed=seed, deadline=deadline)
     report["test"] = evaluate_fusion(fusion, model, data, "test")
     model.to(dev)
     return fusion, report

@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda [default: auto]")
     train.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and dropout [default: 0]")
     train.add_argument("--max-seconds", type=float, default=None,
-                       help="stop after this much training time, keeping the best weights so far "
-                            "[default: no limit]")
+                       help="bound the whole run: every training stage (encoder, refit, fusion projection, "
+                            "fusion gate) stops at its first epoch end past this many seconds from the start, "
+                            "keeping its best weights; embedding texts is not cut short [default: no limit]")
     train.add_argument("--text-fusion", choices=("auto", "on", "off"), default="auto",
                        help="after the encoder, train the text projection and gate (all-MiniLM-L6-v2 texts into "
                             "the item space) on texts about items and catalogue titles, and save it in the "

@@ -174,3 +174,16 @@ def test_fusion_with_wrong_width_is_refused(tmp_path: Path) -> None:
     vocab = ItemVocab.from_items(["a", "b"])
     with pytest.raises(Exception, match="d_model"):
         save_checkpoint(tmp_path / "x", _model(len(vocab)), vocab, CheckpointMetadata("t"), fusion=TextFusion(384, 8))
+
+
+def test_a_deadline_ends_each_fusion_stage_after_its_first_epoch() -> None:
+    import time
+
+    dataset = _catalogue_dataset()
+    vocab = ItemVocab.from_items(e.item_id for e in dataset.clicks)
+    _fusion, report = train_fusion(_model(len(vocab)), vocab, dataset, HashEncoder(), epochs=150, patience=150,
+                                   batch_size=4, deadline=time.perf_counter())
+    assert report["stage1"]["stopped_by_max_seconds"] and report["stage1"]["best_epoch"] <= 1
+    _fusion, unbounded = train_fusion(_model(len(vocab)), vocab, dataset, HashEncoder(), epochs=3, patience=150,
+                                      batch_size=4)
+    assert not unbounded["stage1"]["stopped_by_max_seconds"]
