@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def data_folder(name: str) -> Path:
     folder = DATA / name
     if not folder.is_dir():
+        if os.environ.get("CI"):  # a CI run without the data must not look green
+            pytest.fail(f"shared dataset {folder} not present (CI is set, so this is a failure, not a skip)")
         pytest.skip(f"shared dataset {folder} not present")
     return folder
 
@@ -36,5 +39,5 @@ def ml_small(ml_small_dir: Path) -> Dataset:
 
 @pytest.fixture(scope="session")
 def shared_folder():
-    """``shared_folder("name")``: a shared dataset's folder (skips when absent)."""
+    """``shared_folder("name")``: a shared dataset's folder (skips when absent; fails when CI is set)."""
     return data_folder
