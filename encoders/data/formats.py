@@ -184,40 +184,41 @@ def parse_ts(value: Any, path: Path, line: int) -> int:
 
 
 # ------------------------------------------------------------------ lines
-def _lines(path: Path) -> list[Event]:
-    events: list[Event] = []
-    order: dict[str, int] = defaultdict(int)
+def _split_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, whitespace-separated fields) of each non-blank line."""
     with _open(path) as fh:
         for line_no, line in enumerate(fh, 1):
             parts = line.split()
-            if not parts:
-                continue
-            if len(parts) not in (2, 3):
-                hint = " (one line per user with all its items: --format lines-per-user)" if len(parts) > 3 else ""
-                raise DataFormatError(path, f"expected 'user item [timestamp]', got {line.strip()[:80]!r}{hint}",
-                                      line_no)
-            user, item = parts[0], parts[1]
-            # No timestamp: the per-user order index, one "second" apart (as for ML-1M).
-            ts = parse_ts(parts[2], path, line_no) if len(parts) == 3 else order[user] * 1000
-            order[user] += 1
-            events.append(Event(user, item, ts))
+            if parts:
+                yield line_no, parts
+
+
+def _lines(path: Path) -> list[Event]:
+    events: list[Event] = []
+    order: dict[str, int] = defaultdict(int)
+    for line_no, parts in _split_lines(path):
+        if len(parts) not in (2, 3):
+            hint = " (one line per user with all its items: --format lines-per-user)" if len(parts) > 3 else ""
+            raise DataFormatError(path, f"expected 'user item [timestamp]', got {' '.join(parts)[:80]!r}{hint}",
+                                  line_no)
+        user, item = parts[0], parts[1]
+        # No timestamp: the per-user order index, one "second" apart (as for ML-1M).
+        ts = parse_ts(parts[2], path, line_no) if len(parts) == 3 else order[user] * 1000
+        order[user] += 1
+        events.append(Event(user, item, ts))
     return events
 
 
 def _lines_per_user(path: Path) -> list[Event]:
     events: list[Event] = []
     order: dict[str, int] = defaultdict(int)
-    with _open(path) as fh:
-        for line_no, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                raise DataFormatError(path, f"expected 'user item item ...', got {line.strip()[:80]!r}", line_no)
-            user = parts[0]
-            for item in parts[1:]:
-                events.append(Event(user, item, order[user] * 1000))  # order index: no timestamps
-                order[user] += 1
+    for line_no, parts in _split_lines(path):
+        if len(parts) < 2:
+            raise DataFormatError(path, f"expected 'user item item ...', got {' '.join(parts)[:80]!r}", line_no)
+        user = parts[0]
+        for item in parts[1:]:
+            events.append(Event(user, item, order[user] * 1000))  # order index: no timestamps
+            order[user] += 1
     return events
 
 
@@ -254,12 +255,10 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str], list[str]]]:
 def _headerless_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     first = _first_line(path)
     delimiter = "\t" if "\t" in first else "," if "," in first else None
+    if delimiter is None:
+        yield from _split_lines(path)
+        return
     with _open(path) as fh:
-        if delimiter is None:
-            for line_no, line in enumerate(fh, 1):
-                if line.strip():
-                    yield line_no, line.split()
-            return
         reader = csv.reader(fh, delimiter=delimiter)
         for row in reader:
             if row:
