@@ -4,19 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BROKERS = ("tansu", "kafka")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--broker", choices=(*BROKERS, "both"), default="both",
+                     help="the broker(s) every test that talks to one runs on: tansu (embedded), "
+                          "kafka (Apache Kafka 4, KRaft; needs java and mvn) or both [default: both]")
+
+
+def pytest_generate_tests(metafunc):
+    # Each test that needs a broker runs once per chosen broker, ids [tansu] / [kafka].
+    if "broker" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--broker")
+        metafunc.parametrize("broker", BROKERS if chosen == "both" else (chosen,), indirect=True, scope="session")
+
+
+def _missing(what: str) -> None:
+    """Skip a test whose prerequisite is missing, or fail it where CI is set (a CI run must not look green)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(what)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():
-        if os.environ.get("CI"):  # a CI run without the data must not look green
-            pytest.fail(f"shared datasets not found at {DATA} (CI is set, so this is a failure, not a skip)")
-        pytest.skip(f"shared datasets not found at {DATA}")
+        _missing(f"shared datasets not found at {DATA}")
     return DATA
 
 
@@ -29,13 +49,33 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def broker_url(tmp_path_factory):
-    from streams.embedded import start_broker
+@dataclass(frozen=True)
+class Broker:
+    name: str  # "tansu" or "kafka"
+    url: str  # host:port for bootstrap servers
 
-    server = start_broker(tmp_path_factory.mktemp("tansu"))
-    yield f"127.0.0.1:{server.port}"
-    server.stop()
+
+@pytest.fixture(scope="session")
+def broker(request, tmp_path_factory) -> Broker:
+    """The broker this test runs on, started once per session; see ``--broker``."""
+    if request.param == "kafka":
+        from streams.apache_kafka import kafka_available, start_kafka
+
+        why = kafka_available()
+        if why:
+            _missing(why)
+        server = start_kafka(tmp_path_factory.mktemp("kafka"))
+    else:
+        from streams.embedded import start_broker
+
+        server = start_broker(tmp_path_factory.mktemp("tansu"))
+    yield Broker(request.param, f"127.0.0.1:{server.port}")
+    server.stop(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def broker_url(broker: Broker) -> str:
+    return broker.url
 
 
 @pytest.fixture(scope="session")
