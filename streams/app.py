@@ -39,12 +39,15 @@ import signal
 from typing import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from encoders.interests import BlendWeights
 from state import Store
 from state.keys import KeySpace
 from state.store import Marks
+from streams.errors import ConfigurationError
 from streams.events import DeadLetter, Limits, RecommendationEvent
 from streams.faults import FaultPoints
 from streams.metrics import Health, Metrics
@@ -57,6 +60,7 @@ from streams.settings import Settings
 __all__ = ["Worker", "KafkaPublisher", "load_sequence_encoder"]
 
 log = logging.getLogger("interest_updater.worker")
+PRODUCER_ID_WAIT_SECONDS = 30.0  # how long a broker may answer "retry" before the probe gives up
 
 RETRY_MAX_SECONDS = 30.0
 COMMIT_EVERY_SECONDS = 1.0
@@ -83,6 +87,27 @@ class KafkaPublisher:
         send = self.producer.send
         pending = [await send(topic, value, key=key.encode() if key else None) for key, value in messages]
         await asyncio.gather(*pending)
+
+
+async def _producer_ids_refused(producer: AIOKafkaProducer) -> str | None:
+    """None when the broker grants producer ids (what an idempotent producer needs), else its error's name.
+
+    Asked before an idempotent producer is made: where the broker refuses (the
+    embedded broker answers UNKNOWN_SERVER_ERROR), aiokafka's sender task dies
+    and every later send would hang instead of failing.
+    """
+    client = producer.client
+    deadline = asyncio.get_running_loop().time() + PRODUCER_ID_WAIT_SECONDS
+    while True:
+        response = await client.send(client.get_random_node(),
+                                     InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000))
+        error = kafka_errors.for_code(response.error_code)
+        if error is kafka_errors.NoError:
+            return None
+        # Kafka answers "coordinator loading" while it creates its transaction-state topic on first use.
+        if not error.retriable or asyncio.get_running_loop().time() > deadline:
+            return error.__name__
+        await asyncio.sleep(0.2)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -138,8 +163,8 @@ class Worker:
             loop.add_signal_handler(signum, self.stopping, signal.Signals(signum).name)
         s = self.settings
         security = aiokafka_config(s)
-        self.producer = AIOKafkaProducer(bootstrap_servers=s.broker, client_id=f"{s.app_id}-producer",
-                                         acks="all", linger_ms=2, enable_idempotence=False, **security)
+        await self.store.check_layout()
+        self.producer = await self._start_producer(security)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.broker, client_id=f"{s.app_id}-consumer", group_id=s.app_id,
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=int(s.fetch_max_wait * 1000),
@@ -150,8 +175,6 @@ class Worker:
             self.store, self.refresher, KafkaPublisher(self.producer, s.topic_recs, s.topic_dead), self.metrics,
             click_topic=s.topic_clicks, limits=Limits(s.max_text_chars, int(s.max_future * 1000)),
             known_items=getattr(self.refresher.encoder, "vocab", None), faults=FaultPoints.from_env())
-        await self.store.check_layout()
-        await self.producer.start()
         timers: list[asyncio.Task] = []
         try:
             await self.consumer.start()
@@ -170,6 +193,32 @@ class Worker:
             await asyncio.gather(*timers, return_exceptions=True)
             await self._shutdown()
         return 0
+
+    async def _start_producer(self, security: dict) -> AIOKafkaProducer:
+        """The started producer of recommendations and dead letters, idempotent as --idempotent-producer says."""
+        s = self.settings
+        options = dict(bootstrap_servers=s.broker, client_id=f"{s.app_id}-producer", acks="all", linger_ms=2,
+                       **security)
+        producer = AIOKafkaProducer(enable_idempotence=False, **options)
+        await producer.start()
+        if s.idempotent_producer == "off":
+            self.metrics.idempotent.set(0)
+            return producer
+        refused = await _producer_ids_refused(producer)
+        if refused and s.idempotent_producer == "on":
+            await producer.stop()
+            raise ConfigurationError(f"--idempotent-producer on: the broker at {s.broker} refused a producer id "
+                                     f"({refused}); use --idempotent-producer auto or off with this broker")
+        if refused:
+            log.warning("broker refused a producer id (%s): publishing without idempotence, so a retried send "
+                        "may write a recommendation or dead letter twice (--idempotent-producer)", refused)
+            self.metrics.idempotent.set(0)
+            return producer
+        await producer.stop()
+        producer = AIOKafkaProducer(enable_idempotence=True, **options)
+        await producer.start()
+        self.metrics.idempotent.set(1)
+        return producer
 
     def stopping(self, reason: str) -> None:
         """A signal asked the worker to stop: say so, stop answering ready, finish the batch in flight."""

@@ -49,6 +49,8 @@ class Metrics:
                                    registry=r)
         self.lag = Gauge("iu_consumer_lag", "Messages behind the end of each assigned partition.",
                          ["topic", "partition"], registry=r)
+        self.idempotent = Gauge("iu_producer_idempotent", "1 when recommendations and dead letters go out "
+                                "through an idempotent producer (see --idempotent-producer), else 0.", registry=r)
         self.model = Gauge("iu_model_info", "The sequence-encoder checkpoint in use (value 1).",
                            ["model_version"], registry=r)
         self.model_swaps = Counter("iu_model_swaps", "Checkpoint switches while running, by outcome "

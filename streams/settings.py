@@ -47,6 +47,11 @@ class Settings:
     kafka_password: str | None = _option(None, "SASL password (prefer the environment variable).", secret=True)
     kafka_ca_file: str | None = _option(None, "CA certificate (PEM) that signed the brokers' TLS certificates "
                                               "(unset: the system's CAs).")
+    idempotent_producer: str = _option("auto", "Publish recommendations and dead letters with an idempotent "
+                                               "producer, so the producer's own retries never write a message "
+                                               "twice: on, off, or auto (on where the broker grants producer "
+                                               "ids, as Apache Kafka does; off, with a warning, where it does "
+                                               "not, as the embedded broker).")
     app_id: str = _option("interest-updater", "Consumer group and Faust app id.")
     key_prefix: str = _option("iu", "Prefix of every Redis key this service writes.")
     topic_clicks: str = _option("clicks", "Topic of click events.")
@@ -202,6 +207,8 @@ def _check(settings: Settings) -> None:
     if settings.kafka_security_protocol.startswith("SASL") and not (settings.kafka_username and
                                                                      settings.kafka_password):
         raise ConfigurationError("SASL needs --kafka-username and IU_KAFKA_PASSWORD")
+    if settings.idempotent_producer not in {"auto", "on", "off"}:
+        raise ConfigurationError(f"--idempotent-producer must be auto, on or off, got {settings.idempotent_producer!r}")
     if settings.log_format not in {"plain", "json"}:
         raise ConfigurationError(f"--log-format must be plain or json, got {settings.log_format!r}")
     if settings.device not in {"auto", "cpu", "cuda"} and not settings.device.startswith("cuda:"):

@@ -21,9 +21,12 @@ def pytest_addoption(parser):
 
 def pytest_generate_tests(metafunc):
     # Each test that needs a broker runs once per chosen broker, ids [tansu] / [kafka].
+    # @pytest.mark.brokers("tansu") keeps a test to the brokers it names.
     if "broker" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--broker")
-        metafunc.parametrize("broker", BROKERS if chosen == "both" else (chosen,), indirect=True, scope="session")
+        only = metafunc.definition.get_closest_marker("brokers")
+        names = [b for b in (BROKERS if chosen == "both" else (chosen,)) if only is None or b in only.args]
+        metafunc.parametrize("broker", names, indirect=True, scope="session")
 
 
 def _missing(what: str) -> None:

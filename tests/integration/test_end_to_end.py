@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from urllib.request import urlopen
@@ -84,7 +86,8 @@ def consume_all(broker: str, topic: str, expected: int, timeout: float = 60.0) -
     return found
 
 
-def test_replay_with_bad_events_lands_exactly_once(broker_url, redis_url, data_dir, movielens_checkpoint, tmp_path):
+def test_replay_with_bad_events_lands_exactly_once(broker, broker_url, redis_url, data_dir, movielens_checkpoint,
+                                                   tmp_path):
     settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
                         topic_clicks="it-clicks", topic_texts="it-texts", topic_recs="it-recs",
                         topic_dead="it-dead", app_id="it-worker", key_prefix="it", metrics_port=free_port(),
@@ -183,6 +186,8 @@ def test_replay_with_bad_events_lands_exactly_once(broker_url, redis_url, data_d
     assert total(metrics, "iu_online_hits_total") == hits
     assert total(metrics, "iu_online_ndcg_gain_total") == pytest.approx(gain)
     assert total(metrics, "iu_errors_total") == 0
+    # --idempotent-producer auto: Apache Kafka grants producer ids, the embedded broker refuses them.
+    assert total(metrics, "iu_producer_idempotent") == (1 if broker.name == "kafka" else 0)
 
 
 def test_a_new_consumer_group_resumes_from_the_offsets_in_redis(broker_url, redis_url, data_dir,
@@ -265,6 +270,18 @@ def test_two_workers_on_a_redis_cluster_split_the_partitions_and_apply_each_even
     applied = [total(m, "iu_events_total", outcome="applied") for m in samples]
     assert all(count > 0 for count in applied), applied
     assert sum(applied) == len(events)
+
+
+@pytest.mark.brokers("tansu")  # the broker that refuses producer ids
+def test_an_idempotent_producer_the_broker_refuses_is_one_line_naming_the_flag(broker_url, redis_url,
+                                                                             synthetic_checkpoint):
+    result = subprocess.run([sys.executable, "-m", "streams", "worker", "--broker", broker_url, "--redis", redis_url,
+                             "--checkpoint", str(synthetic_checkpoint), "--text-encoder", "false",
+                             "--metrics-port", "0", "--idempotent-producer", "on", "--app-id", "idem-on"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("interest-updater: error: --idempotent-producer on:") and "Traceback" not in result.stderr
 
 
 def test_sigterm_finishes_the_micro_batch_in_flight(broker_url, redis_url, movielens_checkpoint, tmp_path):
