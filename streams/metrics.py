@@ -71,6 +71,9 @@ class Metrics:
         self.isolated = Counter("iu_isolated_events", "Events dead-lettered as processing_error because their "
                                 "batch failed for another reason and was split down to them, by stage (ingest: "
                                 "the event; refresh: the user's events of the batch).", ["stage"], registry=r)
+        self.unrecovered = Counter("iu_unrecovered_users", "Users left pending by a stopped worker whose refresh "
+                                   "failed alone (not a lost connection): given up until their next event.",
+                                   registry=r)
 
     def serve(self, port: int, health: "Health | None" = None) -> None:
         """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on all interfaces in a daemon thread."""

@@ -315,11 +315,35 @@ class Pipeline:
             histories = await self.store.histories(users)
         # Their events were applied but never published: every interest they have may have changed.
         users = [h for h in histories if len(h.clicks) or h.texts]
-        events = await self._refresh_and_write(users, {u.user_id for u in users if len(u.clicks)},
-                                               {u.user_id for u in users if u.texts})
-        await self._publish(events)
+        events = await self._recover_isolating(users)
         await self.store.clear_pending(marks)
         return events
+
+    async def _recover_isolating(self, users: Sequence[AppliedUser]) -> list[RecommendationEvent]:
+        """Refresh and publish recovered ``users``, splitting them on a failure other than a lost connection.
+
+        A user whose refresh fails alone is given up: their history stays as
+        applied, their pending mark is cleared with the others' (retrying would
+        fail again, every second), and their next event refreshes them.  Their
+        events were dead-lettered by no one: a stopped worker applied them.
+        """
+        try:
+            events = await self._refresh_and_write(users, {u.user_id for u in users if len(u.clicks)},
+                                                   {u.user_id for u in users if u.texts})
+            await self._publish(events)
+            return events
+        except Exception as exc:  # noqa: BLE001  (anything but a lost connection: find the user at fault)
+            if is_transient(exc) or not users:
+                raise
+            self.metrics.errors.labels(type(exc).__name__).inc()
+            if len(users) == 1:
+                log.error("recovering user %r failed (%s: %s); given up until their next event",
+                          users[0].user_id, type(exc).__name__, exc)
+                self.metrics.unrecovered.inc()
+                return []
+            middle = len(users) // 2
+            return (await self._recover_isolating(users[:middle])
+                    + await self._recover_isolating(users[middle:]))
 
     async def _refresh_and_write(self, users: Sequence[AppliedUser], changed_clicks: set[str],
                                  changed_texts: set[str]) -> list[RecommendationEvent]:

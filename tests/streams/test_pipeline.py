@@ -225,6 +225,27 @@ def test_a_user_whose_refresh_fails_alone_has_their_events_dead_lettered_and_the
     assert run(pipeline.store.pending_users("clicks", [0])) == {}
 
 
+def test_a_pending_user_whose_recovery_fails_alone_is_given_up_and_the_others_are_published(pipeline, run):
+    batch = [click(0, "u1", "i1", NOW - 3000), click(1, "u-bad", "i2", NOW - 3000), click(2, "u2", "i3", NOW - 2000)]
+    run(pipeline.ingest_isolating(batch))  # applied and marked pending, never refreshed: a worker that died
+    marks = {("clicks", 0): run(pipeline.store.pending_users("clicks", [0]))[0]}
+    assert set(marks["clicks", 0]) == {"u1", "u-bad", "u2"}
+    refresh = pipeline.refresher.refresh
+
+    def refresh_refusing(users, changed_clicks, changed_texts):
+        if any(u.user_id == "u-bad" for u in users):
+            raise RuntimeError("the encoder cannot take this user")
+        return refresh(users, changed_clicks, changed_texts)
+
+    pipeline.refresher.refresh = refresh_refusing
+    events = run(pipeline.recover(marks))
+    assert sorted(e.user_id for e in events) == sorted(r.user_id for r in pipeline.publisher.recs) == ["u1", "u2"]
+    assert pipeline.metrics.unrecovered._value.get() == 1
+    assert run(pipeline.store.pending_users("clicks", [0])) == {}  # not retried every second
+    [history] = run(pipeline.store.histories(["u-bad"]))
+    assert len(history.clicks) == 1
+
+
 def test_a_batch_retried_after_a_lost_connection_publishes_its_dead_letters_once(pipeline, run):
     from aiokafka.errors import KafkaConnectionError
 
