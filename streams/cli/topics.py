@@ -11,15 +11,17 @@ from streams.cli.args import dataset_from_args
 from streams.cli.format import format_recommendation
 from streams.cli.worker import topics
 from streams.errors import ConfigurationError
-from streams.security import kafka_client_config
+from streams.security import check_kafka, kafka_client_config
 from streams.settings import Settings
 
 __all__ = ["produce", "tail"]
 
 
 def _require_broker(settings: Settings) -> str:
+    """``--broker``, once a connection to it has passed the security settings' checks."""
     if not settings.broker:
         raise ConfigurationError("no broker: pass --broker HOST:PORT (IU_BROKER)")
+    check_kafka(settings)
     return settings.broker
 
 

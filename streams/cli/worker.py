@@ -9,7 +9,7 @@ from typing import Iterator
 
 from streams.errors import ConfigurationError
 from streams.logs import redact_url
-from streams.security import kafka_client_config
+from streams.security import check_kafka, kafka_client_config
 from streams.settings import Settings
 
 __all__ = ["worker", "load_encoders", "running_stack", "topics"]
@@ -55,6 +55,7 @@ def worker(settings: Settings) -> int:
     from streams.app import Worker
     from streams.clients.kafka import ensure_topics
 
+    check_kafka(settings)  # before the model loads: a wrong password or CA file then costs a second, not minutes
     encoder, text_encoder = load_encoders(settings)
     with running_stack(settings) as settings:
         _check_redis(settings.redis_url, settings.redis_cluster)
@@ -77,6 +78,7 @@ def worker(settings: Settings) -> int:
 def _check_redis(url: str, cluster: bool) -> None:
     import redis
     from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException
 
     client_class = RedisCluster if cluster else redis.Redis
     try:
@@ -85,8 +87,35 @@ def _check_redis(url: str, cluster: bool) -> None:
             client.ping()
         finally:
             client.close()
-    except redis.RedisError as exc:
-        raise ConfigurationError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise ConfigurationError(_redis_failure(url, exc)) from None
+
+
+def _redis_failure(url: str, exc: BaseException) -> str:
+    """One line naming what in ``--redis`` is wrong; never the password.
+
+    redis-py reports an untrusted certificate as a ConnectionError raised while
+    handling the ssl error, and a cluster wraps its node's error: look down the chain.
+    """
+    import ssl
+
+    import redis
+    from redis.connection import parse_url
+
+    options = parse_url(url)
+    where = f"Redis at {options.get('host', 'localhost')}:{options.get('port', 6379)}"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, redis.AuthenticationError):
+            if options.get("password"):
+                return f"{where} refused the password in --redis (IU_REDIS): {cause}"
+            return f"{where} wants a password: give it in --redis as redis://:PASSWORD@host:port/db (or IU_REDIS)"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            ca = options.get("ssl_ca_certs")
+            trusted = f"ssl_ca_certs={ca} in --redis" if ca else "the system's CAs (no ?ssl_ca_certs=CA.pem in --redis)"
+            return f"the TLS certificate of {where} is not trusted by {trusted}: {cause.verify_message}"
+        cause = cause.__cause__ or cause.__context__
+    return f"cannot reach Redis at {redact_url(url)}: {exc}"
 
 
 def topics(settings: Settings) -> list[str]:
