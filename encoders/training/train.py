@@ -28,6 +28,7 @@ epochs themselves are `encoders.training.loop.fit`, shared with `finetune`.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from .loop import action_classes, finish, fit, train_windows, training_action_co
 
 # train and its options (LOSSES and TrainConfig live in .config; importable from here as before).
 __all__ = ["LOSSES", "TrainConfig", "train"]
+
+log = logging.getLogger("interest_updater.train")
 
 
 def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None, **options: Any) -> Path:
@@ -98,8 +101,10 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
                    desc=f"train {dataset.name}")
     model.load_state_dict(selected.best_state)
     fits = {"select": selected}
-    selected_test = None
-    if config.refit:
+    selected_test, refit_skipped = None, _refit_overrun(selected, config, wall_start) if config.refit else None
+    if refit_skipped:
+        log.warning("%s", refit_skipped["reason"])
+    elif config.refit:
         # The strict figure (never trained on validation targets), kept for comparison.
         selected_test = rank_metrics(model, split.test, exclude_history=split.exclude_history)
         full = make_split(dataset, vocab, config.protocol, through_valid=True)
@@ -111,8 +116,25 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
     fusion, fusion_report = (_text_fusion(model, vocab, dataset, split, dev, config.seed, deadline)
                              if config.text_fusion else (None, None))
     return finish(dataset, out_dir, model, vocab, split, fits, config, wall_start=wall_start,
-                  earlier={"test_before_refit": selected_test}, fusion=fusion, fusion_report=fusion_report,
+                  earlier={"test_before_refit": selected_test, "refit_skipped": refit_skipped}, fusion=fusion, fusion_report=fusion_report,
                   categories=dataset.catalogue.categories)
+
+
+def _refit_overrun(selected, config: TrainConfig, wall_start: float) -> dict[str, str] | None:
+    """Why the refit is skipped (it would run past --max-seconds), or None.
+
+    A refit cut short by the time limit would be saved in place of a better,
+    fully trained selection run; its time is estimated from the selection
+    run's seconds per epoch (training only: a refit does not validate).
+    """
+    left = _seconds_left(config, wall_start)
+    if left is None or not selected.logs:
+        return None
+    needed = selected.best_epoch * sum(e.seconds for e in selected.logs) / len(selected.logs)
+    if needed <= left:
+        return None
+    return {"reason": f"refit skipped: its {selected.best_epoch} epochs need about {needed:.0f} s and "
+                      f"{left:.0f} s of --max-seconds are left; the model chosen on validation is saved"}
 
 
 def _seconds_left(config: TrainConfig, wall_start: float) -> float | None:

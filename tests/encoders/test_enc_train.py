@@ -132,3 +132,18 @@ def test_refit_sampled_loss_and_training_curve(data: Dataset, tmp_path: Path) ->
     png = (out / "training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert read_metadata(out).epochs == len(report["epochs"]) + report["best_epoch"]
+
+
+def test_a_refit_that_would_run_past_max_seconds_is_skipped() -> None:
+    import time
+
+    from encoders.training.loop import EpochLog, FitResult
+    from encoders.training.config import TrainConfig
+    from encoders.training.train import _refit_overrun
+
+    selected = FitResult([EpochLog(e, 1.0, 10.0, 1.0, None) for e in range(1, 6)], 4, {}, 55.0)  # 10 s an epoch
+    config, now = TrainConfig(refit=True, max_seconds=100), time.perf_counter()
+    skipped = _refit_overrun(selected, config, wall_start=now - 70)  # 30 s left, 4 epochs need 40
+    assert skipped is not None and "refit skipped: its 4 epochs need about 40 s" in skipped["reason"]
+    assert _refit_overrun(selected, config, wall_start=now - 10) is None  # 90 s left
+    assert _refit_overrun(selected, config.replace(max_seconds=None), wall_start=now - 1e6) is None
