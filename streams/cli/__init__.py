@@ -85,9 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--all-windows", action="store_true",
                        help="train on every max-len window of long histories, not only the newest "
                             "[default: off]")
-    train.add_argument("--refit", action="store_true",
-                       help="after choosing the epoch count on validation, retrain on training + "
-                            "validation targets (HSTU's ML-1M protocol) and save that model [default: off]")
+    train.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                       help="after choosing the epoch count on validation, retrain on training + validation "
+                            "targets (HSTU's ML-1M protocol; evaluate's co-occurrence and popularity baselines "
+                            "count those targets too) and save that model; skipped when --max-seconds would cut "
+                            "it short [default: on; --no-refit saves the model chosen on validation]")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda [default: auto]")
     train.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and dropout [default: 0]")
     train.add_argument("--max-seconds", type=float, default=None,

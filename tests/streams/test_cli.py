@@ -103,6 +103,9 @@ def test_train_flags_become_a_train_config():
     assert config.refit and config.max_seconds == 60.0 and not config.all_windows
     # The command's own defaults, where they differ from train()'s.
     assert (config.epochs, config.batch_size, config.text_fusion) == (200, 64, False)
+    # Refit is on unless --no-refit: on sparse data it is what beats evaluate's co-occurrence baseline.
+    assert train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])).refit
+    assert not train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x", "--no-refit"])).refit
 
 
 def test_a_bad_train_flag_fails_before_the_data_is_read():
