@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -14,6 +15,8 @@ _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 300)
 _DRIFT_BUCKETS = (0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2)
+# The read API (`streams.read_api.ReadApi`): (path, Authorization header) -> (status, JSON body, extra headers).
+ReadHandler = Callable[[str, str | None], tuple[int, bytes, Iterable[tuple[str, str]]]]
 
 
 class Metrics:
@@ -75,9 +78,9 @@ class Metrics:
                                    "failed alone (not a lost connection): given up until their next event.",
                                    registry=r)
 
-    def serve(self, port: int, health: "Health | None" = None) -> None:
-        """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on all interfaces in a daemon thread."""
-        serve_http(port, self.registry, health or Health())
+    def serve(self, port: int, health: "Health | None" = None, read: ReadHandler | None = None) -> None:
+        """Serve ``/metrics``, ``/healthz``, ``/readyz`` and, given ``read``, ``/v1/...`` in a daemon thread."""
+        serve_http(port, self.registry, health or Health(), read)
 
 
 class Health:
@@ -97,24 +100,47 @@ class Health:
         return time.monotonic() - self.last_beat < self.STALE_SECONDS
 
 
-def serve_http(port: int, registry: CollectorRegistry, health: Health) -> ThreadingHTTPServer:
-    """The operations endpoints, on their own thread so a busy event loop cannot starve them."""
+def serve_http(port: int, registry: CollectorRegistry, health: Health,
+               read: ReadHandler | None = None) -> ThreadingHTTPServer:
+    """The operations endpoints, on their own thread so a busy event loop cannot starve them.
+
+    ``read`` answers every path under ``/v1/`` (the read API, `streams.read_api`).
+    """
+    hint = "try /metrics, /healthz, /readyz" + (" or /v1/users/USER_ID\n" if read else "\n")
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: an API client or a scraper need not connect per request
+        timeout = 60  # seconds an idle kept-alive connection holds its thread
+        # Headers and body go out as two writes; on a kept-alive connection Nagle would hold the body
+        # until the client's delayed ACK (40 ms a request).
+        disable_nagle_algorithm = True
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except ConnectionError:  # a client dropping a kept-alive connection: no traceback on stderr
+                pass
+
         def do_GET(self) -> None:  # noqa: N802  (the http.server API)
-            if self.path.startswith("/metrics"):
+            if read is not None and self.path.startswith("/v1/"):
+                status, body, headers = read(self.path, self.headers.get("Authorization"))
+                self._reply(status, body, "application/json", headers)
+            elif self.path.startswith("/metrics"):
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
                 self._reply(200 if health.alive else 503, b"ok\n" if health.alive else b"event loop stalled\n")
             elif self.path == "/readyz":
                 self._reply(200 if health.ready else 503, b"ready\n" if health.ready else b"not ready\n")
             else:
-                self._reply(404, b"try /metrics, /healthz or /readyz\n")
+                self._reply(404, hint.encode())
 
-        def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                   headers: Iterable[tuple[str, str]] = ()) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

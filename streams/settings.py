@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping
 
@@ -21,6 +22,7 @@ __all__ = ["Settings", "add_arguments", "settings_from_args", "settings_argv", "
 ENV_PREFIX = "IU_"
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # what an Authorization: Bearer header can carry
 
 
 def _option(default: Any, help: str, *, flag: str | None = None, secret: bool = False) -> Any:
@@ -111,6 +113,10 @@ class Settings:
                                        "and still be inserted in time order; older ones are dead-lettered.")
     max_future: float = _option(600.0, "Seconds an event time may lie ahead of the worker's clock.")
     metrics_port: int = _option(9464, "Port of the Prometheus /metrics endpoint (0: off).")
+    api_token: str | None = _option(None, "Bearer token the read API (GET /v1/users/USER_ID on --metrics-port) "
+                                          "requires as 'Authorization: Bearer TOKEN'; a request without it gets "
+                                          "401. Unset: the API answers whoever reaches the port. Prefer the "
+                                          "environment variable; e.g. `openssl rand -hex 32`.", secret=True)
     log_level: str = _option("info", "Log level: debug, info, warn or error.")
     log_format: str = _option("plain", "Log lines as plain text or one JSON object each (json).")
 
@@ -212,6 +218,10 @@ def _check(settings: Settings) -> None:
         raise ConfigurationError(f"--idempotent-producer must be auto, on or off, got {settings.idempotent_producer!r}")
     if settings.log_format not in {"plain", "json"}:
         raise ConfigurationError(f"--log-format must be plain or json, got {settings.log_format!r}")
+    if settings.api_token is not None and not BEARER_TOKEN.fullmatch(settings.api_token):
+        # Never echo the value: it is a secret. An empty one (IU_API_TOKEN= in a compose file) must not mean "open".
+        raise ConfigurationError("--api-token (IU_API_TOKEN) must be a bearer token: one or more of A-Z a-z 0-9 "
+                                 "- . _ ~ + / then any '=' (RFC 6750), e.g. from `openssl rand -hex 32`")
     if settings.device not in {"auto", "cpu", "cuda"} and not settings.device.startswith("cuda:"):
         raise ConfigurationError(f"--device must be auto, cpu or cuda, got {settings.device!r}")
 

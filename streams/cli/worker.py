@@ -62,12 +62,16 @@ def worker(settings: Settings) -> int:
         ensure_topics(settings.broker, topics(settings), settings.partitions, **kafka_client_config(settings))
         service = Worker(settings, encoder, text_encoder)
         if settings.metrics_port:
+            from streams.read_api import ReadApi
+
+            read_api = ReadApi.from_settings(settings, service.metrics.registry)  # its own synchronous client
             try:
-                service.metrics.serve(settings.metrics_port, service.health)
+                service.metrics.serve(settings.metrics_port, service.health, read_api)
             except OSError as exc:  # most often: the port is taken by another worker
                 raise ConfigurationError(f"--metrics-port {settings.metrics_port} (IU_METRICS_PORT): cannot serve "
                                          f"metrics there: {exc.strerror or exc}") from None
-            log.info("metrics on http://127.0.0.1:%d/metrics (also /healthz, /readyz)", settings.metrics_port)
+            log.info("metrics on http://127.0.0.1:%d/metrics (also /healthz, /readyz; read API /v1/users/USER_ID%s)",
+                     settings.metrics_port, ", bearer token required" if settings.api_token else "")
         log.info("worker %s: broker %s, redis %s, model %s", settings.app_id, settings.broker,
                  redact_url(settings.redis_url), encoder.model_version)
         status = asyncio.run(service.run())

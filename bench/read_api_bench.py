@@ -1,0 +1,146 @@
+"""Read API throughput and latency: wrk against GET /v1/users/{id} over many users in a real Valkey.
+
+Starts Valkey (`streams.embedded.start_redis`), writes --users profiles
+through the real `state.Store` (the worker's write script: d=64 vectors, 10
+items, categories, next action), serves the API the way a worker does
+(`streams.metrics.serve_http` with `streams.read_api.ReadApi`, in this
+process's threads) and runs wrk (``apt-get install wrk``) for --seconds with
+--connections connections, each request for a random one of the users. Plain
+wrk cannot hold a fixed rate (wrk2 is not in Debian): the figures are the
+most the server answers at that concurrency, with wrk's latency distribution
+(p50, p99) and the server's own (``iu_api_seconds``, bucket-interpolated).
+Prints one summary line.
+
+    python bench/read_api_bench.py                         # 10,000 users, 2 connections, 20 s
+    python bench/read_api_bench.py --connections 8 --vectors
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from state import Profile, Store  # noqa: E402
+from state.layout import id_hash  # noqa: E402
+from state.reader import Reader  # noqa: E402
+from streams.embedded import start_redis  # noqa: E402
+from streams.harness import histogram_quantile, scrape  # noqa: E402
+from streams.metrics import Health, serve_http  # noqa: E402
+from streams.read_api import ReadApi  # noqa: E402
+
+DIM, TOP_K, CHUNK = 64, 10, 1000
+
+# wrk runs this in each of its threads: every request asks for a random one of the users written.
+WRK_SCRIPT = """
+local users, query
+function init(args)
+  users, query = tonumber(args[1]), args[2] or ""
+  math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
+end
+function request()
+  return wrk.format("GET", "/v1/users/u" .. math.random(0, users - 1) .. query)
+end
+"""
+
+
+def profile(user: int, rng: np.random.Generator) -> Profile:
+    """A profile shaped like a refresh's (`streams.refresh.Refresher._result`), with random numbers."""
+    vectors = {name: rng.standard_normal(DIM).astype(np.float32) for name in ("current", "long_term", "session")}
+    items = [f"item-{i}" for i in rng.choice(100_000, TOP_K, replace=False)]
+    body = {"items": [[item, round(float(s), 6)] for item, s in zip(items, np.sort(rng.random(TOP_K))[::-1])],
+            "categories": [[f"cat-{c}", 0.2] for c in range(5)],
+            "next_action": {"view": 0.7, "cart": 0.2, "buy": 0.1}, "drift": 0.05, "model_version": "bench",
+            "last_event_ts": int(time.time() * 1000), "texts": 0, "updated_at": int(time.time() * 1000)}
+    return Profile(f"u{user}", vectors, tuple(id_hash(i) for i in items), body,
+                   changed=("current", "long_term", "session", "categories"))
+
+
+async def write_users(url: str, users: int) -> None:
+    store = Store.from_url(url)
+    rng = np.random.default_rng(0)
+    try:
+        for start in range(0, users, CHUNK):
+            await store.write_profiles([profile(u, rng) for u in range(start, min(users, start + CHUNK))])
+    finally:
+        await store.close()
+
+
+def run_wrk(base: str, users: int, query: str, connections: int, seconds: int, folder: Path) -> str:
+    script = folder / "users.lua"
+    script.write_text(WRK_SCRIPT)
+    threads = min(connections, 2)
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base,
+            "--", str(users), query]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+
+
+def wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def summary(out: str) -> dict[str, float]:
+    """Requests/s, p50/p99 (ms), requests and non-2xx answers from wrk's --latency report."""
+    found = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+             "p50": wrk_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)[1]),
+             "p99": wrk_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M)[1]),
+             "requests": int(re.search(r"(\d+) requests in", out)[1])}
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    found["failed"] = (int(non_2xx[1]) if non_2xx else 0) + (sum(map(int, re.findall(r"\d+", errors[1])))
+                                                               if errors else 0)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=10_000, help="profiles written and asked for [default: 10000]")
+    parser.add_argument("--connections", type=int, default=2, help="wrk connections [default: 2]")
+    parser.add_argument("--seconds", type=int, default=20, help="wrk duration [default: 20]")
+    parser.add_argument("--vectors", action="store_true", help="ask for ?vectors=true (three 64-d vectors more)")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        parser.error("wrk is not installed (apt-get install -y wrk)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        redis = start_redis(folder)
+        try:
+            url = f"redis://127.0.0.1:{redis.port}/0"
+            asyncio.run(write_users(url, args.users))
+            registry = CollectorRegistry()
+            server = serve_http(0, registry, Health(), ReadApi(Reader.from_url(url), registry))
+            base = f"http://127.0.0.1:{server.server_address[1]}"
+            query = "?vectors=true" if args.vectors else ""
+            with urllib.request.urlopen(f"{base}/v1/users/u0{query}", timeout=5) as check:  # raises unless 200
+                size = len(check.read())
+            wrk = summary(run_wrk(base, args.users, query, args.connections, args.seconds, folder))
+            served = scrape(f"{base}/metrics")
+            server.shutdown()
+        finally:
+            redis.stop()
+    print(f"read API{' with vectors' if args.vectors else ''}: {args.users} users, {args.connections} connections, "
+          f"{args.seconds} s: {wrk['rps']:.0f} requests/s, p50 {wrk['p50']:.2f} ms, p99 {wrk['p99']:.2f} ms "
+          f"(wrk); server side p50 {1000 * histogram_quantile(served, 'iu_api_seconds', 0.5):.2f} ms, "
+          f"p99 {1000 * histogram_quantile(served, 'iu_api_seconds', 0.99):.2f} ms; {wrk['requests']} requests, "
+          f"{wrk['failed']} failed; {size} bytes an answer")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

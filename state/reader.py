@@ -1,0 +1,73 @@
+"""Synchronous reads of a user's last written profile, for code off the worker's event loop.
+
+`Store` is asyncio; an HTTP server thread (the read API) cannot await it. A
+`Reader` holds one synchronous redis-py client, whose connection pool makes it
+safe to share between threads, and decodes with the same `state.layout`
+functions the worker uses.
+
+The profile and the version counter live in two keys (``profile``, ``meta``)
+that the write script updates together. Two plain GETs could fall on either
+side of a refresh and pair a list with the next version; one read-only script
+reads both at once (both keys share the user's hash tag, so this also works on
+Redis Cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from redis.cluster import RedisCluster
+
+from state.errors import LayoutMismatch
+from state.keys import KeySpace
+from state.layout import LAYOUT, StoredProfile, decode_profile
+
+__all__ = ["Reader", "UserProfile"]
+
+# KEYS: profile, meta. A missing key reads as nil (Lua false), which keeps its place in the reply.
+READ_PROFILE = r"""
+return {redis.call('GET', KEYS[1]), redis.call('HGET', KEYS[2], 'version')}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """A user's profile as the last refresh wrote it, with the user version that refresh got."""
+
+    user_id: str
+    version: int
+    profile: StoredProfile
+
+
+class Reader:
+    """Read-only access to users' profiles through a synchronous client (thread-safe)."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, keys: KeySpace = KeySpace()) -> None:
+        self.client = client
+        self.keys = keys
+        self._read = client.register_script(READ_PROFILE)  # EVALSHA, loaded again if Redis lost it
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool = False, keys: KeySpace = KeySpace()) -> "Reader":
+        """A reader on ``url``; ``cluster`` for Redis Cluster (any node's URL)."""
+        options = dict(socket_timeout=5, socket_connect_timeout=5)
+        client = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
+        return cls(client, keys)
+
+    def profile(self, user_id: str) -> UserProfile | None:
+        """The user's last written profile and version; None before their first refresh.
+
+        `InvalidUserId` for an id that cannot be a key; `LayoutMismatch` for a
+        profile another release wrote.
+        """
+        keys = self.keys.user(user_id)
+        blob, version = self._read(keys=[keys.profile, keys.meta])
+        if not blob or version is None:
+            return None  # never refreshed (or its meta was evicted: no version to give)
+        if blob[0] != LAYOUT:
+            raise LayoutMismatch(f"the profile value of user {user_id!r}", str(blob[0]))
+        return UserProfile(user_id, int(version), decode_profile(blob))
+
+    def close(self) -> None:
+        self.client.close()

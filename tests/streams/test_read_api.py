@@ -1,0 +1,215 @@
+"""The read API over HTTP on a real Valkey (a single server and a Cluster): users written by the real
+pipeline and a real trained encoder, read back as their last recommendation event said."""
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+from prometheus_client import generate_latest
+from redis.asyncio.cluster import RedisCluster
+
+from state.reader import Reader
+from streams.metrics import Health, Metrics, serve_http
+from streams.pipeline import Pipeline, RawRecord
+from streams.read_api import ReadApi
+from streams.refresh import Refresher
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "streams" / "schemas" / "user.schema.json").read_text())
+NOW = int(time.time() * 1000)
+TOKEN = "t0ken-for-tests"
+
+
+class KeepingPublisher:
+    def __init__(self):
+        self.dead, self.recs = [], []
+
+    async def publish_dead_letters(self, letters):
+        self.dead += letters
+
+    async def publish_recommendations(self, events):
+        self.recs += events
+
+
+@pytest.fixture()
+def pipeline(store, synthetic_checkpoint):
+    from encoders.inference import InterestEncoder
+
+    encoder = InterestEncoder.from_checkpoint(synthetic_checkpoint, device="cpu")
+    built = Pipeline(store, Refresher(encoder, None, top_k=5), KeepingPublisher(), Metrics(), click_topic="clicks")
+    yield built
+    built.close()
+
+
+@pytest.fixture()
+def serve(store, request):
+    """Start the API over the store's Redis on a free port: ``serve(token)`` -> (base URL, Metrics)."""
+    cluster = isinstance(store.client, RedisCluster)
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    started = []
+
+    def start(token=None):
+        metrics = Metrics()
+        reader = Reader.from_url(url, cluster=cluster, keys=store.keys)
+        server = serve_http(0, metrics.registry, Health(), ReadApi(reader, metrics.registry, token))
+        started.append((server, reader))
+        return f"http://127.0.0.1:{server.server_address[1]}", metrics
+
+    yield start
+    for server, reader in started:
+        server.shutdown()
+        server.server_close()
+        reader.close()
+
+
+def get(url, token=None):
+    """(status, headers, JSON body) of a GET, error statuses included."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, orjson.loads(exc.read())
+
+
+def click(offset, user, item, ts):
+    body = {"event_id": f"e{offset}", "user_id": user, "item_id": item, "action": "click", "ts": ts}
+    return RawRecord("clicks", 0, offset, user.encode(), orjson.dumps(body), NOW)
+
+
+def text(offset, user, body, ts):
+    value = {"event_id": f"t{offset}", "user_id": user, "kind": "search", "text": body, "ts": ts}
+    return RawRecord("texts", 0, offset, user.encode(), orjson.dumps(value), NOW)
+
+
+def refresh_user(pipeline, run, user="u1"):
+    """Two refreshes by clicks, then one by a text: interests of three different versions. The last event."""
+    run(pipeline.process([click(0, user, "i1", NOW - 9000), click(1, user, "i2", NOW - 8000)]))
+    run(pipeline.process([click(2, user, "i3", NOW - 7000)]))
+    run(pipeline.process([text(0, user, "jazz records", NOW - 6000)]))
+    return orjson.loads(pipeline.publisher.recs[-1].to_json())
+
+
+def samples(metrics, name):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            for s in family.samples if s.name == name}
+
+
+def test_a_refreshed_user_reads_back_as_their_last_recommendation_event(pipeline, serve, run):
+    event = refresh_user(pipeline, run)
+    base, metrics = serve()
+    status, headers, user = get(f"{base}/v1/users/u1")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    jsonschema.Draft202012Validator(SCHEMA).validate(user)
+    for field in ("user_id", "version", "items", "interests", "next_action", "model_version", "last_event_ts"):
+        assert user[field] == event[field], field
+    assert user["version"] == 3 and user["interests"] == ["current", "text"]
+    assert user["drift"] is None and user["updated_at"] >= NOW
+    for name, interest in user["interest_profile"].items():
+        assert interest["version"] == event["interest_profile"][name]["version"], name
+        assert "vector" not in interest  # only when asked
+    assert user["interest_profile"]["long_term"]["version"] == 2
+    assert user["interest_profile"]["text"]["texts"] == event["interest_profile"]["text"]["texts"] == 1
+    assert user["interest_profile"]["categories"]["top"] == event["interest_profile"]["categories"]["top"]
+    assert samples(metrics, "iu_api_requests_total") == {(("status", "200"),): 1.0}
+    assert samples(metrics, "iu_api_seconds_count") == {(): 1.0}
+
+
+def test_vectors_come_only_when_asked_and_equal_the_events(pipeline, serve, run):
+    event = refresh_user(pipeline, run)
+    base, _ = serve()
+    status, _, user = get(f"{base}/v1/users/u1?vectors=true")
+    assert status == 200
+    jsonschema.Draft202012Validator(SCHEMA).validate(user)
+    for name in ("current", "long_term", "session"):
+        vector = user["interest_profile"][name]["vector"]
+        assert vector == event["interest_profile"][name]["vector"]
+        assert len(vector) == pipeline.refresher.encoder.dim
+    assert "vector" not in get(f"{base}/v1/users/u1?vectors=false")[2]["interest_profile"]["current"]
+    status, _, body = get(f"{base}/v1/users/u1?vectors=maybe")
+    assert status == 400 and "vectors" in body["error"]
+
+
+def test_unknown_users_malformed_ids_and_other_paths_are_json_errors(serve):
+    base, metrics = serve()
+    status, _, body = get(f"{base}/v1/users/nobody")
+    assert status == 404 and "'nobody'" in body["error"] and "not refreshed" in body["error"]
+    # An id may hold '/' (as events allow): it is an unknown user, not a malformed id or another path.
+    assert get(f"{base}/v1/users/a/b")[0] == get(f"{base}/v1/users/a%2Fb")[0] == 404
+    for bad in ("u%20b", "a%7Bb%7D", "x" * 129, "", "caf%C3%A9"):
+        status, _, body = get(f"{base}/v1/users/{bad}")
+        assert status == 400 and "user id must be" in body["error"], bad
+    status, _, body = get(f"{base}/v1/recommendations")
+    assert status == 404 and "/v1/users/" in body["error"]
+    assert samples(metrics, "iu_api_requests_total") == {(("status", "404"),): 4.0, (("status", "400"),): 5.0}
+
+
+def test_the_connection_is_kept_alive_between_requests_without_waiting_on_acks(serve):
+    base, _ = serve()
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    try:
+        for path in ("/v1/users/nobody", "/metrics", "/v1/users/x%20y"):
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            assert response.status in (404, 200, 400) and not response.will_close
+        started = time.perf_counter()
+        for _ in range(25):
+            connection.request("GET", "/v1/users/nobody")
+            connection.getresponse().read()
+        # With Nagle on, each body would wait for the client's delayed ACK: 40 ms a request, 1 s in all.
+        assert time.perf_counter() - started < 0.75
+    finally:
+        connection.close()
+
+
+def test_a_token_is_required_once_configured(pipeline, serve, run):
+    refresh_user(pipeline, run)
+    base, metrics = serve(token=TOKEN)
+    for token in (None, "wrong-token", TOKEN + "x"):
+        status, headers, body = get(f"{base}/v1/users/u1", token)
+        assert status == 401 and "error" in body and headers["WWW-Authenticate"].startswith("Bearer ")
+    # Refused before the id is looked at: a stranger cannot probe which ids are valid or known.
+    assert get(f"{base}/v1/users/x%20y")[0] == 401
+    request = urllib.request.Request(f"{base}/v1/users/u1", headers={"Authorization": f"Basic {TOKEN}"})
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(request, timeout=10)
+    status, _, user = get(f"{base}/v1/users/u1", TOKEN)
+    assert status == 200 and user["user_id"] == "u1"
+    assert samples(metrics, "iu_api_requests_total") == {(("status", "401"),): 5.0, (("status", "200"),): 1.0}
+
+
+def test_redis_out_of_reach_is_a_503_not_a_dropped_connection():
+    api = ReadApi(Reader.from_url("redis://127.0.0.1:1/0"), Metrics().registry)
+    status, body, _ = api("/v1/users/u1", None)
+    assert status == 503 and "Redis" in orjson.loads(body)["error"]
+
+
+def test_the_token_setting_is_a_secret_and_an_empty_one_is_refused():
+    import argparse
+
+    from streams.settings import Settings, add_arguments, secret_env, settings_argv, settings_from_args
+
+    def parse(argv, environ):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, environ)
+        return settings_from_args(parser.parse_args(argv))
+
+    assert parse([], {}).api_token is None
+    settings = parse([], {"IU_API_TOKEN": TOKEN})
+    assert settings.api_token == TOKEN and TOKEN not in repr(settings)
+    assert TOKEN not in " ".join(settings_argv(settings)) and secret_env(settings)["IU_API_TOKEN"] == TOKEN
+    assert parse(settings_argv(settings), secret_env(settings)) == settings
+    for bad in ("", "two words", "semi;colon"):
+        with pytest.raises(ValueError, match="--api-token") as refused:
+            parse(["--api-token", bad], {})
+        assert not bad or bad not in str(refused.value)  # a secret is never echoed
+    assert Settings().api_token is None
