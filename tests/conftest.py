@@ -81,6 +81,30 @@ def broker_url(broker: Broker) -> str:
     return broker.url
 
 
+@pytest.fixture(autouse=True)
+def _flush_redis_between_broker_runs(request):
+    """Empty the session's Redis servers before each test that runs on a broker.
+
+    Such a test runs once per broker with the same key prefixes and topic
+    offsets, so without this the second run would find the first run's
+    offset fences in Redis and take its own events for replays.
+    """
+    if "broker" not in request.fixturenames:
+        return
+    import redis
+    from redis.cluster import RedisCluster
+
+    if "redis_url" in request.fixturenames:
+        with redis.Redis.from_url(request.getfixturevalue("redis_url")) as client:
+            client.flushall()
+    if "redis_cluster_url" in request.fixturenames:
+        client = RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
+        try:
+            client.flushall(target_nodes=RedisCluster.PRIMARIES)
+        finally:
+            client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_url(tmp_path_factory):
     """A three-primary Redis Cluster (Valkey), the production layout for scale-out."""
