@@ -204,7 +204,11 @@ class Worker:
         if s.idempotent_producer == "off":
             self.metrics.idempotent.set(0)
             return producer
-        refused = await _producer_ids_refused(producer)
+        try:
+            refused = await _producer_ids_refused(producer)
+        except BaseException:
+            await producer.stop()  # a broker lost mid-question: nothing may be left running
+            raise
         if refused and s.idempotent_producer == "on":
             await producer.stop()
             raise ConfigurationError(f"--idempotent-producer on: the broker at {s.broker} refused a producer id "
