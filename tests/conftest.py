@@ -37,6 +37,12 @@ def _missing(what: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def missing_prerequisite():
+    """`_missing` for test modules: ``missing_prerequisite(why)`` skips, or fails where CI is set."""
+    return _missing
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():
         _missing(f"shared datasets not found at {DATA}")

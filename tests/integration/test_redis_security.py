@@ -11,7 +11,6 @@ one line that names --redis and not the password.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import subprocess
 import sys
@@ -30,13 +29,6 @@ WRONG_PASSWORD = secrets.token_hex(12)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _missing(what: str) -> None:
-    """Skip where the TLS server cannot start, but fail where CI is set (a CI run must not look green)."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(what)
-
-
 @pytest.fixture(scope="module")
 def valkey_port(tmp_path_factory) -> int:
     """The port of a Valkey that wants PASSWORD."""
@@ -48,13 +40,13 @@ def valkey_port(tmp_path_factory) -> int:
 
 
 @pytest.fixture(scope="module")
-def tls_port_and_ca(tmp_path_factory) -> tuple[int, Path]:
+def tls_port_and_ca(tmp_path_factory, missing_prerequisite) -> tuple[int, Path]:
     """The TLS port of a redis-server that wants PASSWORD, and the CA that signed its certificate."""
     from streams.embedded import make_certificates, redis_tls_available, start_redis_tls
 
     why = redis_tls_available()
     if why:
-        _missing(why)
+        missing_prerequisite(why)
     folder = tmp_path_factory.mktemp("redis-tls")
     tls = make_certificates(folder / "certs")
     server = start_redis_tls(folder, tls, password=PASSWORD)

@@ -13,24 +13,13 @@ from streams.refresh import Refresher
 NOW = int(time.time() * 1000)
 
 
-class KeepingPublisher:
-    def __init__(self):
-        self.dead, self.recs = [], []
-
-    async def publish_dead_letters(self, letters):
-        self.dead += letters
-
-    async def publish_recommendations(self, events):
-        self.recs += events
-
-
 @pytest.fixture()
-def pipeline(store, synthetic_checkpoint):
+def pipeline(store, synthetic_checkpoint, keeping_publisher):
     from encoders.inference import InterestEncoder
 
     encoder = InterestEncoder.from_checkpoint(synthetic_checkpoint, device="cpu")
     refresher = Refresher(encoder, None, top_k=5)
-    built = Pipeline(store, refresher, KeepingPublisher(), Metrics(), click_topic="clicks",
+    built = Pipeline(store, refresher, keeping_publisher, Metrics(), click_topic="clicks",
                      known_items=encoder.vocab)
     yield built
     built.close()
@@ -203,16 +192,21 @@ def test_a_record_that_fails_alone_is_dead_lettered_and_the_rest_of_its_batch_go
     assert run(pipeline.store.resume_offsets("texts")) == {0: 1}  # passed: no one reads it again
 
 
-def test_a_user_whose_refresh_fails_alone_has_their_events_dead_lettered_and_the_others_are_published(
-        pipeline, run):
+def refuse_refresh_of(pipeline, bad_user: str) -> None:
+    """Make the real refresher raise for any call that includes ``bad_user`` (an encoder bug for one user)."""
     refresh = pipeline.refresher.refresh
 
     def refresh_refusing(users, changed_clicks, changed_texts):
-        if any(u.user_id == "u-bad" for u in users):
+        if any(u.user_id == bad_user for u in users):
             raise RuntimeError("the encoder cannot take this user")
         return refresh(users, changed_clicks, changed_texts)
 
     pipeline.refresher.refresh = refresh_refusing
+
+
+def test_a_user_whose_refresh_fails_alone_has_their_events_dead_lettered_and_the_others_are_published(
+        pipeline, run):
+    refuse_refresh_of(pipeline, "u-bad")
     report = run(pipeline.process([click(0, "u1", "i1", NOW - 3000), click(1, "u-bad", "i2", NOW - 3000),
                                    click(2, "u-bad", "i3", NOW - 2500), click(3, "u2", "i3", NOW - 2000)]))
     assert report.outcomes == {"applied": 4, "dead_letter": 0}
@@ -230,14 +224,7 @@ def test_a_pending_user_whose_recovery_fails_alone_is_given_up_and_the_others_ar
     run(pipeline.ingest_isolating(batch))  # applied and marked pending, never refreshed: a worker that died
     marks = {("clicks", 0): run(pipeline.store.pending_users("clicks", [0]))[0]}
     assert set(marks["clicks", 0]) == {"u1", "u-bad", "u2"}
-    refresh = pipeline.refresher.refresh
-
-    def refresh_refusing(users, changed_clicks, changed_texts):
-        if any(u.user_id == "u-bad" for u in users):
-            raise RuntimeError("the encoder cannot take this user")
-        return refresh(users, changed_clicks, changed_texts)
-
-    pipeline.refresher.refresh = refresh_refusing
+    refuse_refresh_of(pipeline, "u-bad")
     events = run(pipeline.recover(marks))
     assert sorted(e.user_id for e in events) == sorted(r.user_id for r in pipeline.publisher.recs) == ["u1", "u2"]
     assert pipeline.metrics.unrecovered._value.get() == 1

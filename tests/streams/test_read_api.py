@@ -25,23 +25,12 @@ NOW = int(time.time() * 1000)
 TOKEN = "t0ken-for-tests"
 
 
-class KeepingPublisher:
-    def __init__(self):
-        self.dead, self.recs = [], []
-
-    async def publish_dead_letters(self, letters):
-        self.dead += letters
-
-    async def publish_recommendations(self, events):
-        self.recs += events
-
-
 @pytest.fixture()
-def pipeline(store, synthetic_checkpoint):
+def pipeline(store, synthetic_checkpoint, keeping_publisher):
     from encoders.inference import InterestEncoder
 
     encoder = InterestEncoder.from_checkpoint(synthetic_checkpoint, device="cpu")
-    built = Pipeline(store, Refresher(encoder, None, top_k=5), KeepingPublisher(), Metrics(), click_topic="clicks")
+    built = Pipeline(store, Refresher(encoder, None, top_k=5), keeping_publisher, Metrics(), click_topic="clicks")
     yield built
     built.close()
 
