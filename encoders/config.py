@@ -7,7 +7,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["EncoderConfig"]
+__all__ = ["BLOCKS", "EncoderConfig"]
+
+BLOCKS = ("gpt2", "sasrec")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class EncoderConfig:
     # Multiplies each input's item embedding before positions are added; SASRec
     # uses sqrt(d_model). 1.0 is the value of every config.json written before it.
     input_scale: float = 1.0
+    # The Transformer block, one of BLOCKS: "gpt2" (pre-norm, 4d GELU feed-forward;
+    # every config.json written before the choice existed) or "sasrec" (SASRec's
+    # block: the residual runs from the normalised query, d-wide ReLU feed-forward).
+    block: str = "gpt2"
 
     def __post_init__(self) -> None:
         # Validate eagerly: a bad config should fail here, not deep inside torch.
@@ -46,6 +52,8 @@ class EncoderConfig:
             raise ConfigError("values", f"dropout={self.dropout} must be in [0, 1)")
         if not self.input_scale > 0:
             raise ConfigError("values", f"input_scale={self.input_scale} must be > 0")
+        if self.block not in BLOCKS:
+            raise ConfigError("values", f"block={self.block!r} must be one of {BLOCKS}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

@@ -35,13 +35,14 @@ from dataclasses import asdict, dataclass, fields
 from dataclasses import replace as _replace
 from typing import Any
 
-from ..config import EncoderConfig
+from ..config import BLOCKS, EncoderConfig
 from ..errors import ConfigError
 from ..protocols import PROTOCOLS
 
-__all__ = ["FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "TrainConfig"]
+__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "TrainConfig"]
 
 LOSSES = ("auto", "full", "sampled")
+BATCHINGS = ("random", "length")
 # Above this many items "auto" samples: a full softmax costs N x n_items x d per batch.
 FULL_SOFTMAX_MAX_ITEMS = 50_000
 
@@ -49,8 +50,8 @@ _WHAT = "training config"
 # Options a checkpoint records as ``train_args`` (metadata.json and report.json), in that order.  The
 # model's dimensions are in its config.json and the resolved protocol in ``extra["protocol"]``;
 # ``progress`` and ``text_fusion`` change nothing in the weights (the fusion has its own report entry).
-_RECORDED = ("epochs", "batch_size", "lr", "weight_decay", "loss", "negatives", "all_windows", "refit", "seed",
-             "patience", "eval_every", "max_seconds", "device", "action_weight")
+_RECORDED = ("epochs", "batch_size", "batching", "lr", "weight_decay", "loss", "negatives", "all_windows", "refit",
+             "seed", "patience", "eval_every", "max_seconds", "device", "action_weight")
 # What a fine-tune keeps of its parent's recorded options: how the model learns, not the schedule.
 _INHERITED = ("loss", "negatives", "all_windows", "weight_decay", "action_weight")
 
@@ -75,9 +76,11 @@ class TrainConfig:
     max_len: int = 200  # events per training window and per user the model reads
     dropout: float = 0.2
     input_scale: float = 1.0  # item embeddings of the inputs times this (SASRec: sqrt(d_model))
+    block: str = "gpt2"  # the Transformer block, one of encoders.config.BLOCKS
     # The optimisation.
     epochs: int = 50  # most epochs; validation stops earlier
     batch_size: int = 128
+    batching: str = "random"  # one of BATCHINGS: "random" (SASRec's) or "length" (similar lengths: faster epochs)
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW's
     loss: str = "auto"  # one of LOSSES: "auto" is "full" up to FULL_SOFTMAX_MAX_ITEMS items, else "sampled"
@@ -106,8 +109,10 @@ class TrainConfig:
                  f"is not divisible by n_heads={self.n_heads}")
         _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
         _require(self.input_scale > 0, "input_scale", self.input_scale, "must be > 0")
+        _require(self.block in BLOCKS, "block", self.block, f"must be one of {BLOCKS}")
         _require(self.lr > 0, "lr", self.lr, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(self.batching in BATCHINGS, "batching", self.batching, f"must be one of {BATCHINGS}")
         _require(self.loss in LOSSES, "loss", self.loss, f"must be one of {LOSSES}")
         _require(self.protocol == "auto" or self.protocol in PROTOCOLS, "protocol", self.protocol,
                  f"must be 'auto' or one of {PROTOCOLS}")
@@ -157,7 +162,7 @@ class TrainConfig:
     def encoder_config(self, n_items: int, *, action_head: bool = False) -> EncoderConfig:
         """The model's shape: these dimensions over a vocabulary of ``n_items`` (padding and unknown included)."""
         return EncoderConfig(n_items, self.d_model, self.n_layers, self.n_heads, self.max_len, self.dropout,
-                             action_head=action_head, input_scale=self.input_scale)
+                             action_head=action_head, input_scale=self.input_scale, block=self.block)
 
     def negatives_for(self, n_items: int) -> int | None:
         """None for a full softmax over ``n_items``, else the number of sampled negatives per batch.
@@ -195,7 +200,7 @@ class TrainConfig:
         inherited = {k: train_args[k] for k in _INHERITED if train_args.get(k) is not None}  # None: a full softmax
         return cls.from_dict({"d_model": encoder.d_model, "n_layers": encoder.n_layers, "n_heads": encoder.n_heads,
                               "max_len": encoder.max_len, "dropout": encoder.dropout,
-                              "input_scale": encoder.input_scale, "protocol": protocol,
+                              "input_scale": encoder.input_scale, "block": encoder.block, "protocol": protocol,
                               **inherited}, "checkpoint train_args")
 
 

@@ -74,7 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--input-scale", type=float, default=1.0,
                        help="multiply each input's item embedding by this before positions are added "
                             "(SASRec uses sqrt(d-model), 8 at d=64) [default: 1]")
+    train.add_argument("--block", choices=("gpt2", "sasrec"), default="gpt2",
+                       help="Transformer block: gpt2 (GPT-2's pre-norm block, 4x-wide GELU feed-forward) or sasrec "
+                            "(SASRec's: residual from the normalised query, d-wide ReLU feed-forward, as SASRec+ "
+                            "trains it) [default: gpt2]")
     train.add_argument("--batch-size", type=int, default=64, help="users per training step [default: 64]")
+    train.add_argument("--batching", choices=("random", "length"), default="random",
+                       help="random: shuffled batches, as SASRec trains; length: batches of similar lengths, less "
+                            "padding and faster epochs, but less learnt per epoch [default: random]")
     train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate [default: 0.001]")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay [default: 0]")
     train.add_argument("--loss", choices=("auto", "full", "sampled"), default="auto",

@@ -57,8 +57,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     from encoders.training.config import TrainConfig
 
     return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len,
-                       dropout=args.dropout, input_scale=args.input_scale, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr,
+                       dropout=args.dropout, input_scale=args.input_scale, block=args.block, epochs=args.epochs,
+                       batch_size=args.batch_size, batching=args.batching, lr=args.lr,
                        weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,
                        seed=args.seed, patience=args.patience, eval_every=args.eval_every,

@@ -90,3 +90,20 @@ def test_sampled_softmax_masks_the_target_among_its_negatives() -> None:
     others = int((torch.randint(0, 2, (50,)) == 1).sum())
     expected = -torch.log(torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + others * np.exp(0.5)))
     assert 0 < others < 50 and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1024])
+def test_the_chunked_full_softmax_is_the_plain_cross_entropy_and_its_gradients(chunk) -> None:
+    from encoders.training.loop import full_softmax_loss
+
+    torch.manual_seed(4)
+    hidden = (torch.randn(50, 8) * 3).requires_grad_()  # large logits: the softmax must be stable
+    table = torch.randn(30, 8).requires_grad_()
+    targets = torch.randint(0, 30, (50,))
+    loss = full_softmax_loss(hidden, table, targets, chunk=chunk)
+    grads = torch.autograd.grad(2.0 * loss, (hidden, table))
+    plain = torch.nn.functional.cross_entropy(hidden @ table.T, targets)
+    want = torch.autograd.grad(2.0 * plain, (hidden, table))
+    torch.testing.assert_close(loss, plain, atol=1e-5, rtol=1e-5)
+    for got, expected in zip(grads, want):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

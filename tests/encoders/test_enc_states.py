@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.config import EncoderConfig
+from encoders.config import BLOCKS, EncoderConfig
 from encoders.features import from_arrays
 from encoders.inference import InterestEncoder
 from encoders.interests import History, UserEvents
@@ -18,10 +18,12 @@ MAX_LEN, HOP = 16, 5
 HALF_LIFE = 3_600_000
 
 
-@pytest.fixture(scope="module")
-def model() -> SequenceEncoder:
+@pytest.fixture(scope="module", params=BLOCKS)
+def model(request) -> SequenceEncoder:
+    """A small model of each block type: every test here holds its cached paths to its forward pass."""
     torch.manual_seed(0)
-    model = SequenceEncoder(EncoderConfig(n_items=60, d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN))
+    model = SequenceEncoder(EncoderConfig(n_items=60, d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN,
+                                          block=request.param))
     with torch.no_grad():  # larger weights than the init, so that every input visibly matters
         for emb in (model.item_emb, model.action_emb, model.time_emb):
             emb.weight.normal_(0.0, 1.0)
@@ -123,7 +125,7 @@ def test_histories_with_window_hop_1_give_the_exact_interests(model):
 
 def test_a_scaled_input_is_encoded_alike_by_the_training_and_the_lean_paths(model):
     scaled = SequenceEncoder(EncoderConfig(n_items=60, d_model=16, n_layers=2, n_heads=2, max_len=MAX_LEN,
-                                           input_scale=4.0)).eval()
+                                           input_scale=4.0, block=model.config.block)).eval()
     scaled.load_state_dict(model.state_dict())
     rng = np.random.default_rng(3)
     items, actions, ts = (torch.from_numpy(np.asarray(a))[None, :] for a in _events(rng, 10))

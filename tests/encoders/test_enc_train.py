@@ -92,6 +92,36 @@ def test_worker_inference_equals_the_training_forward(trained: Path, data: Datas
     """Parity: the checkpoint `train` wrote, loaded as the worker loads it, gives the vectors
     of the training model's own forward pass (one right-padded training batch) on random real
     sequences of mixed lengths, which the worker pads to its length buckets instead."""
+    _assert_worker_parity(trained, data)
+
+
+def test_a_sasrec_block_model_trains_and_serves_what_it_trained(data: Dataset, tmp_path: Path) -> None:
+    from encoders.training.train import train
+
+    out = train(data, tmp_path / "sasrec", epochs=2, block="sasrec", input_scale=8.0,
+                **{**TINY, "n_heads": 1})
+    assert json.loads((out / "config.json").read_text())["block"] == "sasrec"
+    _assert_worker_parity(out, data)
+
+
+def test_random_batches_cover_every_window_once_and_length_batches_group_lengths() -> None:
+    import numpy as np
+
+    from encoders.features import SeqArrays
+    from encoders.training.loop import _batches
+
+    lengths = np.random.default_rng(0).integers(2, 200, 1000)
+    windows = [SeqArrays(*(np.zeros(n, np.int64),) * 3) for n in lengths]
+    for batching in ("random", "length"):
+        batches = _batches(windows, 64, np.random.default_rng(1), batching)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+        assert [len(b) for b in batches].count(64) == 15
+    spread = {b: np.mean([np.ptp(lengths[i]) for i in _batches(windows, 64, np.random.default_rng(1), b)])
+              for b in ("random", "length")}
+    assert spread["length"] < spread["random"] / 5
+
+
+def _assert_worker_parity(trained: Path, data: Dataset) -> None:
     import numpy as np
     import torch
 

@@ -15,8 +15,9 @@ from encoders.training.config import LOSSES, TrainConfig
 
 def test_defaults_are_trains():
     assert TrainConfig().to_dict() == {
-        "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "input_scale": 1.0, "epochs": 50,
-        "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "loss": "auto", "negatives": 256,
+        "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "input_scale": 1.0, "block": "gpt2",
+        "epochs": 50,
+        "batch_size": 128, "batching": "random", "lr": 1e-3, "weight_decay": 0.0, "loss": "auto", "negatives": 256,
         "all_windows": False, "refit": False, "protocol": "auto", "device": "auto", "seed": 0, "patience": 5,
         "eval_every": 1, "max_seconds": None, "progress": True, "action_weight": 0.2, "text_fusion": False}
     assert LOSSES == ("auto", "full", "sampled")
@@ -86,9 +87,11 @@ def test_frozen_and_round_trips():
 
 
 def test_model_dimensions_go_to_the_encoder_config():
-    config = TrainConfig(d_model=32, n_layers=1, n_heads=4, max_len=50, dropout=0.1)
+    config = TrainConfig(d_model=32, n_layers=1, n_heads=4, max_len=50, dropout=0.1, block="sasrec")
     assert config.encoder_config(10, action_head=True) == EncoderConfig(
-        10, d_model=32, n_layers=1, n_heads=4, max_len=50, dropout=0.1, action_head=True)
+        10, d_model=32, n_layers=1, n_heads=4, max_len=50, dropout=0.1, action_head=True, block="sasrec")
+    with pytest.raises(ConfigError, match=r"block='bert' must be one of \('gpt2', 'sasrec'\)"):
+        TrainConfig(block="bert")
 
 
 def test_negatives_by_loss_and_catalogue_size():
@@ -102,24 +105,27 @@ def test_the_record_is_train_args_as_checkpoints_have_them():
                                                                            action_head=False)
     # Key order and values as report.json has always had them (the figures in effect).
     assert list(record.items()) == [
-        ("epochs", 3), ("batch_size", 128), ("lr", 1e-3), ("weight_decay", 0.0), ("loss", "auto"),
-        ("negatives", None), ("all_windows", False), ("refit", False), ("seed", 0), ("patience", 5),
+        ("epochs", 3), ("batch_size", 128), ("batching", "random"), ("lr", 1e-3), ("weight_decay", 0.0),
+        ("loss", "auto"), ("negatives", None), ("all_windows", False), ("refit", False), ("seed", 0), ("patience", 5),
         ("eval_every", 1), ("max_seconds", None), ("device", "cpu"), ("action_weight", 0.0)]
     assert TrainConfig(loss="sampled").record(n_items=100, device="cuda", action_head=True)["action_weight"] == 0.2
 
 
 def test_from_record_keeps_how_the_parent_learned_not_its_schedule():
-    encoder = EncoderConfig(10, d_model=32, n_layers=1, n_heads=2, max_len=50, dropout=0.1, action_head=True)
-    parent = TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, epochs=7, lr=5e-3, loss="sampled",
+    encoder = EncoderConfig(10, d_model=32, n_layers=1, n_heads=2, max_len=50, dropout=0.1, action_head=True,
+                            block="sasrec")
+    parent = TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", epochs=7, lr=5e-3,
+                         loss="sampled",
                          negatives=32, all_windows=True, weight_decay=0.01, action_weight=0.5, seed=3)
     record = {**parent.record(n_items=10, device="cuda", action_head=True), "finetuned_from": "abc", "context": 5}
     child = TrainConfig.from_record(encoder, record, "leave-one-out")
-    assert child == TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, loss="sampled", negatives=32,
+    assert child == TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", loss="sampled",
+                                negatives=32,
                                 all_windows=True, weight_decay=0.01, action_weight=0.5, protocol="leave-one-out")
     # A full softmax records no count (None), and an old checkpoint may record nothing: the defaults.
     assert TrainConfig.from_record(encoder, {"negatives": None}).negatives == 256
     assert TrainConfig.from_record(encoder, {}).replace(d_model=64) == TrainConfig(
-        n_layers=1, max_len=50, dropout=0.1)
+        n_layers=1, max_len=50, dropout=0.1, block="sasrec")
     with pytest.raises(ConfigError, match="checkpoint train_args: loss='soft'"):
         TrainConfig.from_record(encoder, {"loss": "soft"})
 
