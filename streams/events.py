@@ -11,7 +11,11 @@ Rules beyond the schema, decided here and documented in the README:
 - ``ts`` must lie between 1990-01-01 and the worker's clock plus ``max_future``;
 - texts longer than ``max_text_chars`` are rejected, not truncated;
 - unknown items are accepted (the catalogue grows); the encoder maps them to
-  its unknown-item embedding.
+  its unknown-item embedding;
+- a click's ``context`` keeps the documented keys (`Context`); other keys are
+  ignored and counted, and a documented key with a bad value (a latitude of
+  200, a device that is a number, a latitude without a longitude) rejects the
+  event with reason ``bad_context``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import orjson
 from streams.errors import InvalidEvent
 
 __all__ = [
-    "SCHEMA_VERSION", "ClickEvent", "TextEvent", "RecommendationEvent", "DeadLetter",
+    "SCHEMA_VERSION", "ClickEvent", "Context", "TextEvent", "RecommendationEvent", "DeadLetter",
     "Limits", "decode_click", "decode_text", "InvalidEvent",
 ]
 
@@ -36,6 +40,7 @@ MAX_RAW_BYTES = 65_536
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=/\-]{1,128}")
 ACTION_PATTERN = re.compile(r"[a-z_]{1,32}")
 TEXT_KINDS = frozenset({"search", "review", "comment"})
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=/\- ]{1,64}")  # context.device and context.region
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,27 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Context:
+    """Where and how a click happened: the documented keys of its ``context`` object.
+
+    ``device`` and ``region`` are free labels (the encoder hashes them);
+    ``lat``/``lon`` are degrees and come together; ``tz_offset_min`` is the
+    user's offset from UTC in minutes (New York in winter: -300), from which
+    the local hour of the week follows.  ``ignored_keys`` counts the other
+    keys the producer sent, which are dropped.
+    """
+
+    device: str | None = None
+    region: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    tz_offset_min: int | None = None
+    ignored_keys: int = 0
+
+    KEYS = ("device", "region", "lat", "lon", "tz_offset_min")
+
+
+@dataclass(frozen=True, slots=True)
 class ClickEvent:
     event_id: str
     user_id: str
@@ -54,7 +80,7 @@ class ClickEvent:
     action: str
     ts: int
     session_id: str | None = None
-    context: Mapping[str, Any] | None = None
+    context: Context | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +211,40 @@ def _short(value: Any, keep: int = 40) -> str:
     return text if len(text) <= keep else text[:keep] + "...'"
 
 
+def _context(found: Mapping[str, Any] | None) -> Context | None:
+    """The documented keys of a click's context, checked; None when it has none of them."""
+    if not found:
+        return None
+    known = {key: found[key] for key in Context.KEYS if found.get(key) is not None}
+    for key in ("device", "region"):
+        if key in known and not (isinstance(known[key], str) and LABEL_PATTERN.fullmatch(known[key])):
+            raise InvalidEvent("bad_context", f"context.{key} must be 1-64 of [A-Za-z0-9_.:@+=/- ], "
+                                              f"got {_short(known[key])}")
+    for key, bound in (("lat", 90), ("lon", 180)):
+        if key in known and not (_is_number(known[key]) and -bound <= known[key] <= bound):
+            raise InvalidEvent("bad_context", f"context.{key} must be a number in [-{bound}, {bound}], "
+                                              f"got {_short(known[key])}")
+    if ("lat" in known) != ("lon" in known):
+        raise InvalidEvent("bad_context", "context.lat and context.lon come together; got only "
+                                          f"{'lat' if 'lat' in known else 'lon'}")
+    offset = known.get("tz_offset_min")
+    if offset is not None and not (_is_number(offset) and offset == int(offset) and -720 <= offset <= 840):
+        raise InvalidEvent("bad_context", f"context.tz_offset_min must be whole minutes in [-720, 840], "
+                                          f"got {_short(offset)}")
+    ignored = sum(key not in Context.KEYS for key in found)
+    if not known:
+        return Context(ignored_keys=ignored)
+    return Context(device=known.get("device"), region=known.get("region"),
+                   lat=float(known["lat"]) if "lat" in known else None,
+                   lon=float(known["lon"]) if "lon" in known else None,
+                   tz_offset_min=int(offset) if offset is not None else None, ignored_keys=ignored)
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int in Python; a latitude of `true` is still wrong.  NaN fails every comparison.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def decode_click(raw: bytes, key: bytes | None, now_ms: int, limits: Limits = Limits()) -> ClickEvent:
     """Decode and validate one click event, or raise InvalidEvent."""
     value = _load_object(raw)
@@ -193,7 +253,7 @@ def decode_click(raw: bytes, key: bytes | None, now_ms: int, limits: Limits = Li
     action = _field(value, "action", str)
     if not ACTION_PATTERN.fullmatch(action):
         raise InvalidEvent("bad_action", f"field 'action' must be 1-32 of [a-z_], got {_short(action)}")
-    context = _field(value, "context", dict, required=False)
+    context = _context(_field(value, "context", dict, required=False))
     return ClickEvent(
         event_id=_identifier(value, "event_id"), user_id=user_id,
         item_id=_identifier(value, "item_id"), action=action,

@@ -31,6 +31,9 @@ class Metrics:
                                     ["topic", "reason"], registry=r)
         self.unknown_items = Counter("iu_unknown_items", "Applied click events whose item the model does not know.",
                                      registry=r)
+        self.context_keys_ignored = Counter("iu_context_keys_ignored", "Keys of applied clicks' context objects "
+                                            "that are not documented (device, region, lat, lon, tz_offset_min) "
+                                            "and were dropped.", registry=r)
         self.batch_size = Histogram("iu_batch_size", "Events per micro-batch.", buckets=_SIZE_BUCKETS, registry=r)
         self.in_flight = Gauge("iu_batches_in_flight", "Micro-batches taken and not yet published (0: idle; "
                                "up to 2 while one is applied and the one before it refreshed).", registry=r)

@@ -199,7 +199,7 @@ class Pipeline:
         if await self._publish_dead_letters([letter], "ingest"):
             self.metrics.isolated.labels("ingest").inc()
         await self.store.apply([], {(record.topic, record.partition): record.offset})
-        report = BatchReport(self._count_events([], [], [letter]), [letter])
+        report = BatchReport(self._count_events([], [], [], [letter]), [letter])
         return Ingested([record], [], [], set(), set(), {}, report, started)
 
     async def ingest(self, records: Sequence[RawRecord]) -> Ingested:
@@ -219,7 +219,7 @@ class Pipeline:
         await self.faults.at("after_apply", records)
         late = _late_letters(valid, entries, outcomes, now_ms)
         await self._publish_dead_letters(late, "ingest")
-        report = BatchReport(self._count_events(entries, outcomes, dead + late), dead + late)
+        report = BatchReport(self._count_events(valid, entries, outcomes, dead + late), dead + late)
         self._count_online_quality(applied.ranks)
         applied_now = [e for e, o in zip(entries, outcomes) if o == "applied"]
         changed = {stream: {e.user_id for e in applied_now if e.stream == stream} for stream in ("c", "t")}
@@ -399,22 +399,29 @@ class Pipeline:
             published_at=int(time.time() * 1000), clicks_applied=refreshed.clicks_applied,
             interest_profile=interests, next_action=refreshed.next_action, drift=refreshed.drift)
 
-    def _count_events(self, entries: Sequence[Entry], outcomes: Sequence[str],
+    def _count_events(self, valid: Sequence[Decoded], entries: Sequence[Entry], outcomes: Sequence[str],
                       dead: Sequence[DeadLetter]) -> dict[str, int]:
-        """Count outcomes as soon as Redis has them, so /metrics never lags the store."""
+        """Count outcomes as soon as Redis has them, so /metrics never lags the store.
+
+        ``valid``, ``entries`` and ``outcomes`` are parallel: an event, as stored, and what Redis did with it.
+        """
         m = self.metrics
         counts: dict[str, int] = {"dead_letter": len(dead)}
         for letter in dead:
             m.events.labels(letter.topic, "dead_letter").inc()
             m.dead_letters.labels(letter.topic, letter.reason).inc()
-        for entry, outcome in zip(entries, outcomes):
+        for decoded, entry, outcome in zip(valid, entries, outcomes):
             if outcome == "late":
                 continue  # a dead letter, counted above
             m.events.labels(entry.topic, outcome).inc()
             counts[outcome] = counts.get(outcome, 0) + 1
-            if (outcome == "applied" and self.known_items is not None and entry.stream == "c"
-                    and entry.record.item_id not in self.known_items):
+            if outcome != "applied" or entry.stream != "c":
+                continue
+            if self.known_items is not None and entry.record.item_id not in self.known_items:
                 m.unknown_items.inc()
+            context = decoded.event.context
+            if context is not None and context.ignored_keys:
+                m.context_keys_ignored.inc(context.ignored_keys)
         return counts
 
     def _count_online_quality(self, ranks: Sequence[int]) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from streams.clients.consumer import LatestRecommendations, follow
 from streams.errors import InvalidEvent
-from streams.events import SCHEMA_VERSION, decode_click, decode_text
+from streams.events import SCHEMA_VERSION, Context, decode_click, decode_text
 from streams.clients.producer import EventProducer, validate_click, validate_text
 from streams.clients.kafka import ensure_topics
 
@@ -78,7 +78,7 @@ def test_sent_events_decode_on_the_worker_side(broker_url):
     with EventProducer(broker_url, click_topic=clicks, text_topic=texts) as producer:
         ids = [producer.send_click("u1", "i1", "view"),
                producer.send_click("u2", "i2", "cart", ts=NOW - 1000, event_id="c-2", session_id="s2"),
-               producer.send_click("u1", "i3", "buy", context={"page": "home"})]
+               producer.send_click("u1", "i3", "buy", context={"device": "phone", "page": "home"})]
         text_id = producer.send_text("u2", "search", "trail shoes", item_id="i2")
         with pytest.raises(InvalidEvent):
             producer.send_click("a b", "i1", "view")
@@ -93,7 +93,7 @@ def test_sent_events_decode_on_the_worker_side(broker_url):
     assert [(e.user_id, e.item_id, e.action) for e in decoded] == [("u1", "i1", "view"), ("u2", "i2", "cart"),
                                                                    ("u1", "i3", "buy")]
     assert decoded[1].ts == NOW - 1000 and decoded[1].session_id == "s2"
-    assert decoded[2].context == {"page": "home"} and decoded[0].session_id is None
+    assert decoded[2].context == Context(device="phone", ignored_keys=1) and decoded[0].session_id is None
 
     assert len(text_messages) == 1 and text_messages[0].key == b"u2"
     text = decode_text(text_messages[0].value, text_messages[0].key, now_ms)

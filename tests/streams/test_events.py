@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.events import ClickEvent, InvalidEvent, Limits, decode_click, decode_text
+from streams.events import ClickEvent, Context, InvalidEvent, Limits, decode_click, decode_text
 
 NOW = 1_800_000_000_000
 GOOD_CLICK = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "action": "view", "ts": NOW - 1000}
@@ -15,8 +15,36 @@ def click(**changes) -> bytes:
 
 
 def test_good_click_decodes_to_a_typed_record():
-    event = decode_click(click(session_id="s1", context={"page": "home"}), b"u1", NOW)
-    assert event == ClickEvent("e1", "u1", "i1", "view", NOW - 1000, "s1", {"page": "home"})
+    event = decode_click(click(session_id="s1", context={"device": "phone", "page": "home"}), b"u1", NOW)
+    assert event == ClickEvent("e1", "u1", "i1", "view", NOW - 1000, "s1", Context(device="phone", ignored_keys=1))
+
+
+def test_a_context_keeps_its_documented_keys_and_counts_the_others():
+    full = {"device": "tv", "region": "US-NY", "lat": 40.7, "lon": -74, "tz_offset_min": -300, "page": "home",
+            "ab": 3}
+    assert decode_click(click(context=full), None, NOW).context == Context(
+        device="tv", region="US-NY", lat=40.7, lon=-74.0, tz_offset_min=-300, ignored_keys=2)
+    assert decode_click(click(context={}), None, NOW).context is None
+    assert decode_click(click(context={"device": None, "lat": None, "lon": None}), None, NOW).context == Context()
+    assert decode_click(click(context={"page": "x"}), None, NOW).context == Context(ignored_keys=1)
+
+
+@pytest.mark.parametrize("context, detail", [
+    ({"device": 7}, "context.device must be 1-64"),
+    ({"region": "x" * 65}, "context.region must be 1-64"),
+    ({"region": "new\nline"}, "context.region must be 1-64"),
+    ({"lat": 91, "lon": 0}, r"context.lat must be a number in \[-90, 90\], got 91"),
+    ({"lat": 0, "lon": -180.5}, "context.lon must be a number"),
+    ({"lat": "40.7", "lon": 0}, "context.lat must be a number"),
+    ({"lat": True, "lon": 0}, "context.lat must be a number"),
+    ({"lat": 40.7}, "context.lat and context.lon come together; got only lat"),
+    ({"tz_offset_min": 30.5}, "context.tz_offset_min must be whole minutes"),
+    ({"tz_offset_min": 900}, "context.tz_offset_min must be whole minutes in \\[-720, 840\\]"),
+])
+def test_a_bad_context_value_is_a_bad_context_naming_the_key(context, detail):
+    with pytest.raises(InvalidEvent, match=detail) as caught:
+        decode_click(click(context=context), None, NOW)
+    assert caught.value.reason == "bad_context"
 
 
 def test_good_text_decodes():

@@ -50,6 +50,18 @@ def test_a_batch_is_applied_once_and_every_changed_user_is_published(pipeline, r
     assert again.outcomes == {"replay": 4, "dead_letter": 1} and again.recommendations == []
 
 
+def test_context_keys_nobody_documented_are_counted_once_and_a_bad_context_is_dead_lettered(pipeline, run):
+    batch = [click(0, "u1", "i1", NOW - 3000, context={"device": "phone", "page": "home", "ab": "b"}),
+             click(1, "u1", "i3", NOW - 2000, context={"lat": 40.7}),
+             click(2, "u2", "i0", NOW - 1000, context={"region": "US-NY", "lat": 40.7, "lon": -74.0})]
+    report = run(pipeline.process(batch))
+    assert report.outcomes == {"applied": 2, "dead_letter": 1}
+    assert [(d.reason, d.offset) for d in pipeline.publisher.dead] == [("bad_context", 1)]
+    assert "context.lat and context.lon come together" in pipeline.publisher.dead[0].error
+    run(pipeline.process(batch))  # replayed: nothing applied, nothing counted again
+    assert pipeline.metrics.context_keys_ignored._value.get() == 2
+
+
 def test_versions_rise_by_one_per_refresh(pipeline, run):
     for offset in range(3):
         run(pipeline.process([click(offset, "u1", f"i{offset}", NOW - 10_000 + offset)]))

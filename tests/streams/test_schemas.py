@@ -33,6 +33,12 @@ def accepts(decode, value: dict) -> bool:
     {"event_id": "e", "user_id": "u", "item_id": "i", "action": "buy", "ts": 5},
     {"event_id": "e", "user_id": "u", "item_id": "i", "action": "buy", "ts": "5"},
     {"user_id": "u", "item_id": "i", "action": "buy", "ts": NOW},
+    *({"event_id": "e", "user_id": "u", "item_id": "i", "action": "view", "ts": NOW, "context": context}
+      for context in ({"device": "phone", "region": "US-NY", "lat": 40.7, "lon": -74, "tz_offset_min": -300},
+                      {"page": "home"}, {"device": None}, {"device": 7}, {"device": ""}, {"region": "a\nb"},
+                      {"lat": 90.5, "lon": 0}, {"lat": 0, "lon": 181}, {"lat": 1}, {"lon": 1},
+                      {"lat": 1, "lon": None}, {"lat": "1", "lon": 1}, {"tz_offset_min": 60.5},
+                      {"tz_offset_min": -721}, {"tz_offset_min": 840})),
 ])
 def test_click_schema_and_decoder_agree(value):
     assert validator("click.schema.json").is_valid(value) == accepts(decode_click, value)
