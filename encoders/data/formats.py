@@ -66,8 +66,9 @@ _SNIFF_LINES = 50
 # Column names recognised without flags, compared lower-case with "_", "-" and spaces removed.
 _KNOWN_COLUMNS = {
     "user": ("userid", "user", "uid", "reviewerid", "visitorid", "customerid", "sessionid", "session"),
-    "item": ("itemid", "item", "movieid", "productid", "asin", "aid", "articleid", "iid"),
-    "time": ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixreviewtime"),
+    "item": ("itemid", "item", "movieid", "productid", "asin", "aid", "articleid", "iid", "poiid", "stanpoiid",
+             "placeid", "venueid", "locationid"),
+    "time": ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixreviewtime", "utctime", "checkintime"),
     "rating": ("rating", "overall", "score", "stars"),
     "action": ("action", "event", "eventtype", "type"),
 }
@@ -434,6 +435,9 @@ _FOLDER_FILES = (  # (file names tried in order, format)
 )
 
 
+_DATA_FILE = re.compile(r".+\.(csv|tsv|txt|dat|jsonl)(\.gz)?")
+
+
 def _folder(folder: Path, fmt: str, columns: Columns, test: Path | None) -> Dataset:
     if fmt in ("auto", "ml-1m") and (folder / "sequences.txt.gz").is_file():
         return load_ml1m(folder)
@@ -449,10 +453,14 @@ def _folder(folder: Path, fmt: str, columns: Columns, test: Path | None) -> Data
     inters = sorted(folder.glob("*.inter"))
     if len(inters) == 1:
         return _file(inters[0], fmt if fmt != "auto" else "recbole", columns, test, name=folder.name)
+    data_files = [f for f in sorted(folder.iterdir()) if f.is_file() and _DATA_FILE.fullmatch(f.name.lower())]
+    if len(data_files) == 1:  # e.g. foursquare-nyc/checkins.csv.gz beside its README
+        return _file(data_files[0], fmt, columns, test, name=folder.name)
     raise DataFormatError(folder, "expected a folder with sequences.txt.gz (ML-1M), ratings.csv[.gz] "
                                   "(MovieLens), ratings.dat (MovieLens 1M/10M), u.data (MovieLens 100k), "
                                   "one <name>.inter (RecBole), train.tsv[.gz] (sessions), reviews.jsonl[.gz] "
-                                  "(Amazon) or train.jsonl / events.jsonl, or a file")
+                                  "(Amazon), train.jsonl / events.jsonl, or a single .csv/.tsv/.txt/.jsonl "
+                                  f"file (found {len(data_files)}); or give a file")
 
 
 def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str | None = None) -> Dataset:

@@ -89,6 +89,22 @@ def test_errors_name_file_line_and_expectation(tmp_path: Path, name: str, text: 
         load_dataset(_write(tmp_path / name, text))
 
 
+def test_a_folder_with_one_data_file_reads_it_and_check_in_columns_are_known(tmp_path: Path) -> None:
+    """The Foursquare check-in layout: place ids and UTC times under their own names, a README beside."""
+    folder = tmp_path / "checkins"
+    folder.mkdir()
+    (folder / "README.md").write_text("# check-ins\n")
+    _write(folder / "checkins.csv.gz", "user_id,venue_id,stan_poi_id,latitude,longitude,utc_time\n"
+                                       "1,4d4a,3601,40.78,-73.97,2012-04-07 17:42:29+00:00\n"
+                                       "1,,3788,40.73,-73.99,2012-04-07 16:00:00+00:00\n")
+    log = load_dataset(folder)
+    assert log.name == "checkins"
+    assert [(e.item_id, e.ts) for e in log.sequences()["1"]] == [("3788", 1333814400000), ("3601", 1333820549000)]
+    _write(folder / "more.csv", "user,item\n1,2\n")
+    with pytest.raises(DataFormatError, match=r"a single .csv/.tsv/.txt/.jsonl file \(found 2\)"):
+        load_dataset(folder)
+
+
 def test_folder_and_format_errors(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="expected a folder with sequences.txt.gz"):
         load_dataset(tmp_path)
