@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,8 @@ if TYPE_CHECKING:  # the subcommands import encoders (torch) only when they run
 
 __all__ = ["train", "evaluate", "finetune", "evaluation_table", "train_config", "use_threads"]
 
+log = logging.getLogger("interest_updater.train")
+
 
 def train(args: argparse.Namespace) -> int:
     from encoders.training.train import train as train_encoder
@@ -25,6 +29,8 @@ def train(args: argparse.Namespace) -> int:
     config = train_config(args)  # before the data: a bad flag fails now, not after minutes of loading
     dataset = dataset_from_args(args.data, args)
     config = config.replace(text_fusion=_wants_text_fusion(args.text_fusion, dataset))
+    if args.max_len == "auto":
+        config = config.replace(max_len=auto_max_len(dataset))
     started = time.monotonic()
     out = train_encoder(dataset, args.out, config)
     report = orjson.loads((out / "report.json").read_bytes())
@@ -56,13 +62,28 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """
     from encoders.training.config import TrainConfig
 
-    return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=args.max_len,
+    max_len = 200 if args.max_len == "auto" else args.max_len  # auto is resolved once the data is read
+    return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
                        dropout=args.dropout, input_scale=args.input_scale, block=args.block, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr,
                        weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,
                        seed=args.seed, patience=args.patience, eval_every=args.eval_every,
                        max_seconds=args.max_seconds, action_weight=args.action_weight)
+
+
+def auto_max_len(dataset, cap: int = 200) -> int:
+    """--max-len auto: the 99th percentile of history lengths rounded up to 10, at most ``cap``.
+
+    Longer windows than the histories only pad; shorter ones cut what the model reads.
+    """
+    import numpy as np
+
+    lengths = [len(events) for events in dataset.sequences().values()]
+    chosen = min(cap, max(10, 10 * math.ceil(float(np.percentile(lengths, 99)) / 10))) if lengths else cap
+    log.info("--max-len auto: %d (99%% of %d histories have at most %d events)", chosen, len(lengths),
+             int(np.percentile(lengths, 99)) if lengths else 0)
+    return chosen
 
 
 def use_threads(threads: int) -> None:

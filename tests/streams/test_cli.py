@@ -106,6 +106,28 @@ def test_train_flags_become_a_train_config():
     # Refit is on unless --no-refit: on sparse data it is what beats evaluate's co-occurrence baseline.
     assert train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])).refit
     assert not train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x", "--no-refit"])).refit
+    assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--max-len", "50"])).max_len == 50
+
+
+def test_max_len_auto_covers_99_percent_of_histories_in_tens_up_to_200(caplog):
+    from encoders.data.records import Catalogue, Dataset, Event
+    from streams.cli.offline import auto_max_len
+
+    def log_of(lengths):
+        clicks = [Event(f"u{u}", f"i{n}", n * 1000) for u, length in enumerate(lengths) for n in range(length)]
+        return Dataset("d", clicks, [], Catalogue({}, {}))
+
+    with caplog.at_level("INFO", logger="interest_updater.train"):
+        assert auto_max_len(log_of([3] * 99 + [300])) == 10  # one long outlier does not set it
+    assert "--max-len auto: 10 (99% of 100 histories have at most" in caplog.text
+    assert auto_max_len(log_of([23] * 50)) == 30
+    assert auto_max_len(log_of([250] * 10)) == 200
+
+
+def test_a_bad_max_len_names_the_flag():
+    result = cli("train", "--data", "synthetic", "--out", "/tmp/never-written", "--max-len", "long")
+    assert result.returncode == 2
+    assert "argument --max-len: expected a number of events or auto, got 'long'" in result.stderr
 
 
 def test_a_bad_train_flag_fails_before_the_data_is_read():
