@@ -38,6 +38,10 @@ class EncoderConfig:
     # every config.json written before the choice existed) or "sasrec" (SASRec's
     # block: the residual runs from the normalised query, d-wide ReLU feed-forward).
     block: str = "gpt2"
+    # Context features of each event (encoders.features.CONTEXT_FEATURES: local hour of
+    # the week, device, region, place cell, distance from the previous place) and each
+    # item's own place cell.  False in every config.json written before them.
+    context: bool = False
 
     def __post_init__(self) -> None:
         # Validate eagerly: a bad config should fail here, not deep inside torch.

@@ -9,6 +9,8 @@ this is plain numpy bookkeeping.
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,27 +20,46 @@ import numpy as np
 from .vocab import ItemVocab, action_index
 
 if TYPE_CHECKING:  # a type only: the worker's imports never reach the data package
-    from .data.records import Event
+    from .data.records import Event, EventContext
 
-__all__ = ["Batch", "SeqArrays", "from_arrays", "from_events", "from_tuples", "pad_batch", "split_input"]
+__all__ = ["CONTEXT_FEATURES", "CONTEXT_SIZES", "Batch", "SeqArrays", "cell_of", "context_columns", "from_arrays",
+           "from_events", "from_tuples", "pad_batch", "split_input"]
 
 NO_PREVIOUS = -1  # gap value of a user's first known event
+
+# Context features of an event, one int64 column each; 0 is "unknown" in every one.
+CONTEXT_FEATURES = ("hour_of_week", "device", "region", "cell", "distance")
+CONTEXT_SIZES = {
+    "hour_of_week": 1 + 168,  # local time (UTC + tz_offset_min), Monday 00:00-00:59 is 1
+    "device": 64,  # hashed labels: a few dozen device kinds, collisions harmless
+    "region": 256,
+    "cell": 4096,  # hashed 0.01-degree grid cells (about 1 km)
+    "distance": 1 + 16,  # log2-bucketed km from the previous event's place
+}
+CELL_DEGREES = 0.01
+_EARTH_KM = 6371.0
 
 
 @dataclass(frozen=True)
 class SeqArrays:
-    """One user's events as int64 arrays (item index, action index, gap in ms)."""
+    """One user's events as int64 arrays (item index, action index, gap in ms).
+
+    ``context`` [n, len(CONTEXT_FEATURES)] holds the events' context features
+    (`context_columns`), or is None where the events have none.
+    """
 
     items: np.ndarray
     actions: np.ndarray
     gaps: np.ndarray
+    context: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def window(self, start: int | None, stop: int | None) -> SeqArrays:
-        """Slice all three arrays alike (gaps stay those of the full sequence)."""
-        return SeqArrays(self.items[start:stop], self.actions[start:stop], self.gaps[start:stop])
+        """Slice every array alike (gaps and distances stay those of the full sequence)."""
+        context = None if self.context is None else self.context[start:stop]
+        return SeqArrays(self.items[start:stop], self.actions[start:stop], self.gaps[start:stop], context)
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,7 @@ class Batch:
     actions: np.ndarray
     gaps: np.ndarray
     lengths: np.ndarray
+    context: np.ndarray | None = None  # [B, L, len(CONTEXT_FEATURES)] when any sequence has context
 
 
 def _gaps(ts: np.ndarray) -> np.ndarray:
@@ -72,9 +94,58 @@ def from_arrays(items: np.ndarray, actions: np.ndarray, ts: np.ndarray) -> SeqAr
 
 
 def from_events(events: Sequence[Event], vocab: ItemVocab) -> SeqArrays:
-    """Arrays of a chronological list of click events."""
+    """Arrays of a chronological list of click events (with their context features when any has a context)."""
     items = [vocab.index(e.item_id) for e in events]
-    return _arrays(items, [action_index(e.action) for e in events], [e.ts for e in events])
+    seq = _arrays(items, [action_index(e.action) for e in events], [e.ts for e in events])
+    if not any(e.context is not None for e in events):
+        return seq
+    return SeqArrays(seq.items, seq.actions, seq.gaps, context_columns([e.ts for e in events],
+                                                                        [e.context for e in events]))
+
+
+def _label_bucket(label: str | None, size: int) -> int:
+    # crc32: stable across processes and releases (Python's hash() is salted per process).
+    return 0 if label is None else 1 + zlib.crc32(label.encode()) % (size - 1)
+
+
+def cell_of(lat: float | None, lon: float | None) -> int:
+    """The hashed CELL_DEGREES grid cell of a place; 0 when it has no coordinates."""
+    if lat is None or lon is None:
+        return 0
+    key = f"{math.floor(lat / CELL_DEGREES)},{math.floor(lon / CELL_DEGREES)}"
+    return _label_bucket(key, CONTEXT_SIZES["cell"])
+
+
+def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * _EARTH_KM * math.asin(math.sqrt(min(1.0, a)))
+
+
+def context_columns(ts: Sequence[int], contexts: Sequence[EventContext | None]) -> np.ndarray:
+    """[n, len(CONTEXT_FEATURES)] int64 context features of a chronological sequence; 0 where unknown.
+
+    The local hour of the week needs the time and the offset; the distance
+    needs this event's place and the previous event's (0 for the first).
+    """
+    out = np.zeros((len(ts), len(CONTEXT_FEATURES)), dtype=np.int64)
+    previous = None
+    for row, (t, ctx) in enumerate(zip(ts, contexts)):
+        if ctx is None:
+            previous = None
+            continue
+        if ctx.tz_offset_min is not None:
+            local_hour = (int(t) // 1000 + ctx.tz_offset_min * 60) // 3600
+            out[row, 0] = 1 + (local_hour + 72) % 168  # the epoch was a Thursday: +72 h puts Monday first
+        out[row, 1] = _label_bucket(ctx.device, CONTEXT_SIZES["device"])
+        out[row, 2] = _label_bucket(ctx.region, CONTEXT_SIZES["region"])
+        out[row, 3] = cell_of(ctx.lat, ctx.lon)
+        if ctx.lat is not None and previous is not None and previous.lat is not None:
+            km = _km(previous.lat, previous.lon, ctx.lat, ctx.lon)
+            out[row, 4] = 1 + min(15, int(math.log2(1.0 + 10.0 * km)))  # 100 m steps, doubling
+        previous = ctx
+    return out
 
 
 def from_tuples(events: Sequence[tuple[str, str, int]], vocab: ItemVocab) -> SeqArrays:
@@ -90,11 +161,15 @@ def pad_batch(seqs: Sequence[SeqArrays], length: int) -> Batch:
     actions = np.zeros((n, length), dtype=np.int64)
     gaps = np.zeros((n, length), dtype=np.int64)
     lengths = np.zeros(n, dtype=np.int64)
+    has_context = any(seq.context is not None for seq in seqs)
+    context = np.zeros((n, length, len(CONTEXT_FEATURES)), dtype=np.int64) if has_context else None
     for row, seq in enumerate(seqs):
         m = len(seq)
         items[row, :m], actions[row, :m], gaps[row, :m] = seq.items, seq.actions, seq.gaps
+        if context is not None and seq.context is not None:
+            context[row, :m] = seq.context
         lengths[row] = m
-    return Batch(items, actions, gaps, lengths)
+    return Batch(items, actions, gaps, lengths, context)
 
 
 def split_input(seq: SeqArrays, split: str) -> tuple[SeqArrays, int] | None:

@@ -119,7 +119,8 @@ def _prefix_cases(sessions: list[SeqArrays]) -> EvalCases:
 
 def _known_only(seq: SeqArrays) -> SeqArrays:
     keep = seq.items != UNKNOWN
-    return SeqArrays(seq.items[keep], seq.actions[keep], seq.gaps[keep])
+    return SeqArrays(seq.items[keep], seq.actions[keep], seq.gaps[keep],
+                     None if seq.context is None else seq.context[keep])
 
 
 def _by_start(sequences: dict[str, list[Event]]) -> list[list[Event]]:

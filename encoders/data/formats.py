@@ -54,7 +54,7 @@ from typing import IO, Any
 from ..errors import DataFormatError
 from .benchmarks import catalogue_beside, is_recbole_header, movielens_100k, movielens_dat, strip_recbole_type
 from .builtin import load_ml1m, load_movielens_small, rating_action, synthetic
-from .records import Dataset, Event
+from .records import Dataset, Event, EventContext
 
 __all__ = ["FORMATS", "Columns", "load_dataset", "parse_ts", "sniff_format"]
 
@@ -71,6 +71,14 @@ _KNOWN_COLUMNS = {
     "time": ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixreviewtime", "utctime", "checkintime"),
     "rating": ("rating", "overall", "score", "stars"),
     "action": ("action", "event", "eventtype", "type"),
+}
+# Optional context columns, recognised by name only (the event's `EventContext`).
+_CONTEXT_COLUMNS = {
+    "lat": ("latitude", "lat"),
+    "lon": ("longitude", "lon", "lng"),
+    "tz_offset_min": ("timezoneoffset", "tzoffsetmin", "tzoffset", "utcoffset"),
+    "device": ("device", "devicetype", "platform"),
+    "region": ("region", "country", "city"),
 }
 SECONDS_BELOW = 1e11  # a timestamp under this is seconds (1e11 s is the year 5138), else ms
 
@@ -239,6 +247,10 @@ def _resolve_columns(path: Path, header: list[str], given: Columns) -> dict[str,
         if chosen[role] is None:
             raise DataFormatError(path, f"no {role} column in header {header}; name it with --{role}-col "
                                         "(or --format headerless if the first line is data)", 1)
+    for role, aliases in _CONTEXT_COLUMNS.items():
+        chosen[role] = next((by_norm[a] for a in aliases if a in by_norm), None)
+    if (chosen["lat"] is None) != (chosen["lon"] is None):
+        chosen["lat"] = chosen["lon"] = None  # a place needs both
     return chosen
 
 
@@ -318,8 +330,31 @@ def _delimited(path: Path, given: Columns) -> list[Event]:
         user, item = row[cols["user"]], row[cols["item"]]
         ts = parse_ts(row[cols["time"]], path, line_no) if cols["time"] is not None else order[user] * 1000
         order[user] += 1
-        events.append(Event(user, item, ts, _action(row, cols, path, line_no)))
+        events.append(Event(user, item, ts, _action(row, cols, path, line_no),
+                            context=_row_context(row, cols, path, line_no)))
     return events
+
+
+def _row_context(row: list[str], cols: dict[str, int | None], path: Path, line_no: int) -> EventContext | None:
+    """The event's context from the optional context columns; None when the file has none or the row is empty."""
+    found: dict[str, Any] = {}
+    for role, kind, bound in (("lat", float, 90), ("lon", float, 180), ("tz_offset_min", int, 840)):
+        text = row[cols[role]].strip() if cols.get(role) is not None else ""
+        if text:
+            try:
+                value = kind(float(text))
+            except ValueError:
+                raise DataFormatError(path, f"{role} must be a number, got {text!r}", line_no) from None
+            if not -bound <= value <= bound:
+                raise DataFormatError(path, f"{role} must be within [-{bound}, {bound}], got {text!r}", line_no)
+            found[role] = value
+    for role in ("device", "region"):
+        text = row[cols[role]].strip() if cols.get(role) is not None else ""
+        if text:
+            found[role] = text
+    if ("lat" in found) != ("lon" in found):
+        found.pop("lat", None), found.pop("lon", None)
+    return EventContext(**found) if found else None
 
 
 def _action(row: list[str], cols: dict[str, int | None], path: Path, line_no: int) -> str:
@@ -354,6 +389,25 @@ def _field(obj: dict[str, Any], key: str, path: Path, line_no: int, expected: st
     return obj[key]
 
 
+def _json_context(found: Any, path: Path, line_no: int) -> EventContext | None:
+    """A click's ``context`` object (the documented keys of `streams/schemas/click.schema.json`)."""
+    if not isinstance(found, dict):
+        return None
+    kept: dict[str, Any] = {}
+    for key, kind in (("lat", float), ("lon", float), ("tz_offset_min", int)):
+        value = found.get(key)
+        if value is not None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise DataFormatError(path, f"context.{key} must be a number, got {value!r}", line_no)
+            kept[key] = kind(value)
+    for key in ("device", "region"):
+        if isinstance(found.get(key), str) and found[key]:
+            kept[key] = found[key]
+    if ("lat" in kept) != ("lon" in kept):
+        kept.pop("lat", None), kept.pop("lon", None)
+    return EventContext(**kept) if kept else None
+
+
 def _product_events(path: Path) -> tuple[list[Event], list[Event]]:
     clicks: list[Event] = []
     texts: list[Event] = []
@@ -366,7 +420,8 @@ def _product_events(path: Path) -> tuple[list[Event], list[Event]]:
             texts.append(Event(user, str(obj.get("item_id") or ""), ts, kind, str(obj["text"]), kind))
         else:
             item = str(_field(obj, "item_id", path, line_no, expected))
-            clicks.append(Event(user, item, ts, str(obj.get("action") or "click")))
+            clicks.append(Event(user, item, ts, str(obj.get("action") or "click"),
+                                context=_json_context(obj.get("context"), path, line_no)))
     return clicks, texts
 
 

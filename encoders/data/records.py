@@ -10,7 +10,23 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-__all__ = ["Catalogue", "Dataset", "Event"]
+__all__ = ["Catalogue", "Dataset", "Event", "EventContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventContext:
+    """Where and how an event happened, as far as the log says (None: not said).
+
+    The fields of a click's ``context`` object (`streams.events.Context`):
+    device and region labels, the place's coordinates in degrees, and the
+    user's offset from UTC in minutes, from which the local hour follows.
+    """
+
+    device: str | None = None
+    region: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    tz_offset_min: int | None = None
 
 
 # slots: ML-1M holds a million of these, and slots make them ~35% cheaper.
@@ -29,6 +45,7 @@ class Event:
     action: str = "click"
     text: str | None = None
     kind: str | None = None
+    context: EventContext | None = None
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ def model_scorer(model: SequenceEncoder) -> Scorer:
         batch = pad_batch(seqs, max(max(len(s) for s in seqs), 1))
         tensors = [torch.from_numpy(a).to(device) for a in (batch.items, batch.actions, batch.gaps)]
         lengths = torch.from_numpy(np.maximum(batch.lengths, 1)).to(device)
-        vectors = model.user_vectors(*tensors, lengths).float()
+        context = None if batch.context is None else torch.from_numpy(batch.context).to(device)
+        vectors = model.user_vectors(*tensors, lengths, context).float()
         return item_scores(vectors, table)  # the worker's scores (`InterestEncoder.top_k`), no bias
 
     return score

@@ -45,6 +45,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2Model
 
 from ..config import EncoderConfig
+from ..features import CONTEXT_FEATURES, CONTEXT_SIZES
 
 __all__ = ["SASRecBlock", "SequenceEncoder", "resolve_device", "time_buckets"]
 
@@ -86,6 +87,9 @@ def _gpt2_config(config: EncoderConfig) -> GPT2Config:
     gpt._attn_implementation = "sdpa"
     return gpt
 
+
+_CELL = CONTEXT_FEATURES.index("cell")
+CONTEXT_DROPOUT = 0.1  # per event and feature, in training: the model also learns "unknown"
 
 # attend(q, k, v) -> attention output, all [B, L, d] (heads not yet split).
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -171,6 +175,14 @@ class SequenceEncoder(nn.Module):
         # Created last, so a model without the head draws the same initial
         # weights as before the head existed and has exactly its parameters.
         self.action_head = nn.Linear(d, config.n_actions) if config.action_head else None
+        if config.context:  # after the head, for the same reason
+            # Row 0 of each is "unknown": learned, not zero, so that a model with context
+            # serves events without it (the worker, until it stores context) as trained to.
+            self.context_emb = nn.ModuleList(nn.Embedding(CONTEXT_SIZES[name], d) for name in CONTEXT_FEATURES)
+            for emb in self.context_emb:
+                nn.init.normal_(emb.weight, std=0.02)
+            # Each item's place cell (0: none); its embedding joins the item's row of the table.
+            self.register_buffer("item_cells", torch.zeros(config.n_items, dtype=torch.long))
 
     @property
     def has_action_head(self) -> bool:
@@ -188,53 +200,80 @@ class SequenceEncoder(nn.Module):
             raise ValueError("this model has no next-action head (config.action_head is False)")
         return self.action_head(hidden)
 
-    def forward(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    def forward(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states [B, L, d] (after the final layer norm) of right-padded inputs.
 
         ``items``/``actions`` are vocabulary indices, ``gaps`` the ms since the
         previous event (-1 for none); all int64 [B, L] with L <= max_len.
+        ``context`` [B, L, len(CONTEXT_FEATURES)] are the events' context
+        features (`encoders.features.context_columns`); None is "unknown" for
+        every event.  A model without context ignores it.
         """
         if items.shape[1] > self.config.max_len:
             raise ValueError(f"sequence length {items.shape[1]} exceeds max_len={self.config.max_len}")
         if self.config.block == "gpt2":
             # No attention_mask on purpose: right padding + causal attention (module docstring).
-            x = self._embed(items, actions, gaps)
+            x = self._embed(items, actions, gaps, context)
             return self.gpt(inputs_embeds=x, use_cache=False).last_hidden_state
-        x = self.emb_dropout(self._inputs(items, actions, gaps, self._positions(items)))
+        x = self.emb_dropout(self._inputs(items, actions, gaps, self._positions(items), context))
         dropout = self.config.dropout if self.training else 0.0
         hidden, _ = self._run_blocks(x, lambda layer, q, k, v: F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=dropout), keep_cache=False)
         return hidden
 
     def item_table(self) -> torch.Tensor:
-        """Tied item embeddings [n_items, d]; rows 0 (pad) and 1 (unknown) are not items."""
-        return self.item_emb.weight
+        """Tied item embeddings [n_items, d]; rows 0 (pad) and 1 (unknown) are not items.
+
+        With context, each item's row adds the embedding of its place cell, the
+        one its events' cells have: scores can then prefer places near the user.
+        """
+        if not self.config.context:
+            return self.item_emb.weight
+        return self.item_emb.weight + self.context_emb[_CELL](self.item_cells)
+
+    def set_item_cells(self, cells: torch.Tensor) -> None:
+        """Each item's place cell (`encoders.features.cell_of`; 0: none), [n_items]."""
+        if not self.config.context:
+            raise ValueError("this model has no context features (config.context is False)")
+        self.item_cells.copy_(cells.to(self.item_cells))
 
     def user_vectors(
-        self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor
+        self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor, lengths: torch.Tensor,
+        context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Interest vectors [B, d]: the hidden state at each sequence's last event."""
-        hidden = self.forward(items, actions, gaps)
+        hidden = self.forward(items, actions, gaps, context)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, lengths.to(hidden.device) - 1]
 
     # ------------------------------------------------------------ inference with cached keys and values
-    def _embed(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
-        """Each position's input before GPT-2 adds its position: scaled item + action + time gap."""
+    def _embed(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
+               context: torch.Tensor | None = None) -> torch.Tensor:
+        """Each position's input before its position is added: scaled item + action + time gap (+ context)."""
         x = self.item_emb(items)
         if self.config.input_scale != 1.0:
             x = x * self.config.input_scale
         x = x + self.action_emb(actions)
-        return x + self.time_emb(time_buckets(items, gaps, self.config.n_time_buckets))
+        x = x + self.time_emb(time_buckets(items, gaps, self.config.n_time_buckets))
+        return x + self._context(items, context) if self.config.context else x
+
+    def _context(self, items: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The sum of the context features' embeddings [B, L, d]; unknown (row 0) where not given."""
+        if context is None:
+            context = items.new_zeros((*items.shape, len(CONTEXT_FEATURES)))
+        elif self.training:  # some events without context, as the worker will see them
+            context = context.masked_fill(torch.rand(context.shape, device=context.device) < CONTEXT_DROPOUT, 0)
+        return sum(emb(context[..., i]) for i, emb in enumerate(self.context_emb))
 
     def _positions(self, items: torch.Tensor) -> torch.Tensor:
         b, length = items.shape
         return torch.arange(length, device=items.device).expand(b, length)
 
     def _inputs(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
-                positions: torch.Tensor) -> torch.Tensor:
+                positions: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         table = self.gpt.wpe if self.config.block == "gpt2" else self.pos_emb
-        return self._embed(items, actions, gaps) + table(positions)
+        return self._embed(items, actions, gaps, context) + table(positions)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, d] -> [B, H, L, d/H]."""
@@ -264,15 +303,15 @@ class SequenceEncoder(nn.Module):
         hidden = F.layer_norm(x, (x.shape[-1],), final.weight, final.bias, final.eps)
         return hidden, torch.stack(cache) if keep_cache else None
 
-    def encode_cached(self, items: torch.Tensor, actions: torch.Tensor,
-                      gaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_cached(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor,
+                      context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states [B, L, d] (as `forward` gives them, in eval mode) and keys/values
         [n_layers, 2, B, H, L, d/H] of right-padded inputs at positions 0..L-1."""
-        x = self._inputs(items, actions, gaps, self._positions(items))
+        x = self._inputs(items, actions, gaps, self._positions(items), context)
         return self._run_blocks(x, lambda layer, q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
     def extend(self, items: torch.Tensor, actions: torch.Tensor, gaps: torch.Tensor, past: torch.Tensor,
-               past_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               past_lengths: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states [B, k, d] of k events appended to each row, and their keys/values [n_layers, 2, B, H, k, d/H].
 
         ``past`` [n_layers, 2, B, H, P, d/H] holds the keys and values of the
@@ -285,7 +324,7 @@ class SequenceEncoder(nn.Module):
         k, p = items.shape[1], past.shape[-2]
         lengths = past_lengths.to(items.device)
         positions = lengths[:, None] + torch.arange(k, device=items.device)[None, :]
-        x = self._inputs(items, actions, gaps, positions.clamp(max=self.config.max_len - 1))
+        x = self._inputs(items, actions, gaps, positions.clamp(max=self.config.max_len - 1), context)
         keep_past = (torch.arange(p, device=items.device)[None, :] < lengths[:, None])[:, None, None, :]
         causal = torch.ones(k, k, dtype=torch.bool, device=items.device).tril()
         scale = 1.0 / math.sqrt(self.config.d_model // self.config.n_heads)

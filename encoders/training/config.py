@@ -77,6 +77,7 @@ class TrainConfig:
     dropout: float = 0.2
     input_scale: float = 1.0  # item embeddings of the inputs times this (SASRec: sqrt(d_model))
     block: str = "gpt2"  # the Transformer block, one of encoders.config.BLOCKS
+    context: str = "auto"  # context features (and item place cells): "on", "off", "auto" (when the clicks have any)
     # The optimisation.
     epochs: int = 50  # most epochs; validation stops earlier
     batch_size: int = 128
@@ -110,6 +111,7 @@ class TrainConfig:
         _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
         _require(self.input_scale > 0, "input_scale", self.input_scale, "must be > 0")
         _require(self.block in BLOCKS, "block", self.block, f"must be one of {BLOCKS}")
+        _require(self.context in ("auto", "on", "off"), "context", self.context, "must be 'auto', 'on' or 'off'")
         _require(self.lr > 0, "lr", self.lr, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(self.batching in BATCHINGS, "batching", self.batching, f"must be one of {BATCHINGS}")
@@ -159,10 +161,14 @@ class TrainConfig:
         """Every option, as plain JSON-able values (`from_dict` reads it back)."""
         return asdict(self)
 
-    def encoder_config(self, n_items: int, *, action_head: bool = False) -> EncoderConfig:
-        """The model's shape: these dimensions over a vocabulary of ``n_items`` (padding and unknown included)."""
+    def encoder_config(self, n_items: int, *, action_head: bool = False, context: bool = False) -> EncoderConfig:
+        """The model's shape: these dimensions over a vocabulary of ``n_items`` (padding and unknown included).
+
+        ``action_head`` and ``context`` are what the data allows (`train` decides).
+        """
         return EncoderConfig(n_items, self.d_model, self.n_layers, self.n_heads, self.max_len, self.dropout,
-                             action_head=action_head, input_scale=self.input_scale, block=self.block)
+                             action_head=action_head, input_scale=self.input_scale, block=self.block,
+                             context=context)
 
     def negatives_for(self, n_items: int) -> int | None:
         """None for a full softmax over ``n_items``, else the number of sampled negatives per batch.
@@ -200,7 +206,8 @@ class TrainConfig:
         inherited = {k: train_args[k] for k in _INHERITED if train_args.get(k) is not None}  # None: a full softmax
         return cls.from_dict({"d_model": encoder.d_model, "n_layers": encoder.n_layers, "n_heads": encoder.n_heads,
                               "max_len": encoder.max_len, "dropout": encoder.dropout,
-                              "input_scale": encoder.input_scale, "block": encoder.block, "protocol": protocol,
+                              "input_scale": encoder.input_scale, "block": encoder.block,
+                              "context": "on" if encoder.context else "off", "protocol": protocol,
                               **inherited}, "checkpoint train_args")
 
 

@@ -85,6 +85,10 @@ def extend_vocab(model: SequenceEncoder, vocab: ItemVocab, items: list[str],
     table = grown.item_emb.weight.detach().clone()
     table[: len(vocab)] = state["item_emb.weight"]
     state["item_emb.weight"] = table
+    if "item_cells" in state:  # new items have no place cell until a training gives them one
+        cells = torch.zeros(len(bigger), dtype=torch.long, device=table.device)
+        cells[: len(vocab)] = state["item_cells"]
+        state["item_cells"] = cells
     grown.load_state_dict(state)
     return grown, bigger
 

@@ -102,8 +102,9 @@ def train_windows(train: list[SeqArrays], max_len: int, all_windows: bool) -> li
     return windows
 
 
-def batch_tensors(windows: list[SeqArrays], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """A training batch: input items, actions and gaps [B, L], then target items and actions [B, L].
+def batch_tensors(windows: list[SeqArrays], device: torch.device) -> tuple[torch.Tensor | None, ...]:
+    """A training batch: input items, actions and gaps [B, L], target items and actions [B, L],
+    and the inputs' context features [B, L, C] (None when no window has any).
 
     Inputs are events 0..n-2 of each window and targets events 1..n-1; all
     right-padded with 0 to the longest window.
@@ -111,8 +112,8 @@ def batch_tensors(windows: list[SeqArrays], device: torch.device) -> tuple[torch
     length = max(len(w) for w in windows) - 1
     inputs = pad_batch([w.window(None, -1) for w in windows], length)
     targets = pad_batch([w.window(1, None) for w in windows], length)
-    arrays = (inputs.items, inputs.actions, inputs.gaps, targets.items, targets.actions)
-    return tuple(torch.from_numpy(a).to(device) for a in arrays)
+    arrays = (inputs.items, inputs.actions, inputs.gaps, targets.items, targets.actions, inputs.context)
+    return tuple(None if a is None else torch.from_numpy(a).to(device) for a in arrays)
 
 
 def training_action_counts(train: list[SeqArrays], max_len: int, all_windows: bool) -> np.ndarray:
@@ -203,8 +204,8 @@ def next_action_loss(model: SequenceEncoder, hidden: torch.Tensor, target_action
 
 def _step(model: SequenceEncoder, opt: torch.optim.Optimizer, batch: tuple[torch.Tensor, ...],
           negatives: int | None, action_weight: float = 0.0) -> float:
-    items, actions, gaps, targets, target_actions = batch
-    hidden = model(items, actions, gaps)
+    items, actions, gaps, targets, target_actions, context = batch
+    hidden = model(items, actions, gaps, context)
     valid = targets > 0
     # Score only real items (rows 2..): padding/unknown are never targets.
     h, table, t = hidden[valid], model.item_table()[FIRST_ITEM:], targets[valid] - FIRST_ITEM

@@ -38,6 +38,7 @@ import torch
 from ..config import EncoderConfig
 from ..data.records import Dataset
 from ..evaluation.evaluate import rank_metrics
+from ..features import cell_of
 from ..nn.model import SequenceEncoder, resolve_device
 from ..protocols import Split, make_split
 from ..vocab import ItemVocab
@@ -95,8 +96,10 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
     # A head needs something to choose between: one action (ML-1M) keeps the plain model.
     counts = training_action_counts(split.train, config.max_len, config.all_windows)
     head = config.action_weight > 0 and len(action_classes(counts)) >= 2
-    encoder = config.encoder_config(len(vocab), action_head=head)
-    model = _new_model(encoder, config.seed, dev)
+    context = config.context == "on" or (config.context == "auto" and any(e.context for e in dataset.clicks))
+    encoder = config.encoder_config(len(vocab), action_head=head, context=context)
+    cells = _item_cells(dataset, vocab) if context else None
+    model = _new_model(encoder, config.seed, dev, cells)
     selected = fit(model, train_windows(split.train, config.max_len, config.all_windows), split, config,
                    desc=f"train {dataset.name}")
     model.load_state_dict(selected.best_state)
@@ -108,7 +111,7 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
         # The strict figure (never trained on validation targets), kept for comparison.
         selected_test = rank_metrics(model, split.test, exclude_history=split.exclude_history)
         full = make_split(dataset, vocab, config.protocol, through_valid=True)
-        model = _new_model(encoder, config.seed, dev)
+        model = _new_model(encoder, config.seed, dev, cells)
         fits["refit"] = fit(model, train_windows(full.train, config.max_len, config.all_windows), None,
                             config.replace(max_seconds=_seconds_left(config, wall_start)),
                             epochs=selected.best_epoch, desc=f"refit {dataset.name} (train + valid)")
@@ -144,9 +147,25 @@ def _seconds_left(config: TrainConfig, wall_start: float) -> float | None:
     return max(1.0, wall_start + config.max_seconds - time.perf_counter())
 
 
-def _new_model(config: EncoderConfig, seed: int, dev: torch.device) -> SequenceEncoder:
+def _new_model(config: EncoderConfig, seed: int, dev: torch.device,
+               item_cells: torch.Tensor | None = None) -> SequenceEncoder:
     torch.manual_seed(seed)
-    return SequenceEncoder(config).to(dev)
+    model = SequenceEncoder(config).to(dev)
+    if item_cells is not None:
+        model.set_item_cells(item_cells)
+    return model
+
+
+def _item_cells(dataset: Dataset, vocab: ItemVocab) -> torch.Tensor:
+    """Each item's place cell: that of its first click with coordinates (0: none; a place does not move)."""
+    cells = torch.zeros(len(vocab), dtype=torch.long)
+    for event in dataset.clicks:
+        ctx = event.context
+        if ctx is not None and ctx.lat is not None:
+            row = vocab.index(event.item_id)
+            if not cells[row]:
+                cells[row] = cell_of(ctx.lat, ctx.lon)
+    return cells
 
 
 def _text_fusion(model: SequenceEncoder, vocab: ItemVocab, dataset: Dataset, split: Split, dev: torch.device,

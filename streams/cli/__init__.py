@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
                             "(SASRec's: residual from the normalised query, d-wide ReLU feed-forward, as SASRec+ "
                             "trains it) [default: gpt2]")
     train.add_argument("--batch-size", type=int, default=64, help="users per training step [default: 64]")
+    train.add_argument("--context-features", choices=("auto", "on", "off"), default="auto",
+                       help="embed each event's context (local hour of the week, device, region, place cell, "
+                            "distance from the previous place) and each item's place cell; a model with context "
+                            "still serves events without it [default: auto: when the log's clicks have context "
+                            "columns such as latitude/longitude, timezone_offset, device, region]")
     train.add_argument("--batching", choices=("random", "length"), default="random",
                        help="random: shuffled batches, as SASRec trains; length: batches of similar lengths, less "
                             "padding and faster epochs, but less learnt per epoch [default: random]")

@@ -64,7 +64,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
     max_len = 200 if args.max_len == "auto" else args.max_len  # auto is resolved once the data is read
     return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
-                       dropout=args.dropout, input_scale=args.input_scale, block=args.block, epochs=args.epochs,
+                       dropout=args.dropout, input_scale=args.input_scale, block=args.block,
+                       context=args.context_features, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr,
                        weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,

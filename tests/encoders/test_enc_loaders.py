@@ -10,6 +10,7 @@ import pytest
 
 from encoders.errors import DataFormatError
 from encoders.data import Columns, load_dataset, parse_ts, sniff_format
+from encoders.data.records import EventContext
 
 
 def _write(path: Path, text: str) -> Path:
@@ -100,9 +101,22 @@ def test_a_folder_with_one_data_file_reads_it_and_check_in_columns_are_known(tmp
     log = load_dataset(folder)
     assert log.name == "checkins"
     assert [(e.item_id, e.ts) for e in log.sequences()["1"]] == [("3788", 1333814400000), ("3601", 1333820549000)]
+    assert log.sequences()["1"][1].context == EventContext(lat=40.78, lon=-73.97)  # context columns are read
     _write(folder / "more.csv", "user,item\n1,2\n")
     with pytest.raises(DataFormatError, match=r"a single .csv/.tsv/.txt/.jsonl file \(found 2\)"):
         load_dataset(folder)
+
+
+def test_context_columns_and_the_product_schemas_context_are_read_and_bad_values_named(tmp_path: Path) -> None:
+    text = "user,item,timestamp,latitude,longitude,timezone_offset,device\n1,a,5,40.7,-74.0,-240,phone\n1,b,6,,,,\n"
+    a, b = load_dataset(_write(tmp_path / "c.csv", text)).sequences()["1"]
+    assert a.context == EventContext(device="phone", lat=40.7, lon=-74.0, tz_offset_min=-240) and b.context is None
+    _write(tmp_path / "bad.csv", "user,item,timestamp,latitude,longitude\n1,a,5,91.5,-74.0\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:2: lat must be within \[-90, 90\], got '91.5'"):
+        load_dataset(tmp_path / "bad.csv")
+    line = {"user_id": "u", "item_id": "i", "action": "view", "ts": 5, "context": {"region": "US", "lat": 1}}
+    (event,) = load_dataset(_write(tmp_path / "e.jsonl", json.dumps(line) + "\n")).clicks
+    assert event.context == EventContext(region="US")  # a latitude without a longitude is no place
 
 
 def test_folder_and_format_errors(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from encoders.training.config import LOSSES, TrainConfig
 def test_defaults_are_trains():
     assert TrainConfig().to_dict() == {
         "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "input_scale": 1.0, "block": "gpt2",
-        "epochs": 50,
+        "context": "auto", "epochs": 50,
         "batch_size": 128, "batching": "random", "lr": 1e-3, "weight_decay": 0.0, "loss": "auto", "negatives": 256,
         "all_windows": False, "refit": False, "protocol": "auto", "device": "auto", "seed": 0, "patience": 5,
         "eval_every": 1, "max_seconds": None, "progress": True, "action_weight": 0.2, "text_fusion": False}
@@ -119,13 +119,14 @@ def test_from_record_keeps_how_the_parent_learned_not_its_schedule():
                          negatives=32, all_windows=True, weight_decay=0.01, action_weight=0.5, seed=3)
     record = {**parent.record(n_items=10, device="cuda", action_head=True), "finetuned_from": "abc", "context": 5}
     child = TrainConfig.from_record(encoder, record, "leave-one-out")
-    assert child == TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", loss="sampled",
+    assert child == TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", context="off",
+                                loss="sampled",
                                 negatives=32,
                                 all_windows=True, weight_decay=0.01, action_weight=0.5, protocol="leave-one-out")
     # A full softmax records no count (None), and an old checkpoint may record nothing: the defaults.
     assert TrainConfig.from_record(encoder, {"negatives": None}).negatives == 256
     assert TrainConfig.from_record(encoder, {}).replace(d_model=64) == TrainConfig(
-        n_layers=1, max_len=50, dropout=0.1, block="sasrec")
+        n_layers=1, max_len=50, dropout=0.1, block="sasrec", context="off")
     with pytest.raises(ConfigError, match="checkpoint train_args: loss='soft'"):
         TrainConfig.from_record(encoder, {"loss": "soft"})
 

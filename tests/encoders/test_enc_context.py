@@ -1,0 +1,117 @@
+"""Context features: from events to columns, into a model, and a model with context served without it."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.config import EncoderConfig
+from encoders.data.records import Catalogue, Dataset, Event, EventContext
+from encoders.features import CONTEXT_FEATURES, cell_of, context_columns, from_events, pad_batch
+from encoders.nn.model import SequenceEncoder
+from encoders.vocab import ItemVocab
+
+HOUR, DEVICE, REGION, CELL, DISTANCE = range(len(CONTEXT_FEATURES))
+NYC = EventContext(device="phone", region="US-NY", lat=40.7580, lon=-73.9855, tz_offset_min=-300)  # Times Square
+
+
+def _ms(*when: int) -> int:
+    return int(datetime(*when, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def test_columns_give_the_local_hour_of_the_week_labels_cells_and_distances():
+    near = EventContext(lat=40.7484, lon=-73.9857, tz_offset_min=-300)  # the Empire State Building, 1.1 km south
+    far = EventContext(lat=42.3601, lon=-71.0589, tz_offset_min=-300)  # Boston, ~300 km
+    ts = [_ms(2024, 1, 1, 5, 30), _ms(2024, 1, 1, 6, 0), _ms(2024, 1, 8, 4, 59), _ms(2024, 1, 8, 6, 0)]
+    cols = context_columns(ts, [NYC, near, far, None])
+    # 05:30 UTC on Monday 1 January is 00:30 in New York: the first hour of the week.
+    assert cols[:, HOUR].tolist() == [1, 2, 168, 0]  # 04:59 UTC on the next Monday is Sunday 23:59 there
+    assert cols[0, DEVICE] > 0 and cols[0, REGION] > 0 and cols[1, DEVICE] == cols[1, REGION] == 0
+    assert cols[0, CELL] == cell_of(40.7580, -73.9855) != cols[1, CELL] and cols[3].tolist() == [0] * 5
+    # In 100 m steps, doubling: 1.1 km -> 1 + floor(log2(1 + 11)) = 4; 306 km -> 12; no previous place: 0.
+    assert cols[:, DISTANCE].tolist() == [0, 4, 12, 0]
+    assert cell_of(None, None) == 0
+
+
+def test_events_with_context_carry_columns_and_batches_pad_them_with_unknown():
+    vocab = ItemVocab(["a", "b"])
+    with_context = from_events([Event("u", "a", 1000, context=NYC), Event("u", "b", 2000)], vocab)
+    plain = from_events([Event("v", "a", 1000)], vocab)
+    assert plain.context is None and with_context.context.shape == (2, len(CONTEXT_FEATURES))
+    assert with_context.window(1, None).context.tolist() == [[0] * 5]
+    batch = pad_batch([with_context, plain], 3)
+    assert batch.context.shape == (2, 3, 5) and not batch.context[1].any()
+    assert batch.context[0, 0, :DISTANCE].all() and not batch.context[0, 1:].any()  # a first event has no distance
+    assert pad_batch([plain], 2).context is None
+
+
+@pytest.fixture()
+def model() -> SequenceEncoder:
+    torch.manual_seed(0)
+    return SequenceEncoder(EncoderConfig(n_items=12, d_model=16, n_layers=1, n_heads=1, max_len=8,
+                                         block="sasrec", context=True)).eval()
+
+
+def test_no_context_is_unknown_context_and_context_changes_the_vector(model):
+    items, actions, gaps = torch.tensor([[2, 3, 4]]), torch.full((1, 3), 3), torch.tensor([[-1, 10, 10]])
+    unknown = torch.zeros(1, 3, 5, dtype=torch.long)
+    known = torch.from_numpy(context_columns([_ms(2024, 1, 1, 12)] * 3, [NYC] * 3))[None]
+    with torch.no_grad():
+        plain = model(items, actions, gaps)
+        torch.testing.assert_close(plain, model(items, actions, gaps, unknown))
+        assert not torch.allclose(plain, model(items, actions, gaps, known), atol=1e-4)
+        # The cached inference path reads context the same way.
+        cached, _ = model.encode_cached(items, actions, gaps, known)
+        torch.testing.assert_close(cached, model(items, actions, gaps, known), atol=1e-5, rtol=1e-5)
+
+
+def test_an_items_place_cell_joins_its_row_of_the_table(model):
+    before = model.item_table().detach().clone()
+    cells = torch.zeros(12, dtype=torch.long)
+    cells[3] = cell_of(40.7580, -73.9855)
+    model.set_item_cells(cells)
+    after = model.item_table().detach()
+    changed = (after - before).abs().sum(1) > 0
+    assert changed.tolist() == [False] * 3 + [True] + [False] * 8  # 0 is "no cell": every row shares it
+    with pytest.raises(ValueError, match="no context features"):
+        SequenceEncoder(EncoderConfig(n_items=12, d_model=16)).set_item_cells(cells)
+
+
+PLACES = {f"p{n}": (40.70 + 0.05 * (n % 2) + 0.001 * n, -74.00 + 0.001 * n) for n in range(10)}
+
+
+def _checkins(n_users: int = 40, seed: int = 0) -> Dataset:
+    """Users who move between a few places in two neighbourhoods, by hour: context predicts the place."""
+    rng = np.random.default_rng(seed)
+    clicks = []
+    for user in range(n_users):
+        t = _ms(2024, 1, 1)
+        for _ in range(25):
+            t += int(rng.integers(1, 12)) * 3_600_000
+            hour = (t // 3_600_000 - 5) % 24
+            place = f"p{(2 * int(rng.integers(0, 5)) + (hour >= 12))}"
+            lat, lon = PLACES[place]
+            clicks.append(Event(f"u{user}", place, t, context=EventContext(lat=lat, lon=lon, tz_offset_min=-300)))
+    return Dataset("checkins", clicks, [], Catalogue({}, {}))
+
+
+def test_train_uses_context_when_the_clicks_have_it_and_the_worker_serves_the_model_without_it(tmp_path: Path):
+    from encoders.inference import InterestEncoder
+    from encoders.training.train import train
+
+    data = _checkins()
+    out = train(data, tmp_path / "ctx", epochs=2, d_model=16, n_layers=1, n_heads=1, max_len=30, block="sasrec",
+                progress=False, refit=False)
+    assert json.loads((out / "config.json").read_text())["context"] is True
+    worker = InterestEncoder.from_checkpoint(out, device="cpu")
+    assert worker.model.item_cells[worker.vocab.index("p3")] == cell_of(*PLACES["p3"]) > 0
+    vectors = worker.encode([[(e.item_id, e.action, e.ts) for e in data.sequences()["u0"][:10]]])
+    assert vectors.shape == (1, 16) and np.isfinite(vectors).all()
+    off = train(data, tmp_path / "off", epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=30, progress=False,
+                refit=False, context="off")
+    assert json.loads((off / "config.json").read_text())["context"] is False
