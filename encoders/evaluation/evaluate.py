@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 COOCCURRENCE_STEPS = 10  # pairs up to this many events apart, weighted 1/distance
+NEARBY_KM = 1.0  # most popular near the last place: popularity decays e-fold per km of distance
 
 Scorer = Callable[[Sequence[SeqArrays]], torch.Tensor]
 
@@ -112,12 +113,16 @@ def model_scorer(model: SequenceEncoder) -> Scorer:
     return score
 
 
-def popularity_scorer(split: Split, n_items: int) -> Scorer:
-    """Every item scored by its count in the split's training sequences."""
+def _training_counts(split: Split, n_items: int) -> np.ndarray:
     counts = np.zeros(n_items, dtype=np.float32)
     for seq in split.train:
         np.add.at(counts, seq.items, 1.0)
-    base = torch.from_numpy(counts)
+    return counts
+
+
+def popularity_scorer(split: Split, n_items: int) -> Scorer:
+    """Every item scored by its count in the split's training sequences."""
+    base = torch.from_numpy(_training_counts(split, n_items))
     return lambda inputs: base.expand(len(inputs), -1).clone()
 
 
@@ -163,6 +168,42 @@ def cooccurrence_scorer(split: Split, n_items: int) -> Scorer:
     return score
 
 
+def item_places(dataset: Dataset, vocab: ItemVocab) -> np.ndarray | None:
+    """[n_items, 2] latitude and longitude of each item's place (NaN: none); None when no click has one."""
+    places = np.full((len(vocab), 2), np.nan)
+    for event in dataset.clicks:
+        ctx = event.context
+        if ctx is not None and ctx.lat is not None:
+            row = vocab.index(event.item_id)
+            if np.isnan(places[row, 0]):
+                places[row] = ctx.lat, ctx.lon
+    return places if not np.isnan(places[:, 0]).all() else None
+
+
+def nearby_popularity_scorer(split: Split, places: np.ndarray, km: float = NEARBY_KM) -> Scorer:
+    """Most popular near the last place: each item's training count times exp(-distance / ``km``)
+    from the place of the input's last item; items without a place, and cases whose last item has
+    none, fall back to popularity alone (scaled below any nearby item)."""
+    counts = _training_counts(split, len(places))
+    lat, lon = np.radians(places[:, 0]), np.radians(places[:, 1])
+    fallback = counts / max(float(counts.max()), 1.0) * 1e-6
+
+    def score(inputs: Sequence[SeqArrays]) -> torch.Tensor:
+        rows = []
+        for seq in inputs:
+            last = int(seq.items[-1]) if len(seq) else 0
+            if np.isnan(lat[last]):
+                rows.append(fallback)
+                continue
+            a = (np.sin((lat - lat[last]) / 2) ** 2
+                 + np.cos(lat[last]) * np.cos(lat) * np.sin((lon - lon[last]) / 2) ** 2)
+            distance = 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+            rows.append(np.nan_to_num(counts * np.exp(-distance / km), nan=0.0) + fallback)
+        return torch.from_numpy(np.stack(rows).astype(np.float32))
+
+    return score
+
+
 # ---------------------------------------------------------------- entry points
 @torch.inference_mode()
 def rank_metrics(
@@ -177,15 +218,20 @@ def rank_metrics(
         model.train(was_training)
 
 
-def baseline_metrics(dataset: Dataset, split: str = "test", protocol: str = "auto") -> dict[str, dict[str, Any]]:
-    """Most-popular and co-occurrence baselines on the same cases as the model."""
+def baseline_metrics(dataset: Dataset, split: str = "test", protocol: str = "auto",
+                     exclude_history: bool | None = None) -> dict[str, dict[str, Any]]:
+    """Most-popular and co-occurrence baselines on the same cases as the model (and, where items
+    have places, most popular near the last place).  ``exclude_history=None`` is the protocol's rule."""
     vocab = ItemVocab.from_items(e.item_id for e in dataset.clicks)
     parts = make_split(dataset, vocab, protocol, through_valid=split == "test")
     cases = parts.test if split == "test" else parts.valid
     scorers = {"most popular": popularity_scorer(parts, len(vocab)),
                "item-to-item co-occurrence": cooccurrence_scorer(parts, len(vocab))}
-    return {name: score_cases(scorer, cases, exclude_history=parts.exclude_history)
-            for name, scorer in scorers.items()}
+    places = item_places(dataset, vocab)
+    if places is not None:
+        scorers["most popular near the last place"] = nearby_popularity_scorer(parts, places)
+    exclude = parts.exclude_history if exclude_history is None else exclude_history
+    return {name: score_cases(scorer, cases, exclude_history=exclude) for name, scorer in scorers.items()}
 
 
 def resolve_model(obj: Any, vocab: ItemVocab | None, device: str) -> tuple[SequenceEncoder, ItemVocab]:

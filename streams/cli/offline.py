@@ -115,7 +115,7 @@ def evaluate(args: argparse.Namespace) -> int:
     exclude = {"auto": None, "exclude": True, "keep": False}[args.history]
     ours = evaluate_encoder(args.checkpoint, dataset, split=args.split, protocol=protocol,
                             exclude_history=exclude, device=args.device)
-    rows = [("sequence encoder", ours), *baseline_metrics(dataset, args.split, protocol).items()]
+    rows = [("sequence encoder", ours), *baseline_metrics(dataset, args.split, protocol, exclude).items()]
     print(evaluation_table(dataset.name, protocol, args.split, rows))
     actions = evaluate_actions(args.checkpoint, dataset, split=args.split, protocol=protocol, device=args.device)
     if actions is not None:  # the checkpoint has a next-action head

@@ -115,3 +115,25 @@ def test_train_uses_context_when_the_clicks_have_it_and_the_worker_serves_the_mo
     off = train(data, tmp_path / "off", epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=30, progress=False,
                 refit=False, context="off")
     assert json.loads((off / "config.json").read_text())["context"] is False
+
+
+def test_most_popular_near_the_last_place_prefers_nearby_places_and_history_is_kept_when_asked():
+    from encoders.evaluation.evaluate import baseline_metrics, item_places, nearby_popularity_scorer
+    from encoders.features import from_events
+    from encoders.protocols import make_split
+
+    here, there = EventContext(lat=40.70, lon=-74.00), EventContext(lat=40.80, lon=-73.90)  # ~14 km apart
+    clicks = [Event(f"u{n}", "far-popular", n, context=there) for n in range(5)]
+    clicks += [Event("u0", "near", 10, context=EventContext(lat=40.701, lon=-74.001)),
+               Event("u9", "home", 1, context=here), Event("u9", "home", 2, context=here)]
+    data = Dataset("places", clicks, [], Catalogue({}, {}))
+    vocab = ItemVocab.from_items(e.item_id for e in data.clicks)
+    places = item_places(data, vocab)
+    assert np.isnan(places[0]).all() and places[vocab.index("home")].tolist() == [40.70, -74.00]
+    scores = nearby_popularity_scorer(make_split(data, vocab), places)([from_events(clicks[-1:], vocab)])[0]
+    assert scores[vocab.index("near")] > scores[vocab.index("far-popular")] > 0
+    assert item_places(Dataset("plain", [Event("u", "i", 1)], [], Catalogue({}, {})), vocab) is None
+    kept = baseline_metrics(_checkins(), exclude_history=False)
+    excluded = baseline_metrics(_checkins())
+    assert set(kept) == {"most popular", "item-to-item co-occurrence", "most popular near the last place"}
+    assert kept["most popular"] != excluded["most popular"]  # the history rule reaches the baselines
