@@ -47,8 +47,13 @@ def running_stack(settings: Settings) -> Iterator[Settings]:
 
     with embedded_stack() as stack:
         log.info("embedded broker at %s, Redis at %s", stack.broker_url, stack.redis_url)
-        yield settings.with_overrides(broker=settings.broker or stack.broker_url,
-                                      redis_url=settings.redis_url or stack.redis_url)
+        overrides = {"broker": settings.broker or stack.broker_url, "redis_url": settings.redis_url or stack.redis_url}
+        if not settings.broker and settings.idempotent_producer == "auto":
+            # The embedded broker (Tansu) grants no producer ids: say so once, without the warning a
+            # production broker's refusal deserves.
+            log.info("embedded broker: publishing without an idempotent producer (Tansu grants no producer ids)")
+            overrides["idempotent_producer"] = "off"
+        yield settings.with_overrides(**overrides)
 
 
 def worker(settings: Settings) -> int:

@@ -73,3 +73,15 @@ def test_histogram_quantile_interpolates_like_promql():
     median = histogram_quantile(samples, "iu_freshness_seconds", 0.5)
     assert 0.05 < median <= 0.1
     assert histogram_quantile(samples, "iu_freshness_seconds", 1.0) == pytest.approx(0.4)  # 0.4 is a bucket bound
+
+
+def test_a_worker_on_its_own_embedded_broker_publishes_plain_without_a_warning(caplog):
+    """Tansu grants no producer ids: with no --broker, auto means off, said once at INFO."""
+    from streams.cli.worker import running_stack
+
+    with caplog.at_level("INFO", logger="interest_updater"), running_stack(Settings()) as settings:
+        assert settings.broker and settings.redis_url and settings.idempotent_producer == "off"
+    assert "Tansu grants no producer ids" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    with running_stack(Settings(idempotent_producer="on")) as settings:
+        assert settings.idempotent_producer == "on"  # asked for: the worker then fails, naming the flag
