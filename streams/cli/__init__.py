@@ -60,27 +60,27 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="checkpoint directory to write")
     train.add_argument("--epochs", type=int, default=200,
                        help="most epochs; early stopping on validation NDCG@10 usually ends sooner [default: 200]")
-    train.add_argument("--patience", type=int, default=5,
-                       help="validations without improvement before stopping [default: 5]")
+    train.add_argument("--patience", type=int, default=10,
+                       help="validations without improvement before stopping [default: 10]")
     train.add_argument("--eval-every", type=int, default=1, help="validate every N epochs [default: 1]")
     train.add_argument("--d-model", type=int, default=64,
                        help="width of item embeddings and Transformer states [default: 64]")
     train.add_argument("--layers", type=int, default=2, help="Transformer blocks [default: 2]")
-    train.add_argument("--heads", type=int, default=2, help="attention heads per block [default: 2]")
+    train.add_argument("--heads", type=int, default=1, help="attention heads per block [default: 1]")
     train.add_argument("--max-len", type=_max_len, default="auto",
                        help="most recent events per user the model reads: a number, or auto: enough for 99%% of "
                             "the histories whole, rounded up to 10, at most 200 (logged; ML-1M gets 200, "
                             "short sessions 20) [default: auto]")
-    train.add_argument("--dropout", type=float, default=0.2,
-                       help="dropout on embeddings, attention and feed-forward layers [default: 0.2]")
-    train.add_argument("--input-scale", type=float, default=1.0,
-                       help="multiply each input's item embedding by this before positions are added "
-                            "(SASRec uses sqrt(d-model), 8 at d=64) [default: 1]")
-    train.add_argument("--block", choices=("gpt2", "sasrec"), default="gpt2",
+    train.add_argument("--dropout", type=float, default=0.1,
+                       help="dropout on embeddings, attention and feed-forward layers [default: 0.1]")
+    train.add_argument("--input-scale", type=_input_scale, default="sqrt",
+                       help="multiply each input's item embedding by this before positions are added: a number, "
+                            "or sqrt: sqrt(d-model), as SASRec does (8 at d=64) [default: sqrt]")
+    train.add_argument("--block", choices=("gpt2", "sasrec"), default="sasrec",
                        help="Transformer block: gpt2 (GPT-2's pre-norm block, 4x-wide GELU feed-forward) or sasrec "
                             "(SASRec's: residual from the normalised query, d-wide ReLU feed-forward, as SASRec+ "
-                            "trains it) [default: gpt2]")
-    train.add_argument("--batch-size", type=int, default=64, help="users per training step [default: 64]")
+                            "trains it) [default: sasrec]")
+    train.add_argument("--batch-size", type=int, default=128, help="users per training step [default: 128]")
     train.add_argument("--context-features", choices=("auto", "on", "off"), default="auto",
                        help="embed each event's context (local hour of the week, device, region, place cell, "
                             "distance from the previous place) and each item's place cell; a model with context "
@@ -221,6 +221,15 @@ def _run(args: argparse.Namespace) -> int:
         return tail(args, settings)
     from streams.cli.demo import demo
     return demo(args, settings)
+
+
+def _input_scale(value: str) -> float | str:
+    if value == "sqrt":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or sqrt, got {value!r}") from None
 
 
 def _max_len(value: str) -> int | str:

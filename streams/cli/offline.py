@@ -63,8 +63,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     from encoders.training.config import TrainConfig
 
     max_len = 200 if args.max_len == "auto" else args.max_len  # auto is resolved once the data is read
+    input_scale = math.sqrt(args.d_model) if args.input_scale == "sqrt" else args.input_scale
     return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
-                       dropout=args.dropout, input_scale=args.input_scale, block=args.block,
+                       dropout=args.dropout, input_scale=input_scale, block=args.block,
                        context=args.context_features, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr,
                        weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,

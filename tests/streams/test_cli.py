@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -101,8 +103,12 @@ def test_train_flags_become_a_train_config():
     config = train_config(args)
     assert (config.n_layers, config.n_heads, config.d_model, config.loss) == (3, 4, 128, "sampled")
     assert config.refit and config.max_seconds == 60.0 and not config.all_windows
-    # The command's own defaults, where they differ from train()'s.
-    assert (config.epochs, config.batch_size, config.text_fusion) == (200, 64, False)
+    # The command's own defaults, where they differ from train()'s: SASRec+'s recipe (README, ML-1M).
+    assert (config.epochs, config.patience, config.text_fusion) == (200, 10, False)
+    assert (config.block, config.dropout, config.batch_size) == ("sasrec", 0.1, 128)
+    assert config.input_scale == pytest.approx(128 ** 0.5)  # --input-scale sqrt follows --d-model
+    fixed = _parser().parse_args(["train", "--data", "d", "--out", "x", "--input-scale", "1", "--heads", "2"])
+    assert (train_config(fixed).input_scale, train_config(fixed).n_heads) == (1.0, 2)
     # Refit is on unless --no-refit: on sparse data it is what beats evaluate's co-occurrence baseline.
     assert train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])).refit
     assert not train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x", "--no-refit"])).refit
