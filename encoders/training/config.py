@@ -51,7 +51,7 @@ _WHAT = "training config"
 # model's dimensions are in its config.json and the resolved protocol in ``extra["protocol"]``;
 # ``progress`` and ``text_fusion`` change nothing in the weights (the fusion has its own report entry).
 _RECORDED = ("epochs", "batch_size", "batching", "lr", "weight_decay", "loss", "negatives", "all_windows", "refit",
-             "seed", "patience", "eval_every", "max_seconds", "device", "action_weight")
+             "seed", "patience", "eval_every", "max_seconds", "device", "action_weight", "history")
 # What a fine-tune keeps of its parent's recorded options: how the model learns, not the schedule.
 _INHERITED = ("loss", "negatives", "all_windows", "weight_decay", "action_weight")
 
@@ -89,6 +89,7 @@ class TrainConfig:
     all_windows: bool = False  # every max_len window of long histories, not only the newest
     refit: bool = False  # retrain on training + validation targets for the chosen epoch count
     protocol: str = "auto"  # "auto" or one of encoders.protocols.PROTOCOLS
+    history: str = "auto"  # rank items the user already has? "exclude", "keep", "auto": the protocol's rule
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     seed: int = 0
     # Early stopping on validation NDCG@10.
@@ -112,6 +113,8 @@ class TrainConfig:
         _require(self.input_scale > 0, "input_scale", self.input_scale, "must be > 0")
         _require(self.block in BLOCKS, "block", self.block, f"must be one of {BLOCKS}")
         _require(self.context in ("auto", "on", "off"), "context", self.context, "must be 'auto', 'on' or 'off'")
+        _require(self.history in ("auto", "exclude", "keep"), "history", self.history,
+                 "must be 'auto', 'exclude' or 'keep'")
         _require(self.lr > 0, "lr", self.lr, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(self.batching in BATCHINGS, "batching", self.batching, f"must be one of {BATCHINGS}")

@@ -137,8 +137,8 @@ class _FullSoftmaxXent(torch.autograd.Function):
     bounds memory by the chunk, not the catalogue.  The softmax takes one
     ``exp`` per logit (``logsumexp`` and then ``exp`` took two), and chunks of
     1,024 rows keep a chunk's logits (14 MB at 3,416 items) nearer the cache:
-    together 1.6x faster than 2,048-row chunks with two ``exp`` on this CPU
-    (`bench/loss_bench.py`).
+    together 1.3-1.6x faster than 2,048-row chunks with two ``exp`` on this
+    CPU (README, "Quality on ML-1M"; `bench/loss_bench.py` times chunk sizes).
     """
 
     @staticmethod
@@ -395,7 +395,7 @@ def finish(
         "test": test,
         **(earlier or {}),
         "refit_seconds": round(fits["refit"].seconds, 2) if "refit" in fits else None,
-        "baselines_test": baseline_metrics(dataset, "test", split.protocol),
+        "baselines_test": baseline_metrics(dataset, "test", split.protocol, split.exclude_history),
         "next_action_test": actions,
         "text_fusion": fusion_report,
         "train_seconds": round(train_seconds, 2),

@@ -29,6 +29,7 @@ epochs themselves are `encoders.training.loop.fit`, shared with `finetune`.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 import time
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # ~fp32 quality, tensor-core speed
     vocab = ItemVocab.from_items(e.item_id for e in dataset.clicks)
-    split = make_split(dataset, vocab, config.protocol)
+    split = _with_history(make_split(dataset, vocab, config.protocol), config.history)
     # A head needs something to choose between: one action (ML-1M) keeps the plain model.
     counts = training_action_counts(split.train, config.max_len, config.all_windows)
     head = config.action_weight > 0 and len(action_classes(counts)) >= 2
@@ -110,7 +111,7 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
     elif config.refit:
         # The strict figure (never trained on validation targets), kept for comparison.
         selected_test = rank_metrics(model, split.test, exclude_history=split.exclude_history)
-        full = make_split(dataset, vocab, config.protocol, through_valid=True)
+        full = _with_history(make_split(dataset, vocab, config.protocol, through_valid=True), config.history)
         model = _new_model(encoder, config.seed, dev, cells)
         fits["refit"] = fit(model, train_windows(full.train, config.max_len, config.all_windows), None,
                             config.replace(max_seconds=_seconds_left(config, wall_start)),
@@ -145,6 +146,11 @@ def _seconds_left(config: TrainConfig, wall_start: float) -> float | None:
     if config.max_seconds is None:
         return None
     return max(1.0, wall_start + config.max_seconds - time.perf_counter())
+
+
+def _with_history(split: Split, history: str) -> Split:
+    """``history`` "keep" or "exclude" overrides the protocol's rule for validation and test."""
+    return split if history == "auto" else replace(split, exclude_history=history == "exclude")
 
 
 def _new_model(config: EncoderConfig, seed: int, dev: torch.device,

@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                             "(SASRec's: residual from the normalised query, d-wide ReLU feed-forward, as SASRec+ "
                             "trains it) [default: sasrec]")
     train.add_argument("--batch-size", type=int, default=128, help="users per training step [default: 128]")
+    train.add_argument("--history", choices=("auto", "exclude", "keep"), default="auto",
+                       help="rank items the user already has when validating and testing? keep for data where "
+                            "people return (places, repeat purchases) [default: auto: excluded for leave-one-out, "
+                            "kept within sessions]")
     train.add_argument("--context-features", choices=("auto", "on", "off"), default="auto",
                        help="embed each event's context (local hour of the week, device, region, place cell, "
                             "distance from the previous place) and each item's place cell; a model with context "

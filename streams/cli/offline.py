@@ -66,7 +66,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     input_scale = math.sqrt(args.d_model) if args.input_scale == "sqrt" else args.input_scale
     return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
                        dropout=args.dropout, input_scale=input_scale, block=args.block,
-                       context=args.context_features, epochs=args.epochs,
+                       context=args.context_features, history=args.history, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr,
                        weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,

@@ -101,6 +101,7 @@ def _checkins(n_users: int = 40, seed: int = 0) -> Dataset:
 
 
 def test_train_uses_context_when_the_clicks_have_it_and_the_worker_serves_the_model_without_it(tmp_path: Path):
+    from encoders.evaluation.evaluate import baseline_metrics
     from encoders.inference import InterestEncoder
     from encoders.training.train import train
 
@@ -113,8 +114,12 @@ def test_train_uses_context_when_the_clicks_have_it_and_the_worker_serves_the_mo
     vectors = worker.encode([[(e.item_id, e.action, e.ts) for e in data.sequences()["u0"][:10]]])
     assert vectors.shape == (1, 16) and np.isfinite(vectors).all()
     off = train(data, tmp_path / "off", epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=30, progress=False,
-                refit=False, context="off")
+                refit=False, context="off", history="keep")
     assert json.loads((off / "config.json").read_text())["context"] is False
+    report = json.loads((off / "report.json").read_text())
+    assert report["train_args"]["history"] == "keep"
+    # People return to places: with the history kept, a revisit can be a hit (excluded, it never is).
+    assert report["baselines_test"]["most popular"]["hr@10"] > baseline_metrics(data)["most popular"]["hr@10"]
 
 
 def test_most_popular_near_the_last_place_prefers_nearby_places_and_history_is_kept_when_asked():

@@ -18,7 +18,7 @@ def test_defaults_are_trains():
         "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "input_scale": 1.0, "block": "gpt2",
         "context": "auto", "epochs": 50,
         "batch_size": 128, "batching": "random", "lr": 1e-3, "weight_decay": 0.0, "loss": "auto", "negatives": 256,
-        "all_windows": False, "refit": False, "protocol": "auto", "device": "auto", "seed": 0, "patience": 5,
+        "all_windows": False, "refit": False, "protocol": "auto", "history": "auto", "device": "auto", "seed": 0, "patience": 5,
         "eval_every": 1, "max_seconds": None, "progress": True, "action_weight": 0.2, "text_fusion": False}
     assert LOSSES == ("auto", "full", "sampled")
 
@@ -107,7 +107,8 @@ def test_the_record_is_train_args_as_checkpoints_have_them():
     assert list(record.items()) == [
         ("epochs", 3), ("batch_size", 128), ("batching", "random"), ("lr", 1e-3), ("weight_decay", 0.0),
         ("loss", "auto"), ("negatives", None), ("all_windows", False), ("refit", False), ("seed", 0), ("patience", 5),
-        ("eval_every", 1), ("max_seconds", None), ("device", "cpu"), ("action_weight", 0.0)]
+        ("eval_every", 1), ("max_seconds", None), ("device", "cpu"), ("action_weight", 0.0),
+        ("history", "auto")]
     assert TrainConfig(loss="sampled").record(n_items=100, device="cuda", action_head=True)["action_weight"] == 0.2
 
 
