@@ -29,8 +29,8 @@ epochs themselves are `encoders.training.loop.fit`, shared with `finetune`.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
