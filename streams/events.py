@@ -228,7 +228,8 @@ def _context(found: Mapping[str, Any] | None) -> Context | None:
         raise InvalidEvent("bad_context", "context.lat and context.lon come together; got only "
                                           f"{'lat' if 'lat' in known else 'lon'}")
     offset = known.get("tz_offset_min")
-    if offset is not None and not (_is_number(offset) and offset == int(offset) and -720 <= offset <= 840):
+    # The range first: int() of an infinite float raises.
+    if offset is not None and not (_is_number(offset) and -720 <= offset <= 840 and offset == int(offset)):
         raise InvalidEvent("bad_context", f"context.tz_offset_min must be whole minutes in [-720, 840], "
                                           f"got {_short(offset)}")
     ignored = sum(key not in Context.KEYS for key in found)
