@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # a type only: the worker's imports never reach the data pack
     from .data.records import Event, EventContext
 
 __all__ = ["CONTEXT_FEATURES", "CONTEXT_SIZES", "Batch", "SeqArrays", "cell_of", "context_columns", "from_arrays",
-           "from_events", "from_tuples", "pad_batch", "split_input"]
+           "from_events", "from_tuples", "haversine_km", "item_places", "pad_batch", "split_input"]
 
 NO_PREVIOUS = -1  # gap value of a user's first known event
 
@@ -116,11 +116,23 @@ def cell_of(lat: float | None, lon: float | None) -> int:
     return _label_bucket(key, CONTEXT_SIZES["cell"])
 
 
-def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance (haversine)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    return 2 * _EARTH_KM * math.asin(math.sqrt(min(1.0, a)))
+def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+    """Great-circle distances in km between places in degrees (arrays broadcast; NaN where one is unknown)."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
+    return 2 * _EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def item_places(events: Sequence[Event], vocab: ItemVocab) -> np.ndarray:
+    """[n_items, 2] latitude and longitude of each item's place: its first click with coordinates (NaN: none)."""
+    places = np.full((len(vocab), 2), np.nan)
+    for event in events:
+        ctx = event.context
+        if ctx is not None and ctx.lat is not None:
+            row = vocab.index(event.item_id)
+            if np.isnan(places[row, 0]):
+                places[row] = ctx.lat, ctx.lon
+    return places
 
 
 def context_columns(ts: Sequence[int], contexts: Sequence[EventContext | None]) -> np.ndarray:
@@ -130,10 +142,8 @@ def context_columns(ts: Sequence[int], contexts: Sequence[EventContext | None]) 
     needs this event's place and the previous event's (0 for the first).
     """
     out = np.zeros((len(ts), len(CONTEXT_FEATURES)), dtype=np.int64)
-    previous = None
     for row, (t, ctx) in enumerate(zip(ts, contexts)):
         if ctx is None:
-            previous = None
             continue
         if ctx.tz_offset_min is not None:
             local_hour = (int(t) // 1000 + ctx.tz_offset_min * 60) // 3600
@@ -141,10 +151,12 @@ def context_columns(ts: Sequence[int], contexts: Sequence[EventContext | None]) 
         out[row, 1] = _label_bucket(ctx.device, CONTEXT_SIZES["device"])
         out[row, 2] = _label_bucket(ctx.region, CONTEXT_SIZES["region"])
         out[row, 3] = cell_of(ctx.lat, ctx.lon)
-        if ctx.lat is not None and previous is not None and previous.lat is not None:
-            km = _km(previous.lat, previous.lon, ctx.lat, ctx.lon)
-            out[row, 4] = 1 + min(15, int(math.log2(1.0 + 10.0 * km)))  # 100 m steps, doubling
-        previous = ctx
+    place = np.array([(c.lat, c.lon) if c is not None and c.lat is not None else (np.nan, np.nan)
+                      for c in contexts], dtype=np.float64).reshape(-1, 2)
+    km = haversine_km(place[:-1, 0], place[:-1, 1], place[1:, 0], place[1:, 1])
+    known = ~np.isnan(km)
+    # In 100 m steps, doubling: 1 + floor(log2(1 + 10 km)), at most 16.
+    out[1:, 4][known] = 1 + np.minimum(15, np.floor(np.log2(1.0 + 10.0 * km[known]))).astype(np.int64)
     return out
 
 

@@ -352,6 +352,11 @@ def _row_context(row: list[str], cols: dict[str, int | None], path: Path, line_n
         text = row[cols[role]].strip() if cols.get(role) is not None else ""
         if text:
             found[role] = text
+    return _event_context(found)
+
+
+def _event_context(found: dict[str, Any]) -> EventContext | None:
+    """The context of the fields a row gave; a latitude without a longitude (or the reverse) is no place."""
     if ("lat" in found) != ("lon" in found):
         found.pop("lat", None), found.pop("lon", None)
     return EventContext(**found) if found else None
@@ -403,9 +408,7 @@ def _json_context(found: Any, path: Path, line_no: int) -> EventContext | None:
     for key in ("device", "region"):
         if isinstance(found.get(key), str) and found[key]:
             kept[key] = found[key]
-    if ("lat" in kept) != ("lon" in kept):
-        kept.pop("lat", None), kept.pop("lon", None)
-    return EventContext(**kept) if kept else None
+    return _event_context(kept)
 
 
 def _product_events(path: Path) -> tuple[list[Event], list[Event]]:

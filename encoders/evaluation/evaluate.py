@@ -26,7 +26,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..data.records import Dataset
-from ..features import SeqArrays, pad_batch
+from ..features import SeqArrays, haversine_km, item_places, pad_batch
 from ..nn.model import SequenceEncoder, resolve_device
 from ..protocols import EvalCases, Split, make_split
 from ..ranking import KS, add_rank_metrics, item_scores, mask_scores, top_items
@@ -168,24 +168,12 @@ def cooccurrence_scorer(split: Split, n_items: int) -> Scorer:
     return score
 
 
-def item_places(dataset: Dataset, vocab: ItemVocab) -> np.ndarray | None:
-    """[n_items, 2] latitude and longitude of each item's place (NaN: none); None when no click has one."""
-    places = np.full((len(vocab), 2), np.nan)
-    for event in dataset.clicks:
-        ctx = event.context
-        if ctx is not None and ctx.lat is not None:
-            row = vocab.index(event.item_id)
-            if np.isnan(places[row, 0]):
-                places[row] = ctx.lat, ctx.lon
-    return places if not np.isnan(places[:, 0]).all() else None
-
-
 def nearby_popularity_scorer(split: Split, places: np.ndarray, km: float = NEARBY_KM) -> Scorer:
     """Most popular near the last place: each item's training count times exp(-distance / ``km``)
     from the place of the input's last item; items without a place, and cases whose last item has
     none, fall back to popularity alone (scaled below any nearby item)."""
     counts = _training_counts(split, len(places))
-    lat, lon = np.radians(places[:, 0]), np.radians(places[:, 1])
+    lat, lon = places[:, 0], places[:, 1]
     fallback = counts / max(float(counts.max()), 1.0) * 1e-6
 
     def score(inputs: Sequence[SeqArrays]) -> torch.Tensor:
@@ -195,9 +183,7 @@ def nearby_popularity_scorer(split: Split, places: np.ndarray, km: float = NEARB
             if np.isnan(lat[last]):
                 rows.append(fallback)
                 continue
-            a = (np.sin((lat - lat[last]) / 2) ** 2
-                 + np.cos(lat[last]) * np.cos(lat) * np.sin((lon - lon[last]) / 2) ** 2)
-            distance = 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+            distance = haversine_km(lat[last], lon[last], lat, lon)
             rows.append(np.nan_to_num(counts * np.exp(-distance / km), nan=0.0) + fallback)
         return torch.from_numpy(np.stack(rows).astype(np.float32))
 
@@ -227,8 +213,8 @@ def baseline_metrics(dataset: Dataset, split: str = "test", protocol: str = "aut
     cases = parts.test if split == "test" else parts.valid
     scorers = {"most popular": popularity_scorer(parts, len(vocab)),
                "item-to-item co-occurrence": cooccurrence_scorer(parts, len(vocab))}
-    places = item_places(dataset, vocab)
-    if places is not None:
+    places = item_places(dataset.clicks, vocab)
+    if not np.isnan(places[:, 0]).all():
         scorers["most popular near the last place"] = nearby_popularity_scorer(parts, places)
     exclude = parts.exclude_history if exclude_history is None else exclude_history
     return {name: score_cases(scorer, cases, exclude_history=exclude) for name, scorer in scorers.items()}

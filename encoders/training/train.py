@@ -34,12 +34,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import EncoderConfig
 from ..data.records import Dataset
 from ..evaluation.evaluate import rank_metrics
-from ..features import cell_of
+from ..features import cell_of, item_places
 from ..nn.model import SequenceEncoder, resolve_device
 from ..protocols import Split, make_split
 from ..vocab import ItemVocab
@@ -163,15 +164,9 @@ def _new_model(config: EncoderConfig, seed: int, dev: torch.device,
 
 
 def _item_cells(dataset: Dataset, vocab: ItemVocab) -> torch.Tensor:
-    """Each item's place cell: that of its first click with coordinates (0: none; a place does not move)."""
-    cells = torch.zeros(len(vocab), dtype=torch.long)
-    for event in dataset.clicks:
-        ctx = event.context
-        if ctx is not None and ctx.lat is not None:
-            row = vocab.index(event.item_id)
-            if not cells[row]:
-                cells[row] = cell_of(ctx.lat, ctx.lon)
-    return cells
+    """Each item's place cell, from its place (`item_places`; 0: none; a place does not move)."""
+    return torch.tensor([0 if np.isnan(lat) else cell_of(lat, lon)
+                         for lat, lon in item_places(dataset.clicks, vocab)], dtype=torch.long)
 
 
 def _text_fusion(model: SequenceEncoder, vocab: ItemVocab, dataset: Dataset, split: Split, dev: torch.device,

@@ -67,13 +67,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="width of item embeddings and Transformer states [default: 64]")
     train.add_argument("--layers", type=int, default=2, help="Transformer blocks [default: 2]")
     train.add_argument("--heads", type=int, default=1, help="attention heads per block [default: 1]")
-    train.add_argument("--max-len", type=_max_len, default="auto",
+    train.add_argument("--max-len", type=_number_or("auto", int, "a number of events"), default="auto",
                        help="most recent events per user the model reads: a number, or auto: enough for 99%% of "
                             "the histories whole, rounded up to 10, at most 200 (logged; ML-1M gets 200, "
                             "short sessions 20) [default: auto]")
     train.add_argument("--dropout", type=float, default=0.1,
                        help="dropout on embeddings, attention and feed-forward layers [default: 0.1]")
-    train.add_argument("--input-scale", type=_input_scale, default="sqrt",
+    train.add_argument("--input-scale", type=_number_or("sqrt", float, "a number"), default="sqrt",
                        help="multiply each input's item embedding by this before positions are added: a number, "
                             "or sqrt: sqrt(d-model), as SASRec does (8 at d=64) [default: sqrt]")
     train.add_argument("--block", choices=("gpt2", "sasrec"), default="sasrec",
@@ -227,22 +227,16 @@ def _run(args: argparse.Namespace) -> int:
     return demo(args, settings)
 
 
-def _input_scale(value: str) -> float | str:
-    if value == "sqrt":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or sqrt, got {value!r}") from None
-
-
-def _max_len(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of events or auto, got {value!r}") from None
+def _number_or(word: str, kind: type, what: str):
+    """An argparse type: ``word`` itself, or a number of ``kind`` (a bad value names what was expected)."""
+    def parse(value: str):
+        if value == word:
+            return value
+        try:
+            return kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or {word}, got {value!r}") from None
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:

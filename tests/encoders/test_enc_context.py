@@ -123,8 +123,8 @@ def test_train_uses_context_when_the_clicks_have_it_and_the_worker_serves_the_mo
 
 
 def test_most_popular_near_the_last_place_prefers_nearby_places_and_history_is_kept_when_asked():
-    from encoders.evaluation.evaluate import baseline_metrics, item_places, nearby_popularity_scorer
-    from encoders.features import from_events
+    from encoders.evaluation.evaluate import baseline_metrics, nearby_popularity_scorer
+    from encoders.features import from_events, item_places
     from encoders.protocols import make_split
 
     here, there = EventContext(lat=40.70, lon=-74.00), EventContext(lat=40.80, lon=-73.90)  # ~14 km apart
@@ -133,11 +133,11 @@ def test_most_popular_near_the_last_place_prefers_nearby_places_and_history_is_k
                Event("u9", "home", 1, context=here), Event("u9", "home", 2, context=here)]
     data = Dataset("places", clicks, [], Catalogue({}, {}))
     vocab = ItemVocab.from_items(e.item_id for e in data.clicks)
-    places = item_places(data, vocab)
+    places = item_places(data.clicks, vocab)
     assert np.isnan(places[0]).all() and places[vocab.index("home")].tolist() == [40.70, -74.00]
     scores = nearby_popularity_scorer(make_split(data, vocab), places)([from_events(clicks[-1:], vocab)])[0]
     assert scores[vocab.index("near")] > scores[vocab.index("far-popular")] > 0
-    assert item_places(Dataset("plain", [Event("u", "i", 1)], [], Catalogue({}, {})), vocab) is None
+    assert np.isnan(item_places([Event("u", "home", 1)], vocab)).all()  # no coordinates: no place
     kept = baseline_metrics(_checkins(), exclude_history=False)
     excluded = baseline_metrics(_checkins())
     assert set(kept) == {"most popular", "item-to-item co-occurrence", "most popular near the last place"}
