@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +122,8 @@ class InterestEncoder:
         self._table = model.item_table().detach().float()
         self._item_mix = torch.as_tensor(self.categories.item_mix, dtype=torch.long, device=self.device)
         self._lock = threading.Lock()
+        self._blocked: torch.Tensor | None = None  # [n_items] bool: items never to recommend (`set_unavailable`)
+        self._blocked_rows = np.empty(0, dtype=np.int64)
         self.ann_candidates = ann_candidates
         self.index = None  # above ann_above items: an index proposes candidates (`encoders.retrieval`)
         if 0 < ann_above < len(vocab) - FIRST_ITEM:
@@ -257,6 +259,21 @@ class InterestEncoder:
         bias_t = None if bias is None else self._to_device(np.ascontiguousarray(bias, dtype=np.float32))
         return [[(self.vocab.item_id(r), v) for r, v in best] for best in self._top_rows(vectors, k, rows, bias_t)]
 
+    def set_unavailable(self, item_ids: Iterable[str]) -> int:
+        """Items never to recommend from now on, replacing the last set (the live catalogue's unavailable ones).
+
+        Ids the model does not know are ignored.  Returns how many of the
+        model's items are blocked.  Thread-safe against scoring.
+        """
+        rows = np.array(sorted({self.vocab.index(i) for i in item_ids if i in self.vocab}), dtype=np.int64)
+        with self._lock:
+            if self.index is not None:
+                self.index.exclude(rows)
+            blocked = torch.zeros(len(self.vocab), dtype=torch.bool, device=self.device)
+            blocked[torch.from_numpy(rows).to(self.device)] = True
+            self._blocked, self._blocked_rows = (blocked if len(rows) else None), rows
+        return len(rows)
+
     def _top_rows(self, vectors: np.ndarray, k: int, exclude: Sequence | None,
                   bias=None) -> list[list[tuple[int, float]]]:
         """``bias``: a [B, n_items] tensor, or a callable adding the category term to the scores in place."""
@@ -274,6 +291,8 @@ class InterestEncoder:
             if callable(bias):
                 bias(scores)
             mask_scores(scores, exclude)
+            if self._blocked is not None:
+                scores.masked_fill_(self._blocked, float("-inf"))
             return top_items(scores, k)
 
     # ------------------------------------------------------------ the scoring rule
@@ -370,13 +389,18 @@ class InterestEncoder:
         """The rule of `_top_rows` on the index's candidates only (see `encoders.retrieval`)."""
         query = np.asarray(query, dtype=np.float32)
         most_seen = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        fetch = min(self.ann_candidates + most_seen, len(self.vocab) - FIRST_ITEM)
+        blocked = self._blocked_rows  # read once: `set_unavailable` may replace it
+        # Blocked items are out of an IVF index; an HNSW index still proposes them, so fetch as many more.
+        masked = 0 if self.index.can_exclude else len(blocked)
+        fetch = min(self.ann_candidates + most_seen + masked, len(self.vocab) - FIRST_ITEM)
         terms = None if user_mix is None else weight * self.categories.category_lift(user_mix)
         with self._lock:
             found = self.index.candidates(query, terms, fetch)
         invalid = found < 0
         if exclude is not None:
             invalid |= np.stack([np.isin(row, seen) for row, seen in zip(found, exclude)])
+        if masked:
+            invalid |= np.isin(found, blocked)
         with self._lock, torch.inference_mode():
             rows = torch.from_numpy(np.where(invalid, 0, found)).to(self.device)
             scores = torch.einsum("bkd,bd->bk", self._table[rows], self._to_device(query))

@@ -62,10 +62,9 @@ class CandidateIndex:
             raise ValueError(f"index kind {kind!r}: expected ivf or hnsw")
         self.first_row, self.probe, self.kind = first_row, probe, kind
         self.n_categories = 0 if categories is None else categories.shape[1]
-        vectors = table[first_row:].astype(np.float32)
-        if self.n_categories:
-            vectors = np.hstack([vectors, _CATEGORY_SCALE * categories[first_row:].astype(np.float32)])
-        vectors = np.ascontiguousarray(vectors)
+        self._table, self._categories = table, categories  # references: re-added items' vectors come from them
+        self.excluded = np.empty(0, dtype=np.int64)  # rows taken out of the index (`exclude`)
+        vectors = self._vectors(np.arange(first_row, len(table)))
         name = f"{kind}-{version}-{len(vectors)}-{vectors.shape[1]}.faiss"
         path = Path(cache_dir).expanduser() / name if cache_dir and version else None
         if path is not None and path.is_file():
@@ -85,6 +84,34 @@ class CandidateIndex:
             partial = path.with_suffix(f".{os.getpid()}.partial")  # one per process
             faiss.write_index(self.index, str(partial))
             partial.replace(path)  # another worker never reads a half-written index
+
+    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The indexed vectors of item ``rows``: the item's embedding, then its scaled category shares."""
+        vectors = self._table[rows].astype(np.float32)
+        if self.n_categories:
+            vectors = np.hstack([vectors, _CATEGORY_SCALE * self._categories[rows].astype(np.float32)])
+        return np.ascontiguousarray(vectors)
+
+    @property
+    def can_exclude(self) -> bool:
+        """Whether `exclude` takes items out of the index (IVF), or callers must mask them (HNSW)."""
+        return self.kind == "ivf"
+
+    def exclude(self, rows: np.ndarray) -> None:
+        """Never propose item ``rows`` (sorted, unique); rows excluded before and not now are proposed again.
+
+        Unavailable items leave the index rather than taking candidate slots
+        from the items that can be recommended.
+        """
+        if not self.can_exclude:
+            return
+        rows = np.asarray(rows, dtype=np.int64)
+        leaving, returning = np.setdiff1d(rows, self.excluded), np.setdiff1d(self.excluded, rows)
+        if len(leaving):
+            self.index.remove_ids(leaving - self.first_row)
+        if len(returning):
+            self.index.add_with_ids(self._vectors(returning), returning - self.first_row)
+        self.excluded = rows
 
     def _build(self, faiss, vectors: np.ndarray):
         dim = vectors.shape[1]

@@ -20,6 +20,9 @@ Per topic:
                                their recommendations are published
 Per database:
 - ``<p>:layout``               the layout version of everything under the prefix (2)
+- ``<p>:{catalogue}:items``    hash, item id -> its newest upsert (`state.store.ItemState`)
+- ``<p>:{catalogue}:changes``  stream of applied upserts, oldest first (trimmed to about
+                               100,000): workers follow it to keep their copy current
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ class KeySpace:
     def layout(self) -> str:
         """The layout version of every key under this prefix (`state.layout.LAYOUT`)."""
         return f"{self.prefix}:layout"
+
+    def catalogue(self) -> tuple[str, str]:
+        """The live catalogue's hash and change stream (one Cluster slot: one script updates both)."""
+        base = f"{self.prefix}:{{catalogue}}"
+        return f"{base}:items", f"{base}:changes"
 
     def offsets(self, topic: str) -> str:
         return f"{self.prefix}:offsets:{topic}"

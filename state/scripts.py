@@ -1,4 +1,4 @@
-"""Lua scripts: each runs atomically on one user's keys (one Cluster slot).
+"""Lua scripts: each runs atomically on one user's keys, or the catalogue's (one Cluster slot).
 
 APPLY_EVENTS is the heart of exactly-once effects. Kafka delivers at least once:
 after a crash or rebalance a worker may see events it has already applied. Each
@@ -41,7 +41,7 @@ something was applied, the history the refresh reads.
 
 from __future__ import annotations
 
-__all__ = ["APPLY_EVENTS", "ADVANCE_OFFSET", "WRITE_PROFILE", "CLEAR_PENDING", "OUTCOMES"]
+__all__ = ["APPLY_EVENTS", "ADVANCE_OFFSET", "WRITE_PROFILE", "CLEAR_PENDING", "APPLY_ITEMS", "OUTCOMES"]
 
 OUTCOMES = {"a": "applied", "d": "duplicate", "r": "replay", "l": "late"}
 
@@ -240,4 +240,26 @@ for i = 1, #ARGV, 2 do
   end
 end
 return cleared
+"""
+
+
+# The live catalogue (KEYS: items hash, changes stream). ARGV: [1] the stream's
+# approximate bound, then pairs (item id, value); a value starts with its ts
+# and a space. The newest ts wins, an equal ts the later upsert; an upsert equal
+# to the stored one, or older, changes nothing. Returns one letter per upsert
+# (a applied, s stale).
+APPLY_ITEMS = r"""
+local outcomes = {}
+for i = 2, #ARGV, 2 do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  local ts = tonumber(string.match(ARGV[i + 1], '^%d+'))
+  if old == ARGV[i + 1] or (old and tonumber(string.match(old, '^%d+')) > ts) then
+    outcomes[#outcomes + 1] = 's'
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'item', ARGV[i], 'value', ARGV[i + 1])
+    outcomes[#outcomes + 1] = 'a'
+  end
+end
+return table.concat(outcomes)
 """

@@ -37,6 +37,7 @@ from itertools import zip_longest
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
@@ -46,13 +47,15 @@ from state.keys import KeySpace
 from state.layout import (EMPTY_CLICKS, INTEREST_NAMES, LAYOUT, ClickHistory, StoredProfile, TextState,
                           decode_clicks, decode_profile, decode_texts, event_hash, id_hash, long_term_of,
                           pack_click, pack_profile, session_hash)
-from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, CLEAR_PENDING, OUTCOMES, WRITE_PROFILE
+from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, APPLY_ITEMS, CLEAR_PENDING, OUTCOMES, WRITE_PROFILE
 
-_SCRIPTS = (APPLY_EVENTS, ADVANCE_OFFSET, WRITE_PROFILE, CLEAR_PENDING)
+_SCRIPTS = (APPLY_EVENTS, ADVANCE_OFFSET, WRITE_PROFILE, CLEAR_PENDING, APPLY_ITEMS)
+_ITEM_OUTCOMES = {"a": "applied", "s": "stale"}
+CHANGES_KEPT = 100_000  # the catalogue's change stream, approximately (a worker further behind reloads it whole)
 _LAYOUT_ERROR = re.compile(r"LAYOUT (\w+) value of (\S+) has layout (\d+)")  # the apply script's refusal
 
 __all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "Written",
-           "pending_marks", "partition_ends"]
+           "ItemState", "CatalogueChanges", "pending_marks", "partition_ends"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,43 @@ class Written:
 
     version: int
     interest_versions: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemState:
+    """An item of the live catalogue as its newest upsert left it."""
+
+    item_id: str
+    available: bool
+    ts: int
+    title: str | None = None
+    categories: tuple[str, ...] | None = None
+
+    def pack(self) -> bytes:
+        """The stored value: the ts first (the apply script compares it), then the rest as JSON."""
+        body = {"available": self.available, "title": self.title,
+                "categories": None if self.categories is None else list(self.categories)}
+        return b"%d " % self.ts + orjson.dumps(body)
+
+    @classmethod
+    def unpack(cls, item_id: str, value: bytes) -> "ItemState":
+        ts, body = value.split(b" ", 1)
+        found = orjson.loads(body)
+        categories = found.get("categories")
+        return cls(item_id, bool(found["available"]), int(ts), found.get("title"),
+                   None if categories is None else tuple(categories))
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueChanges:
+    """What `Store.catalogue_changes` found: the items to set, and the position to ask from next time.
+
+    ``whole`` says ``items`` is the entire catalogue (replace, do not merge).
+    """
+
+    items: list[ItemState]
+    position: str | None
+    whole: bool
 
 
 Marks = dict[tuple[str, int], dict[str, str]]  # (topic, partition) -> user -> offset of the batch that marked
@@ -305,6 +345,53 @@ class Store:
         return [Written(int(reply[0]), {name: int(v) for name, v in zip(INTEREST_NAMES, reply[1:]) if int(v)})
                 for reply in replies[len(clear):]]
 
+    async def apply_items(self, items: Sequence[ItemState],
+                          ends: dict[tuple[str, int], int] | None = None) -> list[str]:
+        """Upsert items of the live catalogue (the newest ts wins) and advance ``ends``; one round trip.
+
+        Returns per item "applied", or "stale" when the stored upsert is newer
+        or the same (a replay changes nothing, so needs no fence). ``ends``
+        are the items topic's last offsets consumed, as for `apply`.
+        """
+        args: list[Any] = [CHANGES_KEPT]
+        for item in items:
+            args += [item.item_id, item.pack()]
+
+        def queue(pipe) -> None:
+            if items:
+                self._script(pipe, APPLY_ITEMS, list(self.keys.catalogue()), args)
+            for (topic, partition), offset in (ends or {}).items():
+                self._script(pipe, ADVANCE_OFFSET, [self.keys.offsets(topic)], [partition, offset])
+
+        replies = await self._execute(queue)
+        return [_ITEM_OUTCOMES[letter] for letter in replies[0].decode()] if items else []
+
+    async def catalogue_changes(self, after: str | None, count: int = 10_000) -> CatalogueChanges:
+        """Upserts applied since stream position ``after``, or the whole catalogue.
+
+        The whole catalogue comes back when ``after`` is None (a new reader) or
+        when the stream was trimmed past it (a reader further behind than
+        `CHANGES_KEPT` upserts). At most ``count`` changes per call: call
+        again while ``len(items) == count``.
+        """
+        items_key, changes_key = self.keys.catalogue()
+        if after is not None:
+            pipe = self._pipeline()
+            pipe.xrange(changes_key, "-", "+", count=1)
+            pipe.xrange(changes_key, f"({after}", "+", count=count)
+            oldest, newer = await pipe.execute()
+            if not oldest or _stream_id(oldest[0][0]) <= _stream_id(after):
+                return CatalogueChanges([ItemState.unpack(fields[b"item"].decode(), fields[b"value"])
+                                         for _, fields in newer],
+                                        newer[-1][0].decode() if newer else after, whole=False)
+        # The position first: an upsert between the two reads is in the hash and read again after it.
+        pipe = self._pipeline()
+        pipe.xrevrange(changes_key, "+", "-", count=1)
+        pipe.hgetall(items_key)
+        newest, stored = await pipe.execute()
+        return CatalogueChanges([ItemState.unpack(item.decode(), value) for item, value in stored.items()],
+                                newest[0][0].decode() if newest else "0-0", whole=True)
+
     async def resume_offsets(self, topic: str) -> dict[int, int]:
         """Last applied offset of each partition of ``topic`` (absent: nothing applied yet)."""
         raw = await self.client.hgetall(self.keys.offsets(topic))
@@ -321,6 +408,11 @@ class Store:
     async def history(self, user_id: str) -> AppliedUser:
         """A user's stored clicks and text state, oldest first."""
         return (await self.histories([user_id]))[0]
+
+
+def _stream_id(position: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (position.decode() if isinstance(position, bytes) else position).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _decoded(decode, blob, what: str, user_id: str):

@@ -47,6 +47,7 @@ from encoders.interests import BlendWeights
 from state import Store
 from state.keys import KeySpace
 from state.store import Marks
+from streams.catalogue import Catalogue
 from streams.errors import ConfigurationError
 from streams.events import DeadLetter, Limits, RecommendationEvent
 from streams.faults import FaultPoints
@@ -136,11 +137,13 @@ class Worker:
                                     keys=KeySpace(settings.key_prefix),
                                     max_clicks=settings.max_history, max_texts=settings.max_texts,
                                     lateness_ms=int(settings.lateness * 1000))
+        self.catalogue = Catalogue(self.store, self.metrics)
         self.refresher = Refresher(encoder, text_encoder, top_k=settings.top_k, exclude_seen=settings.exclude_seen,
                                    session_gap_ms=int(settings.session_gap * 1000),
-                                   weights=BlendWeights.parse(settings.blend), metrics=self.metrics)
+                                   weights=BlendWeights.parse(settings.blend), metrics=self.metrics,
+                                   catalogue=self.catalogue)
         self.metrics.model.labels(encoder.model_version).set(1)
-        self.topics = (settings.topic_clicks, settings.topic_texts)
+        self.topics = (settings.topic_clicks, settings.topic_texts, settings.topic_items)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.pipeline: Pipeline | None = None
@@ -173,7 +176,8 @@ class Worker:
             session_timeout_ms=6000, heartbeat_interval_ms=2000, rebalance_timeout_ms=30000, **security)
         self.pipeline = Pipeline(
             self.store, self.refresher, KafkaPublisher(self.producer, s.topic_recs, s.topic_dead), self.metrics,
-            click_topic=s.topic_clicks, limits=Limits(s.max_text_chars, int(s.max_future * 1000)),
+            click_topic=s.topic_clicks, items_topic=s.topic_items, catalogue=self.catalogue,
+            limits=Limits(s.max_text_chars, int(s.max_future * 1000)),
             known_items=getattr(self.refresher.encoder, "vocab", None), faults=FaultPoints.from_env())
         timers: list[asyncio.Task] = []
         try:
@@ -285,7 +289,8 @@ class Worker:
                 if records:
                     self.metrics.in_flight.inc()
                     parts = await self._until_done("ingest", self.pipeline.ingest_isolating, records)
-                    self._record_progress(records)
+                    # Item upserts are applied in stage two: their offsets are committed after it.
+                    self._record_progress([r for r in records if r.topic != self.settings.topic_items])
                     # Batch N+1 was ingested while batch N refreshed; its refresh waits for N's (user order).
                     await self._drain()
                     self._refreshing = asyncio.create_task(self._refresh(parts))
@@ -298,6 +303,7 @@ class Worker:
         try:
             for part in parts:  # one batch, unless ingesting it had to isolate a record
                 await self._until_done("refresh", self.pipeline.refresh, part)
+                self._record_progress([r for r in part.records if r.topic == self.settings.topic_items])
         finally:
             self.metrics.in_flight.dec()
 

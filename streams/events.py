@@ -15,7 +15,9 @@ Rules beyond the schema, decided here and documented in the README:
 - a click's ``context`` keeps the documented keys (`Context`); other keys are
   ignored and counted, and a documented key with a bad value (a latitude of
   200, a device that is a number, a latitude without a longitude) rejects the
-  event with reason ``bad_context``.
+  event with reason ``bad_context``;
+- an item event's key, when present, must equal its ``item_id`` (one partition
+  orders an item's upserts); its ``ts`` orders them (the newest wins).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import orjson
 from streams.errors import InvalidEvent
 
 __all__ = [
-    "SCHEMA_VERSION", "ClickEvent", "Context", "TextEvent", "RecommendationEvent", "DeadLetter",
-    "Limits", "decode_click", "decode_text", "InvalidEvent",
+    "SCHEMA_VERSION", "ClickEvent", "Context", "TextEvent", "ItemEvent", "RecommendationEvent", "DeadLetter",
+    "Limits", "decode_click", "decode_text", "decode_item", "InvalidEvent",
 ]
 
 SCHEMA_VERSION = 1
@@ -41,6 +43,9 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=/\-]{1,128}")
 ACTION_PATTERN = re.compile(r"[a-z_]{1,32}")
 TEXT_KINDS = frozenset({"search", "review", "comment"})
 LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=/\- ]{1,64}")  # context.device and context.region
+MAX_TITLE_CHARS = 512
+MAX_CATEGORIES = 32
+MAX_CATEGORY_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,17 @@ class TextEvent:
     text: str
     ts: int
     item_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemEvent:
+    """An upsert of the live catalogue: the item's state as of ``ts`` (the newest ``ts`` wins)."""
+
+    item_id: str
+    available: bool
+    ts: int
+    title: str | None = None
+    categories: tuple[str, ...] | None = None
 
 
 # kw_only: eleven fields, several of the same type (two timestamps, two counts);
@@ -201,9 +217,9 @@ def _timestamp(value: Mapping[str, Any], now_ms: int, limits: Limits) -> int:
     return ts
 
 
-def _check_key(key: bytes | None, user_id: str) -> None:
-    if key is not None and key != user_id.encode():
-        raise InvalidEvent("key_mismatch", f"message key {_short(key)} differs from user_id {user_id!r}")
+def _check_key(key: bytes | None, found: str, name: str = "user_id") -> None:
+    if key is not None and key != found.encode():
+        raise InvalidEvent("key_mismatch", f"message key {_short(key)} differs from {name} {found!r}")
 
 
 def _short(value: Any, keep: int = 40) -> str:
@@ -280,3 +296,28 @@ def decode_text(raw: bytes, key: bytes | None, now_ms: int, limits: Limits = Lim
         event_id=_identifier(value, "event_id"), user_id=user_id, kind=kind, text=text,
         ts=_timestamp(value, now_ms, limits), item_id=_identifier(value, "item_id", required=False),
     )
+
+
+def decode_item(raw: bytes, key: bytes | None, now_ms: int, limits: Limits = Limits()) -> ItemEvent:
+    """Decode and validate one item upsert, or raise InvalidEvent."""
+    value = _load_object(raw)
+    item_id = _identifier(value, "item_id")
+    _check_key(key, item_id, "item_id")
+    title = _field(value, "title", str, required=False)
+    if title is not None and not (title.strip() and len(title) <= MAX_TITLE_CHARS):
+        raise InvalidEvent("bad_title", f"field 'title' must be 1-{MAX_TITLE_CHARS} characters and not blank, "
+                                        f"got {len(title)}")
+    return ItemEvent(item_id=item_id, available=_field(value, "available", bool), ts=_timestamp(value, now_ms, limits),
+                     title=title, categories=_categories(_field(value, "categories", list, required=False)))
+
+
+def _categories(found: list | None) -> tuple[str, ...] | None:
+    if found is None:
+        return None
+    if len(found) > MAX_CATEGORIES:
+        raise InvalidEvent("bad_categories", f"field 'categories' has {len(found)} entries, limit {MAX_CATEGORIES}")
+    for name in found:
+        if not (isinstance(name, str) and name.strip() and len(name) <= MAX_CATEGORY_CHARS):
+            raise InvalidEvent("bad_categories", f"each category must be a string of 1-{MAX_CATEGORY_CHARS} "
+                                                 f"characters, got {_short(name)}")
+    return tuple(found)

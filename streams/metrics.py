@@ -26,7 +26,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events = Counter("iu_events", "Events consumed, by topic and outcome "
-                              "(applied, duplicate, replay, late, dead_letter).", ["topic", "outcome"], registry=r)
+                              "(applied, duplicate, replay, late, dead_letter; item upserts: applied, stale, "
+                              "dead_letter).", ["topic", "outcome"], registry=r)
         self.dead_letters = Counter("iu_dead_letters", "Events sent to the dead-letter topic, by reason.",
                                     ["topic", "reason"], registry=r)
         self.unknown_items = Counter("iu_unknown_items", "Applied click events whose item the model does not know.",
@@ -80,6 +81,13 @@ class Metrics:
         self.unrecovered = Counter("iu_unrecovered_users", "Users left pending by a stopped worker whose refresh "
                                    "failed alone (not a lost connection): given up until their next event.",
                                    registry=r)
+        self.catalogue_items = Gauge("iu_catalogue_items", "Items of the live catalogue (those the items topic "
+                                     "has announced), as this worker last synced it, by state: available, "
+                                     "unavailable (never recommended), unscored (available, not in the model: "
+                                     "recommended after the next training).", ["state"], registry=r)
+        self.catalogue_syncs = Counter("iu_catalogue_changes_synced", "Item upserts this worker read from Redis's "
+                                       "change stream (its own and other workers'), by kind (change; whole: "
+                                       "items of a full reload).", ["kind"], registry=r)
 
     def serve(self, port: int, health: "Health | None" = None, read: ReadHandler | None = None) -> None:
         """Serve ``/metrics``, ``/healthz``, ``/readyz`` and, given ``read``, ``/v1/...`` in a daemon thread."""

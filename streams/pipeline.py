@@ -24,6 +24,13 @@ Stage two, `Pipeline.refresh` (the encoder in its own thread):
    `flush_marks` when none comes). A worker that dies between 4 and 8 leaves
    them marked; the next owner of the partition calls ``recover``.
 
+Item upserts (the items topic) are decoded in stage one and applied at the
+start of stage two, with their partitions' resume offsets, before the
+catalogue is synced (`streams.catalogue`): refreshes run in batch order, so
+every list this worker publishes after an item was marked unavailable leaves
+it out. Upserts need no fences: the newest ``ts`` wins and a replay changes
+nothing.
+
 The worker overlaps the stages: batch N+1 is ingested while batch N is
 refreshed, and batch N+1's refresh starts only when batch N's has ended, so
 each user's refreshes run in order. A mark holds the offset of the batch
@@ -57,9 +64,10 @@ from typing import Iterable, Protocol, Sequence
 from encoders.interests import INTERESTS
 from encoders.vocab import action_index
 from state import AppliedUser, Entry, Store, StoredClick, StoredText
-from state.store import Marks, partition_ends, pending_marks
-from streams.events import (ClickEvent, DeadLetter, InvalidEvent, Limits, RecommendationEvent, TextEvent,
-                            decode_click, decode_text)
+from state.store import ItemState, Marks, partition_ends, pending_marks
+from streams.catalogue import Catalogue
+from streams.events import (ClickEvent, DeadLetter, InvalidEvent, ItemEvent, Limits, RecommendationEvent, TextEvent,
+                            decode_click, decode_item, decode_text)
 from streams.faults import NO_FAULTS, FaultPoints
 from streams.metrics import Metrics
 from streams.refresh import Refresher
@@ -85,7 +93,7 @@ class RawRecord:
 @dataclass(frozen=True, slots=True)
 class Decoded:
     record: RawRecord
-    event: ClickEvent | TextEvent
+    event: ClickEvent | TextEvent | ItemEvent
 
 
 @dataclass
@@ -107,6 +115,8 @@ class Ingested:
     marks: Marks  # pending marks this batch set
     report: BatchReport
     started: float  # perf_counter at the start of stage one
+    items: list[Decoded] = field(default_factory=list)  # item upserts, applied at the start of stage two
+    item_ends: dict[tuple[str, int], int] = field(default_factory=dict)  # their partitions' last offsets
 
 
 class Publisher(Protocol):
@@ -116,12 +126,13 @@ class Publisher(Protocol):
 
 
 def decode_batch(records: Sequence[RawRecord], click_topic: str, now_ms: int,
-                 limits: Limits) -> tuple[list[Decoded], list[DeadLetter]]:
+                 limits: Limits, items_topic: str | None = None) -> tuple[list[Decoded], list[DeadLetter]]:
     """Split records into valid events and dead letters; never raises on bad input."""
     valid: list[Decoded] = []
     dead: list[DeadLetter] = []
     for record in records:
-        decode = decode_click if record.topic == click_topic else decode_text
+        decode = (decode_click if record.topic == click_topic else
+                  decode_item if record.topic == items_topic else decode_text)
         try:
             valid.append(Decoded(record, decode(record.value, record.key, now_ms, limits)))
         except InvalidEvent as exc:
@@ -140,13 +151,15 @@ class Pipeline:
     """Processes micro-batches; one instance per worker."""
 
     def __init__(self, store: Store, refresher: Refresher, publisher: Publisher, metrics: Metrics, *,
-                 click_topic: str, limits: Limits = Limits(), known_items=None,
-                 faults: FaultPoints = NO_FAULTS) -> None:
+                 click_topic: str, items_topic: str | None = None, catalogue: Catalogue | None = None,
+                 limits: Limits = Limits(), known_items=None, faults: FaultPoints = NO_FAULTS) -> None:
         self.store = store
         self.refresher = refresher
         self.publisher = publisher
         self.metrics = metrics
         self.click_topic = click_topic
+        self.items_topic = items_topic
+        self.catalogue = catalogue
         self.limits = limits
         self.known_items = known_items
         self.faults = faults  # test-only: stop a batch at an exact step (streams/faults.py)
@@ -206,11 +219,14 @@ class Pipeline:
         """Stage one: decode, dead-letter, embed texts, apply to Redis (steps 1-4)."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
-        valid, dead = decode_batch(records, self.click_topic, now_ms, self.limits)
+        valid, dead = decode_batch(records, self.click_topic, now_ms, self.limits, self.items_topic)
+        items = [d for d in valid if isinstance(d.event, ItemEvent)]
+        valid = [d for d in valid if not isinstance(d.event, ItemEvent)]
         await self._publish_dead_letters(dead, "ingest")
         entries = await self._entries(valid)
         await self.faults.at("after_embed", records)
-        ends = partition_ends(records)
+        ends = partition_ends(r for r in records if r.topic != self.items_topic)
+        item_ends = partition_ends(r for r in records if r.topic == self.items_topic)
         with self.metrics.redis_seconds.labels("apply").time():
             applied = await self.store.apply(entries, ends)  # dead letters included
         outcomes, users = await self._lost_attempts(entries, applied.outcomes, applied.users)
@@ -223,7 +239,8 @@ class Pipeline:
         self._count_online_quality(applied.ranks)
         applied_now = [e for e, o in zip(entries, outcomes) if o == "applied"]
         changed = {stream: {e.user_id for e in applied_now if e.stream == stream} for stream in ("c", "t")}
-        return Ingested(records, valid, users, changed["c"], changed["t"], pending_marks(entries), report, started)
+        return Ingested(records, valid, users, changed["c"], changed["t"], pending_marks(entries), report, started,
+                        items, item_ends)
 
     async def _lost_attempts(self, entries: Sequence[Entry], outcomes: list[str],
                              users: list[AppliedUser]) -> tuple[list[str], list[AppliedUser]]:
@@ -255,14 +272,34 @@ class Pipeline:
             self._acknowledged.pop(key, None)
 
     async def refresh(self, batch: Ingested) -> BatchReport:
-        """Stage two: encode, score, write, publish (steps 5-8)."""
+        """Stage two: the batch's item upserts, the catalogue synced, then encode, score, write, publish (5-8)."""
         report = batch.report
+        if batch.item_ends:
+            await self._apply_items(batch)
+        await self.sync_catalogue()
         report.recommendations = await self._refresh_isolating(batch, batch.users)
         self._dead_sent["refresh"].clear()
         _merge_marks(self._published, batch.marks)
         self.metrics.batch_size.observe(len(batch.records))
         self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
         return report
+
+    async def _apply_items(self, batch: Ingested) -> None:
+        """Upsert the batch's items and advance their partitions' resume offsets; count the outcomes once."""
+        upserts = [ItemState(e.item_id, e.available, e.ts, e.title, e.categories)
+                   for e in (d.event for d in batch.items)]
+        with self.metrics.redis_seconds.labels("items").time():
+            outcomes = await self.store.apply_items(upserts, batch.item_ends)
+        batch.item_ends = {}  # applied: a retry of the stage does not apply or count them again
+        for decoded, outcome in zip(batch.items, outcomes):
+            self.metrics.events.labels(decoded.record.topic, outcome).inc()
+            batch.report.outcomes[outcome] = batch.report.outcomes.get(outcome, 0) + 1
+
+    async def sync_catalogue(self) -> None:
+        """Bring this worker's catalogue up to Redis's (upserts applied by any worker)."""
+        if self.catalogue is not None:
+            with self.metrics.redis_seconds.labels("catalogue").time():
+                await self.catalogue.sync()
 
     async def _refresh_isolating(self, batch: Ingested, users: Sequence[AppliedUser]) -> list[RecommendationEvent]:
         """Refresh and publish ``users``, splitting them on a failure other than a lost connection."""
@@ -310,6 +347,7 @@ class Pipeline:
 
     async def recover(self, marks: Marks) -> list[RecommendationEvent]:
         """Refresh and publish users a stopped worker applied events for but never published."""
+        await self.sync_catalogue()
         users = sorted(set().union(*marks.values())) if marks else []
         with self.metrics.redis_seconds.labels("read").time():
             histories = await self.store.histories(users)

@@ -65,7 +65,8 @@ class Refresher:
     """Batched encoder calls for one micro-batch; see the module docstring."""
 
     def __init__(self, encoder, text_encoder=None, *, top_k: int = 10, exclude_seen: bool = True,
-                 session_gap_ms: int = 1_800_000, weights: BlendWeights = BlendWeights(), metrics=None) -> None:
+                 session_gap_ms: int = 1_800_000, weights: BlendWeights = BlendWeights(), metrics=None,
+                 catalogue=None) -> None:
         self.encoder = encoder
         self.text_encoder = text_encoder
         self.top_k = top_k
@@ -73,6 +74,9 @@ class Refresher:
         self.session_gap_ms = session_gap_ms
         self.weights = weights
         self.metrics = metrics
+        self.catalogue = catalogue  # the live catalogue (`streams.catalogue.Catalogue`): unavailable items
+        self._masked: tuple[object, int] | None = None  # (encoder, catalogue version) last applied to scores
+        self._counted: tuple[object, int] | None = None  # (encoder, catalogue changes) last counted
         self._index: tuple[object, HashIndex] | None = None  # (encoder, its vocabulary by item hash)
         # Long-term interests of the previous refresh: with overlapped batches, batch N+1 was applied before
         # batch N's profiles were written, so Redis gave its users' long-term interest from before batch N.
@@ -106,6 +110,7 @@ class Refresher:
         if not users:
             return []
         encoder = self.encoder  # one read: a checkpoint swap cannot split a batch
+        self._apply_catalogue(encoder)
         index = self.items_index(encoder)
         histories = self._histories(users, index)
         with self._timed("sequence", len(users)):
@@ -120,6 +125,20 @@ class Refresher:
                    for user, rec, history, vectors in zip(users, recs, histories, rounded)]
         self._last_long_term = {user.user_id: rec.long_term for user, rec in zip(users, recs)}
         return results
+
+    def _apply_catalogue(self, encoder) -> None:
+        """Block the catalogue's unavailable items in ``encoder``'s scores when they (or the model) changed."""
+        catalogue = self.catalogue
+        if catalogue is None:
+            return
+        if self._masked != (encoder, catalogue.version):
+            encoder.set_unavailable(catalogue.unavailable)
+            self._masked = (encoder, catalogue.version)
+        if self.metrics is not None and self._counted != (encoder, catalogue.changes):
+            vocab = encoder.vocab
+            unscored = sum(item.available and item_id not in vocab for item_id, item in catalogue.items.items())
+            self.metrics.catalogue_items.labels("unscored").set(unscored)
+            self._counted = (encoder, catalogue.changes)
 
     def _histories(self, users: Sequence[AppliedUser], index: HashIndex) -> list[History]:
         """Every user's stored clicks as the encoder's input: one lookup and one session cut for the batch."""

@@ -55,10 +55,11 @@ class Settings:
                                                "twice: on, off, or auto (on where the broker grants producer "
                                                "ids, as Apache Kafka does; off, with a warning, where it does "
                                                "not, as the embedded broker).")
-    app_id: str = _option("interest-updater", "Consumer group and Faust app id.")
+    app_id: str = _option("interest-updater", "Consumer group id (and client id prefix).")
     key_prefix: str = _option("iu", "Prefix of every Redis key this service writes.")
     topic_clicks: str = _option("clicks", "Topic of click events.")
     topic_texts: str = _option("texts", "Topic of text events.")
+    topic_items: str = _option("items", "Topic of item upserts (the live catalogue: availability, titles).")
     topic_recs: str = _option("recommendations", "Topic recommendation events are published to.")
     topic_dead: str = _option("dead-letters", "Topic bad events go to, with a reason.")
     partitions: int = _option(4, "Partitions of every topic (clicks and texts must match).")

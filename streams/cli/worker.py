@@ -128,4 +128,4 @@ def _redis_failure(url: str, exc: BaseException) -> str:
 
 
 def topics(settings: Settings) -> list[str]:
-    return [settings.topic_clicks, settings.topic_texts, settings.topic_recs, settings.topic_dead]
+    return [settings.topic_clicks, settings.topic_texts, settings.topic_items, settings.topic_recs, settings.topic_dead]

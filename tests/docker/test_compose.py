@@ -114,7 +114,7 @@ def test_topics_job_creates_the_worker_topics(compose, worker_env):
     script = _topics_script(compose)
     assert "/opt/kafka/bin" in script and "kafka-topics.sh" in script
     names = {spec.name for spec in fields(Settings) if spec.name.startswith("topic_")}
-    assert names == {"topic_clicks", "topic_texts", "topic_recs", "topic_dead"}
+    assert names == {"topic_clicks", "topic_texts", "topic_items", "topic_recs", "topic_dead"}
     for name in names:
         topic = worker_env.get(ENV_PREFIX + name.upper(), getattr(Settings, name))
         assert re.search(rf"(?<![\w-]){re.escape(topic)}(?![\w-])", script), f"topics job does not create {topic}"

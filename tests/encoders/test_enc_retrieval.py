@@ -60,3 +60,18 @@ def test_a_few_hundred_candidates_find_nearly_all_of_the_scans_top_10(parts):
     assert recall >= 0.9, recall
     seen = [set(h.items.tolist()) for h in histories]
     assert not any(set(rows) & s for rows, s in zip(found, seen))  # seen items stay out
+
+
+@pytest.mark.parametrize("kind", ["scan", "ivf", "hnsw"])
+def test_unavailable_items_are_never_recommended_and_come_back_when_available(parts, kind):
+    model, vocab, categories, histories = parts
+    options = {} if kind == "scan" else dict(ann_above=1000, ann_candidates=ITEMS, ann_probe=ITEMS, index_kind=kind)
+    encoder = InterestEncoder(model, vocab, "m", categories=categories, **options)
+    before = _lists(encoder, histories)
+    blocked_rows = {row for rows in before[:30] for row in rows}
+    blocked = {vocab.item_id(row) for row in blocked_rows} | {"not-in-the-model"}
+    assert encoder.set_unavailable(blocked) == len(blocked_rows)
+    during = _lists(encoder, histories)
+    assert all(len(rows) == 10 and not set(rows) & blocked_rows for rows in during)
+    encoder.set_unavailable(set())
+    assert _lists(encoder, histories) == before

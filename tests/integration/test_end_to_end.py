@@ -28,7 +28,7 @@ from streams.harness import (wait_for_fault, wait_for_metric, wait_not_ready, wa
 from streams.embedded import free_port
 from streams.harness import scrape, total
 from streams.cli.replay import replay_events
-from streams.clients.kafka import Producer, ensure_topics
+from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -463,3 +463,38 @@ def test_ten_thousand_malformed_events_are_dead_lettered_and_good_ones_all_appli
         return sum([(await store.meta(u)).get("applied:c", 0) for u in users])
 
     assert asyncio.run(applied()) == len(good)
+
+
+def test_an_item_made_unavailable_on_the_items_topic_is_in_no_later_list(broker_url, redis_url, data_dir,
+                                                                         movielens_checkpoint, tmp_path):
+    settings = Settings(broker=broker_url, redis_url=redis_url, checkpoint=str(movielens_checkpoint),
+                        topic_clicks="ci-clicks", topic_texts="ci-texts", topic_items="ci-items",
+                        topic_recs="ci-recs", topic_dead="ci-dead", app_id="ci-worker", key_prefix="ci",
+                        metrics_port=free_port(), text_encoder=False, batch_within=0.1)
+    dataset = load_movielens_small(data_dir / "ml-latest-small")
+    producer = Producer(broker_url)
+    with worker_process(settings, tmp_path / "worker.log") as worker:
+        events = replay_events(dataset, settings.topic_clicks, settings.topic_texts, limit=300)
+        wait_until_applied(settings, producer.send_all(events), worker, timeout=180)
+        wait_until_idle(settings.metrics_port)
+        latest = {rec["user_id"]: [i["item_id"] for i in rec["items"]]
+                  for rec in sorted(consume_all(broker_url, "ci-recs", 1, timeout=60), key=lambda r: r["version"])}
+        gone = Counter(item for items in latest.values() for item in items).most_common(1)[0][0]
+        holders = sorted(user for user, items in latest.items() if gone in items)
+        upsert = orjson.dumps({"item_id": gone, "available": False, "ts": NOW, "title": "Withdrawn"})
+        wait_until_applied(settings, producer.send_all([OutgoingEvent("ci-items", gone, upsert)]), worker, timeout=60)
+        applied_at = int(time.time() * 1000)
+        # One more click for each user whose list held the item: without the catalogue it would mostly stay.
+        clicks = [OutgoingEvent("ci-clicks", user, orjson.dumps({
+            "event_id": f"ci-{user}", "user_id": user, "item_id": next(i for i in latest[user] if i != gone),
+            "action": "click", "ts": NOW})) for user in holders]
+        wait_until_applied(settings, producer.send_all(clicks), worker, timeout=180)
+        wait_until_idle(settings.metrics_port)
+        metrics = scrape(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+    producer.close()
+    after = [rec for rec in consume_all(broker_url, "ci-recs", len(latest) + len(holders), timeout=60)
+             if rec["published_at"] > applied_at]
+    assert len(holders) >= 3 and sorted(rec["user_id"] for rec in after) == holders
+    assert not [rec["user_id"] for rec in after if gone in {item["item_id"] for item in rec["items"]}]
+    assert total(metrics, "iu_catalogue_items", state="unavailable") == 1
+    assert total(metrics, "iu_events_total", topic="ci-items", outcome="applied") == 1

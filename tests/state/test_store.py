@@ -198,3 +198,33 @@ def test_a_database_of_the_first_layout_is_refused_at_start(store, run):
     run(store.client.set(store.keys.layout(), "3"))
     with pytest.raises(LayoutMismatch, match="layout 3"):
         run(store.check_layout())
+
+
+def test_item_upserts_keep_the_newest_and_replays_change_nothing(store, run):
+    from state.store import ItemState
+
+    older, newer = ItemState("i1", True, 1000, "Nylon strings", ("Strings",)), ItemState("i1", False, 2000)
+    assert run(store.apply_items([newer, older, ItemState("i2", True, 1500)])) == ["applied", "stale", "applied"]
+    assert run(store.apply_items([newer])) == ["stale"]  # the same upsert again: a replay
+    assert run(store.apply_items([ItemState("i1", True, 2000)])) == ["applied"]  # equal ts: the later wins
+    whole = run(store.catalogue_changes(None))
+    assert whole.whole and {i.item_id: (i.available, i.ts) for i in whole.items} == {"i1": (True, 2000),
+                                                                                     "i2": (True, 1500)}
+    assert run(store.catalogue_changes(whole.position)).items == []
+    run(store.apply_items([ItemState("i2", False, 3000, "Pick", ("Picks", "Guitar"))]))
+    since = run(store.catalogue_changes(whole.position))
+    assert not since.whole and since.items == [ItemState("i2", False, 3000, "Pick", ("Picks", "Guitar"))]
+    assert since.position != whole.position
+
+
+def test_a_reader_behind_a_trimmed_change_stream_gets_the_whole_catalogue(store, run):
+    from state.store import ItemState
+
+    run(store.apply_items([ItemState("i1", True, 1000)]))
+    position = run(store.catalogue_changes(None)).position
+    run(store.apply_items([ItemState("i2", False, 1000)]))
+    changes_key = store.keys.catalogue()[1]
+    run(store.client.xtrim(changes_key, maxlen=0))  # what MAXLEN ~ does to a reader far behind
+    run(store.apply_items([ItemState("i3", True, 1000)]))
+    found = run(store.catalogue_changes(position))
+    assert found.whole and sorted(i.item_id for i in found.items) == ["i1", "i2", "i3"]

@@ -279,3 +279,57 @@ def test_only_lost_connections_and_timeouts_are_transient():
         assert is_transient(exc), exc
     for exc in (ValueError(), RuntimeError(), redis_errors.ResponseError("ERR script"), KeyError("x")):
         assert not is_transient(exc), exc
+
+
+def item(offset, item_id, available, ts, partition=0, **extra):
+    body = {"item_id": item_id, "available": available, "ts": ts, **extra}
+    return RawRecord("items", partition, offset, item_id.encode(), orjson.dumps(body), NOW)
+
+
+def catalogued_pipeline(store, checkpoint, publisher):
+    """A worker's pipeline with the live catalogue, as `streams.app.Worker` builds it."""
+    from encoders.inference import InterestEncoder
+    from streams.catalogue import Catalogue
+
+    metrics = Metrics()
+    catalogue = Catalogue(store, metrics)
+    refresher = Refresher(InterestEncoder.from_checkpoint(checkpoint, device="cpu"), None, top_k=5,
+                          metrics=metrics, catalogue=catalogue)
+    return Pipeline(store, refresher, publisher, metrics, click_topic="clicks", items_topic="items",
+                    catalogue=catalogue)
+
+
+def test_an_item_announced_unavailable_is_in_no_list_published_after_it_on_any_worker(store, synthetic_checkpoint,
+                                                                                       run):
+    from tests.streams.conftest import KeepingPublisher
+
+    one = catalogued_pipeline(store, synthetic_checkpoint, KeepingPublisher())
+    other = catalogued_pipeline(store, synthetic_checkpoint, KeepingPublisher())  # a second worker, same Redis
+    try:
+        run(one.process([click(0, "u1", "i1", NOW - 9000), click(1, "u2", "i2", NOW - 9000)]))
+        first = {r.user_id: [i for i, _ in r.items] for r in one.publisher.recs}
+        gone = first["u1"][0]
+        report = run(one.process([item(0, gone, False, NOW - 5000, title="Old stock", categories=["Misc"]),
+                                  click(2, "u1", "i3", NOW - 8000), click(3, "u2", "i4", NOW - 8000),
+                                  item(1, "brand-new", True, NOW - 5000), RawRecord("items", 0, 2, b"x", b"{", NOW)]))
+        assert report.outcomes == {"applied": 4, "dead_letter": 1}
+        assert [d.reason for d in one.publisher.dead] == ["bad_json"]
+        run(other.process([click(4, "u1", "i5", NOW - 7000, partition=1), click(5, "u3", "i1", NOW - 7000,
+                                                                                   partition=1)]))
+        after = one.publisher.recs[2:] + other.publisher.recs
+        assert len(after) == 4 and all(len(r.items) == 5 for r in after)
+        assert not any(gone == i for r in after for i, _ in r.items)
+        assert run(store.resume_offsets("items")) == {0: 2}
+        metrics = one.metrics
+        assert metrics.catalogue_items.labels("unavailable")._value.get() == 1
+        assert metrics.catalogue_items.labels("unscored")._value.get() == 1  # brand-new: not in the model yet
+        assert metrics.events.labels("items", "applied")._value.get() == 2
+
+        # Replayed after a crash: nothing changes; announced again as available, it may come back.
+        again = run(one.process([item(0, gone, False, NOW - 5000, title="Old stock", categories=["Misc"])]))
+        assert again.outcomes == {"stale": 1, "dead_letter": 0}
+        run(one.process([item(3, gone, True, NOW - 4000), click(6, "u1", "i6", NOW - 6000)]))
+        assert one.catalogue.unavailable == frozenset() and one.refresher.encoder._blocked is None
+    finally:
+        one.close()
+        other.close()

@@ -7,7 +7,7 @@ import jsonschema
 import orjson
 import pytest
 
-from streams.events import InvalidEvent, decode_click, decode_text
+from streams.events import InvalidEvent, decode_click, decode_item, decode_text
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "streams" / "schemas"
 NOW = 1_800_000_000_000
@@ -52,6 +52,33 @@ def test_click_schema_and_decoder_agree(value):
 ])
 def test_text_schema_and_decoder_agree(value):
     assert validator("text.schema.json").is_valid(value) == accepts(decode_text, value)
+
+
+@pytest.mark.parametrize("value", [
+    {"item_id": "i", "available": True, "ts": NOW},
+    {"item_id": "i", "available": False, "ts": NOW, "title": "Nylon strings", "categories": ["Guitar", "Strings"]},
+    {"item_id": "i", "available": True, "ts": NOW, "title": None, "categories": None},
+    {"item_id": "i", "available": "yes", "ts": NOW},
+    {"item_id": "i", "available": 1, "ts": NOW},
+    {"item_id": "i b", "available": True, "ts": NOW},
+    {"available": True, "ts": NOW},
+    {"item_id": "i", "ts": NOW},
+    {"item_id": "i", "available": True},
+    {"item_id": "i", "available": True, "ts": NOW, "title": " "},
+    {"item_id": "i", "available": True, "ts": NOW, "title": "x" * 513},
+    {"item_id": "i", "available": True, "ts": NOW, "categories": "Guitar"},
+    {"item_id": "i", "available": True, "ts": NOW, "categories": [""]},
+    {"item_id": "i", "available": True, "ts": NOW, "categories": [3]},
+    {"item_id": "i", "available": True, "ts": NOW, "categories": ["c"] * 33},
+])
+def test_item_schema_and_decoder_agree(value):
+    assert validator("item.schema.json").is_valid(value) == accepts(decode_item, value)
+
+
+def test_an_item_event_keyed_by_another_item_is_rejected():
+    with pytest.raises(InvalidEvent, match="differs from item_id 'i'") as found:
+        decode_item(orjson.dumps({"item_id": "i", "available": True, "ts": NOW}), b"j", NOW)
+    assert found.value.reason == "key_mismatch"
 
 
 def test_dead_letters_keep_raw_bytes_that_are_not_text_as_base64():
