@@ -119,10 +119,16 @@ class InterestEncoder:
         self.device = next(model.parameters()).device
         self.buckets = tuple(b for b in LENGTH_BUCKETS if b < self.max_len) + (self.max_len,)
         self.windows = WindowEncoder(model, buckets=self.buckets, half_life_ms=half_life_ms, cache_bytes=cache_bytes)
-        self._table = model.item_table().detach().float()
-        self._item_mix = torch.as_tensor(self.categories.item_mix, dtype=torch.long, device=self.device)
+        self._model_table = model.item_table().detach().float()
+        self._model_mix = torch.as_tensor(self.categories.item_mix, dtype=torch.long, device=self.device)
+        self._table, self._item_mix = self._model_table, self._model_mix  # with the new items' rows (`set_new_items`)
         self._lock = threading.Lock()
-        self._blocked: torch.Tensor | None = None  # [n_items] bool: items never to recommend (`set_unavailable`)
+        # Items the model never learned, scored from their text: rows len(vocab), len(vocab) + 1, ...
+        self.new_items: tuple[str, ...] = ()
+        self._new_rows: dict[str, int] = {}
+        self.items_version = 0  # rises with each `set_new_items`: the rows of the table changed
+        self._unavailable: frozenset[str] = frozenset()
+        self._blocked: torch.Tensor | None = None  # [n_rows] bool: items never to recommend (`set_unavailable`)
         self._blocked_rows = np.empty(0, dtype=np.int64)
         self.ann_candidates = ann_candidates
         self.index = None  # above ann_above items: an index proposes candidates (`encoders.retrieval`)
@@ -254,25 +260,82 @@ class InterestEncoder:
         ``bias`` [B, n_items], when given, is added to the scores (the
         category term of `encoders.interests`).
         """
-        rows = None if exclude is None else [[self.vocab.index(i) for i in items if i in self.vocab]
+        rows = None if exclude is None else [[r for r in map(self.row, items) if r is not None]
                                              for items in exclude]
         bias_t = None if bias is None else self._to_device(np.ascontiguousarray(bias, dtype=np.float32))
-        return [[(self.vocab.item_id(r), v) for r, v in best] for best in self._top_rows(vectors, k, rows, bias_t)]
+        return [[(self.item_id(r), v) for r, v in best] for best in self._top_rows(vectors, k, rows, bias_t)]
+
+    # ------------------------------------------------------------ the live catalogue
+    @property
+    def n_rows(self) -> int:
+        """Rows of the scoring table: the model's vocabulary (padding and unknown included), then new items."""
+        return len(self.vocab) + len(self.new_items)
+
+    def item_id(self, row: int) -> str:
+        return self.vocab.item_id(row) if row < len(self.vocab) else self.new_items[row - len(self.vocab)]
+
+    def row(self, item_id: str) -> int | None:
+        """The item's row in the scoring table, None when it has none."""
+        return self.vocab.index(item_id) if item_id in self.vocab else self._new_rows.get(item_id)
+
+    def item_ids(self) -> list[str]:
+        """The ids of rows `FIRST_ITEM` onwards, in row order."""
+        return [*self.vocab.item_ids, *self.new_items]
 
     def set_unavailable(self, item_ids: Iterable[str]) -> int:
         """Items never to recommend from now on, replacing the last set (the live catalogue's unavailable ones).
 
-        Ids the model does not know are ignored.  Returns how many of the
-        model's items are blocked.  Thread-safe against scoring.
+        Ids without a row are ignored.  Returns how many rows are blocked.
+        Thread-safe against scoring.
         """
-        rows = np.array(sorted({self.vocab.index(i) for i in item_ids if i in self.vocab}), dtype=np.int64)
         with self._lock:
-            if self.index is not None:
-                self.index.exclude(rows)
-            blocked = torch.zeros(len(self.vocab), dtype=torch.bool, device=self.device)
-            blocked[torch.from_numpy(rows).to(self.device)] = True
-            self._blocked, self._blocked_rows = (blocked if len(rows) else None), rows
+            self._unavailable = frozenset(item_ids)
+            return self._block()
+
+    def _block(self) -> int:
+        rows = np.array(sorted(r for r in map(self.row, self._unavailable) if r is not None), dtype=np.int64)
+        if self.index is not None:
+            self.index.exclude(rows[rows < len(self.vocab)])  # new items are not in the index
+        blocked = torch.zeros(self.n_rows, dtype=torch.bool, device=self.device)
+        blocked[torch.from_numpy(rows).to(self.device)] = True
+        self._blocked, self._blocked_rows = (blocked if len(rows) else None), rows
         return len(rows)
+
+    def text_item_vectors(self, embeddings: np.ndarray) -> np.ndarray:
+        """Item vectors [N, d] for items the model never saw, from their MiniLM embeddings [N, 384].
+
+        The checkpoint's text projection, trained to map an item's "title |
+        categories" string to its embedding (`encoders.training.fusion`),
+        gives the vector (`bench/cold_start.py` measures it).
+        """
+        if self.fusion is None:
+            raise ValueError("this checkpoint has no text projection (trained without --text-fusion)")
+        with self._lock, torch.inference_mode():
+            found = self.fusion.project(self._to_device(np.ascontiguousarray(embeddings, dtype=np.float32)))
+            return found.float().cpu().numpy()
+
+    def set_new_items(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Score these items, unknown to the model, with ``vectors`` [N, d]; replaces the last set.
+
+        They get rows after the vocabulary's: recommended like any item (the
+        category lift treats them as uncategorised), left out of the history
+        a user clicked them in, but read by the model as its unknown item.
+        """
+        item_ids = [i for i in item_ids if i not in self.vocab]
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(item_ids), self.dim)
+        with self._lock:
+            self.new_items = tuple(item_ids)
+            self._new_rows = {item: len(self.vocab) + j for j, item in enumerate(item_ids)}
+            extra = self._to_device(np.ascontiguousarray(vectors)).to(self._model_table.dtype)
+            self._table = torch.cat([self._model_table, extra]) if len(item_ids) else self._model_table
+            uncategorised = self._model_mix[:1].expand(len(item_ids))  # row 0 (padding) has no category
+            self._item_mix = torch.cat([self._model_mix, uncategorised]) if len(item_ids) else self._model_mix
+            self.items_version += 1
+            self._block()
+
+    def _model_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows as the model reads them: a new item is its unknown item."""
+        return np.where(rows < len(self.vocab), rows, UNKNOWN) if self.new_items else rows
 
     def _top_rows(self, vectors: np.ndarray, k: int, exclude: Sequence | None,
                   bias=None) -> list[list[tuple[int, float]]]:
@@ -282,7 +345,7 @@ class InterestEncoder:
             raise ValueError(f"vectors must be [B, {self.dim}], got shape {vectors.shape}")
         if exclude is not None and len(exclude) != len(vectors):
             raise ValueError(f"exclude has {len(exclude)} sets for {len(vectors)} vectors")
-        k = min(k, len(self.vocab) - FIRST_ITEM)
+        k = min(k, self.n_rows - FIRST_ITEM)
         if k <= 0 or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
         with self._lock, torch.inference_mode():
@@ -327,7 +390,8 @@ class InterestEncoder:
         windows, sessions, same = [], [], []
         for h in histories:
             if len(h.items):
-                seq = from_arrays(h.items, h.actions, h.ts)
+                items = self._model_rows(h.items)
+                seq = from_arrays(items, h.actions, h.ts)
                 start = window_start(h.total, len(seq), self.max_len, self.window_hop)
                 windows.append(Window(seq, h.ts, start, h.user_id, h.keys))
                 # A session that holds every kept event is the same sequence, so the same window: encode it
@@ -335,7 +399,7 @@ class InterestEncoder:
                 same.append(h.session_start == 0)
                 if not same[-1]:
                     s = h.session_start
-                    sseq = from_arrays(h.items[s:], h.actions[s:], h.ts[s:])
+                    sseq = from_arrays(items[s:], h.actions[s:], h.ts[s:])
                     sstart = window_start(len(sseq), len(sseq), self.max_len, self.window_hop)
                     sessions.append(Window(sseq, h.ts[s:], sstart, ("session", h.user_id), h.keys[s:]))
             else:  # a text-only user: the model's prior after one search
@@ -348,7 +412,7 @@ class InterestEncoder:
         has_clicks = np.array([len(h.items) > 0 for h in histories])
         current = self._fuse(encoded.current[:n], self.text_interest_of_means([h.text for h in histories]),
                              has_clicks)
-        shares = self.categories.shares_of([(h.items, h.ts) for h in histories], self.half_life_ms)
+        shares = self.categories.shares_of([(self._model_rows(h.items), h.ts) for h in histories], self.half_life_ms)
         return Interests(current, encoded.long_term[:n], session, [self.categories.as_dict(row) for row in shares],
                          None if encoded.next_action is None else encoded.next_action[:n],
                          [h.items for h in histories], shares)
@@ -363,7 +427,7 @@ class InterestEncoder:
         items never rank.  Scoring again with other weights costs no forward
         pass (`bench/interest_blend.py` searches weights this way).
         """
-        return [[(self.vocab.item_id(r), v) for r, v in best]
+        return [[(self.item_id(r), v) for r, v in best]
                 for best in self._rank_rows(interests, weights, k, exclude_seen)]
 
     def _rank_rows(self, interests: Interests, weights: BlendWeights, k: int,
@@ -389,17 +453,20 @@ class InterestEncoder:
         """The rule of `_top_rows` on the index's candidates only (see `encoders.retrieval`)."""
         query = np.asarray(query, dtype=np.float32)
         most_seen = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        blocked = self._blocked_rows  # read once: `set_unavailable` may replace it
         # Blocked items are out of an IVF index; an HNSW index still proposes them, so fetch as many more.
-        masked = 0 if self.index.can_exclude else len(blocked)
+        masked = 0 if self.index.can_exclude else len(self._blocked_rows)
         fetch = min(self.ann_candidates + most_seen + masked, len(self.vocab) - FIRST_ITEM)
         terms = None if user_mix is None else weight * self.categories.category_lift(user_mix)
         with self._lock:
             found = self.index.candidates(query, terms, fetch)
+            # New items are not in the index (they are few): every one is a candidate.
+            new_rows = np.arange(len(self.vocab), self.n_rows)
+            found = np.hstack([found, np.broadcast_to(new_rows, (len(found), len(new_rows)))])
+            blocked = self._blocked_rows if masked else self._blocked_rows[self._blocked_rows >= len(self.vocab)]
         invalid = found < 0
         if exclude is not None:
             invalid |= np.stack([np.isin(row, seen) for row, seen in zip(found, exclude)])
-        if masked:
+        if len(blocked):
             invalid |= np.isin(found, blocked)
         with self._lock, torch.inference_mode():
             rows = torch.from_numpy(np.where(invalid, 0, found)).to(self.device)
@@ -408,7 +475,7 @@ class InterestEncoder:
                 mix_lift = self._to_device(self.categories.mix_lift(user_mix))
                 scores.add_(mix_lift.gather(1, self._item_mix[rows]), alpha=weight)
             scores.masked_fill_(self._to_device(invalid), float("-inf"))
-            values, at = scores.topk(min(k, fetch), dim=1)
+            values, at = scores.topk(min(k, found.shape[1]), dim=1)
             picked = rows.gather(1, at)
         return [[(int(r), float(v)) for r, v in zip(row_r, row_v) if v != float("-inf")]
                 for row_r, row_v in zip(picked.cpu().tolist(), values.cpu().tolist())]
@@ -447,6 +514,6 @@ class InterestEncoder:
             Recommendation(found.current[i], found.long_term[i], found.session[i], found.categories[i],
                            None if actions is None else
                            {name: float(p) for name, p in zip(self.action_classes, actions[i])},
-                           [(self.vocab.item_id(r), v) for r, v in ranked[i]], [r for r, _ in ranked[i]])
+                           [(self.item_id(r), v) for r, v in ranked[i]], [r for r, _ in ranked[i]])
             for i in range(len(found))
         ]

@@ -83,8 +83,10 @@ class Metrics:
                                    registry=r)
         self.catalogue_items = Gauge("iu_catalogue_items", "Items of the live catalogue (those the items topic "
                                      "has announced), as this worker last synced it, by state: available, "
-                                     "unavailable (never recommended), unscored (available, not in the model: "
-                                     "recommended after the next training).", ["state"], registry=r)
+                                     "unavailable (never recommended), from_text (available, not in the model, "
+                                     "scored from its title and categories), unscored (available, not in the "
+                                     "model, no text or no text projection: recommended after the next "
+                                     "training).", ["state"], registry=r)
         self.catalogue_syncs = Counter("iu_catalogue_changes_synced", "Item upserts this worker read from Redis's "
                                        "change stream (its own and other workers'), by kind (change; whole: "
                                        "items of a full reload).", ["kind"], registry=r)

@@ -76,8 +76,10 @@ class Refresher:
         self.metrics = metrics
         self.catalogue = catalogue  # the live catalogue (`streams.catalogue.Catalogue`): unavailable items
         self._masked: tuple[object, int] | None = None  # (encoder, catalogue version) last applied to scores
-        self._counted: tuple[object, int] | None = None  # (encoder, catalogue changes) last counted
-        self._index: tuple[object, HashIndex] | None = None  # (encoder, its vocabulary by item hash)
+        self._synced: tuple[object, int] | None = None  # (encoder, catalogue changes) of the last new items set
+        # (encoder, {(new item, its text): vector}) of the new items last given to that encoder.
+        self._new_items: tuple[object, dict[tuple[str, str], np.ndarray]] | None = None
+        self._index: tuple[object, int, HashIndex] | None = None  # (encoder, its items version, items by hash)
         # Long-term interests of the previous refresh: with overlapped batches, batch N+1 was applied before
         # batch N's profiles were written, so Redis gave its users' long-term interest from before batch N.
         self._last_long_term: dict[str, np.ndarray] = {}
@@ -99,10 +101,12 @@ class Refresher:
         return [pack_embedding(row) for row in vectors]
 
     def items_index(self, encoder) -> HashIndex:
-        """The encoder's vocabulary looked up by item hash, built once per model."""
-        if self._index is None or self._index[0] is not encoder:
-            self._index = (encoder, HashIndex(encoder.vocab.item_ids))
-        return self._index[1]
+        """The encoder's items (its vocabulary, then new items) looked up by hash, built when they change."""
+        version = getattr(encoder, "items_version", 0)
+        if self._index is None or self._index[:2] != (encoder, version):
+            ids = encoder.item_ids() if hasattr(encoder, "item_ids") else encoder.vocab.item_ids
+            self._index = (encoder, version, HashIndex(ids))
+        return self._index[2]
 
     def refresh(self, users: Sequence[AppliedUser], changed_clicks: set[str],
                 changed_texts: set[str]) -> list[Refreshed]:
@@ -127,18 +131,43 @@ class Refresher:
         return results
 
     def _apply_catalogue(self, encoder) -> None:
-        """Block the catalogue's unavailable items in ``encoder``'s scores when they (or the model) changed."""
+        """Bring ``encoder``'s scores up to the live catalogue when it (or the model) changed.
+
+        New items (available, unknown to the model, with a title or
+        categories) are scored from their text; unavailable items are blocked.
+        """
         catalogue = self.catalogue
         if catalogue is None:
             return
+        if self._synced != (encoder, catalogue.changes):
+            self._set_new_items(encoder, catalogue)
+            self._synced = (encoder, catalogue.changes)
         if self._masked != (encoder, catalogue.version):
             encoder.set_unavailable(catalogue.unavailable)
             self._masked = (encoder, catalogue.version)
-        if self.metrics is not None and self._counted != (encoder, catalogue.changes):
-            vocab = encoder.vocab
-            unscored = sum(item.available and item_id not in vocab for item_id, item in catalogue.items.items())
-            self.metrics.catalogue_items.labels("unscored").set(unscored)
-            self._counted = (encoder, catalogue.changes)
+
+    def _set_new_items(self, encoder, catalogue) -> None:
+        """Give the catalogue's new items vectors from their text (each embedded once per model)."""
+        new = {item_id: _item_text(item) for item_id, item in catalogue.items.items()
+               if item.available and item_id not in encoder.vocab and (item.title or item.categories)}
+        scored = self.text_encoder is not None and getattr(encoder, "fusion", None) is not None
+        known = self._new_items[1] if self._new_items and self._new_items[0] is encoder else {}
+        wanted = set(new.items())
+        if scored and (wanted != known.keys() or not self._new_items or self._new_items[0] is not encoder):
+            missing = sorted(wanted - known.keys())
+            if missing:
+                with self._timed("text", len(missing)):
+                    vectors = encoder.text_item_vectors(self.text_encoder.embed([text for _, text in missing]))
+                known = {**known, **dict(zip(missing, vectors))}
+            ids = sorted(new)
+            encoder.set_new_items(ids, np.stack([known[(i, new[i])] for i in ids]) if ids else
+                                  np.empty((0, encoder.dim), np.float32))
+            self._new_items = (encoder, {(i, new[i]): known[(i, new[i])] for i in ids})
+        if self.metrics is not None:
+            announced_unknown = sum(item.available and i not in encoder.vocab for i, item in catalogue.items.items())
+            from_text = len(new) if scored else 0
+            self.metrics.catalogue_items.labels("from_text").set(from_text)
+            self.metrics.catalogue_items.labels("unscored").set(announced_unknown - from_text)
 
     def _histories(self, users: Sequence[AppliedUser], index: HashIndex) -> list[History]:
         """Every user's stored clicks as the encoder's input: one lookup and one session cut for the batch."""
@@ -184,6 +213,11 @@ class Refresher:
 
     def _timed(self, encoder: str, size: int):
         return _Timer(self.metrics, encoder, size)
+
+
+def _item_text(item) -> str:
+    """An item's "title | categories" string, the form the text projection was trained on."""
+    return " | ".join(p for p in (item.title or "", ", ".join(item.categories or ())) if p)
 
 
 def _changed(user: AppliedUser, clicks: set[str], texts: set[str], has_categories: bool) -> tuple[str, ...]:

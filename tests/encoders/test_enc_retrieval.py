@@ -75,3 +75,33 @@ def test_unavailable_items_are_never_recommended_and_come_back_when_available(pa
     assert all(len(rows) == 10 and not set(rows) & blocked_rows for rows in during)
     encoder.set_unavailable(set())
     assert _lists(encoder, histories) == before
+
+
+@pytest.mark.parametrize("kind", ["scan", "ivf"])
+def test_new_items_are_scored_from_their_vectors_and_read_as_the_unknown_item(parts, kind):
+    model, vocab, categories, histories = parts
+    options = {} if kind == "scan" else dict(ann_above=1000, ann_candidates=200, index_kind=kind)
+    encoder = InterestEncoder(model, vocab, "m", categories=categories, **options)
+    before = encoder.recommend_histories(histories[:5], BLEND, k=10)
+    # A new item with twice the vector of each user's best item outranks it for that user.
+    best = [rec.rows[0] for rec in before]
+    vectors = 2 * encoder._model_table[best].numpy()
+    encoder.set_new_items([f"new{n}" for n in range(5)], vectors)
+    assert encoder.n_rows == len(vocab) + 5 and encoder.item_id(len(vocab) + 2) == "new2"
+    after = encoder.recommend_histories(histories[:5], BLEND, k=10)
+    assert all(f"new{n}" in [i for i, _ in rec.items] for n, rec in enumerate(after))
+
+    # A user who clicked a new item: the model reads it as its unknown item, the list leaves it out.
+    h = histories[0]
+    clicked = History(h.user_id, np.append(h.items, len(vocab)), np.append(h.actions, 3), np.append(h.ts, h.ts[-1] + 1),
+                      np.append(h.keys, 10**6), total=h.total + 1)
+    as_unknown = History(h.user_id, np.append(h.items, 1), clicked.actions, clicked.ts, clicked.keys, total=h.total + 1)
+    [rec] = encoder.recommend_histories([clicked], BLEND, k=10)
+    [same] = encoder.recommend_histories([as_unknown], BLEND, k=10)
+    assert "new0" not in [i for i, _ in rec.items] and np.allclose(rec.current, same.current)
+
+    encoder.set_unavailable({"new1"})
+    assert "new1" not in [i for i, _ in encoder.recommend_histories(histories[1:2], BLEND, k=10)[0].items]
+    encoder.set_new_items([], np.empty((0, model.config.d_model), np.float32))
+    assert encoder.n_rows == len(vocab)
+    assert [r.rows for r in encoder.recommend_histories(histories[:5], BLEND, k=10)] == [r.rows for r in before]

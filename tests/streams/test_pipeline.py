@@ -333,3 +333,31 @@ def test_an_item_announced_unavailable_is_in_no_list_published_after_it_on_any_w
     finally:
         one.close()
         other.close()
+
+
+def test_a_new_item_is_scored_from_its_title_and_left_out_once_clicked(pipeline, minilm, run):
+    from streams.catalogue import Catalogue
+
+    catalogue = Catalogue(pipeline.store, pipeline.metrics)
+    pipeline.catalogue, pipeline.items_topic = catalogue, "items"
+    pipeline.refresher.catalogue, pipeline.refresher.text_encoder = catalogue, minilm
+    pipeline.refresher.metrics = pipeline.metrics
+    encoder = pipeline.refresher.encoder
+    run(pipeline.process([item(0, "new-jazz", True, NOW - 5000, title="Late night jazz trio", categories=["jazz"]),
+                          item(1, "new-metal", True, NOW - 5000, title="Heavy metal anthems", categories=["metal"]),
+                          item(2, "no-text", True, NOW - 5000),
+                          text(0, "s1", "looking for jazz", NOW - 1000),
+                          text(1, "s2", "best metal albums", NOW - 1000)]))
+    assert set(encoder.new_items) == {"new-jazz", "new-metal"}
+    assert pipeline.metrics.catalogue_items.labels("from_text")._value.get() == 2
+    assert pipeline.metrics.catalogue_items.labels("unscored")._value.get() == 1  # no title, no categories
+    # Each searcher's interest scores the new item of their genre above the other one.
+    current = {u: run(pipeline.store.profile(u)).vectors["current"] for u in ("s1", "s2")}
+    rows = {i: encoder.row(i) for i in ("new-jazz", "new-metal")}
+    score = {(u, i): float(encoder._table[r].numpy() @ current[u]) for u in current for i, r in rows.items()}
+    assert score["s1", "new-jazz"] > score["s1", "new-metal"] and score["s2", "new-metal"] > score["s2", "new-jazz"]
+
+    run(pipeline.process([click(0, "s1", "new-jazz", NOW - 500), item(3, "new-metal", False, NOW - 400)]))
+    rec = pipeline.publisher.recs[-1]
+    assert rec.user_id == "s1" and not {"new-jazz", "new-metal"} & {i for i, _ in rec.items}
+    assert encoder.new_items == ("new-jazz",)
