@@ -34,6 +34,15 @@ the machine's cores with the worker, as they do in `make demo`.
     python bench/load.py --find-capacity
     python bench/load.py --find-capacity --data ../shared/data/ml-latest-small
     python bench/load.py --rate 1000 --seconds 20 --items 100000
+    python bench/load.py --rate 150 --seconds 30 --read-rate 1000    # the read API beside the replay
+
+--read-rate N (with --rate): first a step of --read-users events as fast as
+they go, so that many users have recommendations; then, during the --rate
+step, wrk asks the worker's read API (GET /v1/users/{id}, on its metrics
+port) for random ones of those users at about N requests/s
+(`bench/read_api_bench.py`, `paced_wrk`), and one more line reports its
+requests/s, p50 and p99 (wrk's and the server's own) beside the step's
+freshness.
 """
 
 from __future__ import annotations
@@ -213,9 +222,11 @@ class Run:
         self.settings, self.worker, self.traffic = settings, worker, traffic
         self.producer = Producer(settings.broker)
         self.metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        self.users: set[str] = set()  # every user sent an event so far
 
     def step(self, label: str, rate: float, n_events: int) -> Step:
         events = self.traffic.events(n_events, self.settings.topic_clicks, self.settings.topic_texts)
+        self.users.update(e.key for e in events)
         before, cpu_before = scrape(self.metrics_url), _cpu_seconds(self.worker.pid)
         started = time.monotonic()
         ends = self.producer.send_all(events, rate=rate)
@@ -368,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=20_000, help="events of the burst step [default: 20,000]")
     parser.add_argument("--start-rate", type=float, default=250.0, help="first rate of the ramp [default: 250]")
     parser.add_argument("--max-rate", type=float, default=64_000.0, help="stop the ramp here [default: 64,000]")
+    parser.add_argument("--read-rate", type=float, default=None,
+                        help="with --rate: read API requests/s during the step (wrk; see above) [default: none]")
+    parser.add_argument("--read-users", type=int, default=5000,
+                        help="with --read-rate: events sent first, whose users are read [default: 5000]")
     parser.add_argument("--batch-max", type=int, default=None, help="worker --batch-max [default: the worker's]")
     parser.add_argument("--batch-within", type=float, default=None,
                         help="worker --batch-within [default: the worker's]")
@@ -378,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --rate R (with --seconds S) or --find-capacity")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive (--find-capacity includes a burst)")
+    if args.read_rate is not None and (args.rate is None or args.find_capacity or args.read_rate <= 0):
+        parser.error("--read-rate takes a positive rate, with --rate (not --find-capacity)")
 
     with tempfile.TemporaryDirectory(prefix="iu-load-") as tmp, servers(args) as (broker, redis_url):
         workdir = Path(tmp)
@@ -433,9 +450,14 @@ def _traffic_and_model(args, workdir: Path):
 
 
 def _measure(run: Run, args) -> dict:
-    if not args.find_capacity:
+    if args.read_rate:
+        print(run.step("read users", 0, args.read_users).line(), flush=True)
+        step = _step_with_reads(run, args)
+        print(step.line(), flush=True)
+    elif not args.find_capacity:
         step = run.step(f"rate {args.rate:.0f}", args.rate, int(args.rate * args.seconds))
         print(step.line(), flush=True)
+    if not args.find_capacity:
         return {"capacity_events_per_s": step.applied_per_s if step.keeps_up else None,
                 "p99_ms_at_capacity": step.p99_ms if step.keeps_up else None,
                 "p99_ms_at_150": step.p99_ms if args.rate == 150 else None}
@@ -448,6 +470,30 @@ def _measure(run: Run, args) -> dict:
         print(f"no rate from {args.start_rate:.0f} events/s up keeps p99 under {P99_LIMIT_MS:.0f} ms", flush=True)
     return {"capacity_events_per_s": best.rate_sent if best else 0, "p99_ms_at_capacity": best.p99_ms if best else None,
             "p99_ms_at_150": at_150.p99_ms, "burst_events_per_s": burst.applied_per_s}
+
+
+def _step_with_reads(run: Run, args) -> Step:
+    """The --rate step with wrk reading the worker's read API at --read-rate meanwhile; prints the reads' line."""
+    import shutil
+
+    from read_api_bench import paced_wrk, summary
+
+    if not shutil.which("wrk"):
+        sys.exit("load.py: --read-rate needs wrk (apt-get install -y wrk)")
+    base = f"http://127.0.0.1:{run.settings.metrics_port}"
+    users = sorted(run.users)
+    before = scrape(run.metrics_url)
+    with tempfile.TemporaryDirectory(prefix="iu-wrk-") as folder:
+        wrk = paced_wrk(base, users, args.read_rate, int(args.seconds), Path(folder))
+        step = run.step(f"rate {args.rate:.0f}", args.rate, int(args.rate * args.seconds))
+        out, _ = wrk.communicate(timeout=args.seconds + 120)
+    served = since(scrape(run.metrics_url), before)
+    reads = summary(out)
+    server = {q: 1000 * (histogram_quantile(served, "iu_api_seconds", q) or float("nan")) for q in (0.5, 0.99)}
+    print(f"read API beside it: {reads['rps']:.0f} requests/s over {len(users)} users, p50 {reads['p50']:.2f} ms, "
+          f"p99 {reads['p99']:.2f} ms (wrk); server side p50 {server[0.5]:.2f} ms, p99 {server[0.99]:.2f} ms; "
+          f"{reads['requests']} requests, {reads['failed']} failed", flush=True)
+    return step
 
 
 def _fmt(value) -> str:

@@ -57,6 +57,25 @@ end
 """
 
 
+# The same at a fixed pace, for `bench/load.py --read-rate`: each connection waits args[3] ms before each
+# request, and asks for one of the user ids listed in the file args[1].
+PACED_SCRIPT = """
+local users, query, pause = {}, "", 0
+function init(args)
+  for line in io.lines(args[1]) do users[#users + 1] = line end
+  query, pause = args[2] or "", tonumber(args[3] or "0")
+  math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
+end
+function delay()
+  return pause
+end
+function request()
+  return wrk.format("GET", "/v1/users/" .. users[math.random(1, #users)] .. query)
+end
+"""
+PACED_CONNECTIONS = 16
+
+
 def profile(user: int, rng: np.random.Generator) -> Profile:
     """A profile shaped like a refresh's (`streams.refresh.Refresher._result`), with random numbers."""
     vectors = {name: rng.standard_normal(DIM).astype(np.float32) for name in ("current", "long_term", "session")}
@@ -86,6 +105,23 @@ def run_wrk(base: str, users: int, query: str, connections: int, seconds: int, f
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base,
             "--", str(users), query]
     return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+
+
+def paced_wrk(base: str, user_ids: list[str], rate: float, seconds: int, folder: Path) -> subprocess.Popen:
+    """wrk asking for random ones of ``user_ids`` at about ``rate`` requests/s, started (read its stdout).
+
+    Each of PACED_CONNECTIONS connections waits its share of the interval
+    before each request (wrk's ``delay()``), less a millisecond for the
+    answer: plain wrk has no fixed-rate mode, and an answer slower than the
+    pause lowers the rate rather than queueing (compare the rate it reports).
+    """
+    (folder / "users.txt").write_text("\n".join(user_ids) + "\n")
+    script = folder / "paced.lua"
+    script.write_text(PACED_SCRIPT)
+    pause = max(0, round(PACED_CONNECTIONS * 1000 / rate) - 1)
+    argv = ["wrk", "-t2", f"-c{PACED_CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), base,
+            "--", str(folder / "users.txt"), "", str(pause)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def wrk_ms(text: str) -> float:

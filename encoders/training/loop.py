@@ -214,7 +214,6 @@ def _step(model: SequenceEncoder, opt: torch.optim.Optimizer, batch: tuple[torch
         loss = loss + action_weight * next_action_loss(model, hidden, target_actions)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return float(loss.detach())
 
@@ -288,7 +287,10 @@ def fit(model: SequenceEncoder, windows: list[SeqArrays], split: Split | None, c
     epochs = config.epochs if epochs is None else epochs
     negatives = config.negatives_for(model.config.n_items)
     rng = np.random.default_rng(config.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), weight_decay=config.weight_decay)
+    # SASRec+'s optimiser: Adam's own betas, no gradient clipping. Against betas (0.9, 0.98) with the norm
+    # clipped at 1, it reached each validation NDCG@10 on ML-1M about a quarter fewer epochs sooner
+    # (README, "Toward SASRec+").
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     stopper, logs, postfix = _EarlyStopping(config.patience, model), [], {}  # postfix: tqdm's val metrics
     start = time.perf_counter()
     n_batches = -(-len(windows) // config.batch_size)
