@@ -42,7 +42,9 @@ step, wrk asks the worker's read API (GET /v1/users/{id}, on its metrics
 port) for random ones of those users at about N requests/s
 (`bench/read_api_bench.py`, `paced_wrk`), and one more line reports its
 requests/s, p50 and p99 (wrk's and the server's own) beside the step's
-freshness.
+freshness. --read-from process asks an `interest-updater read-api` process
+instead (same Redis, its own port), so reads do not share the worker's
+interpreter.
 """
 
 from __future__ import annotations
@@ -381,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rate", type=float, default=64_000.0, help="stop the ramp here [default: 64,000]")
     parser.add_argument("--read-rate", type=float, default=None,
                         help="with --rate: read API requests/s during the step (wrk; see above) [default: none]")
+    parser.add_argument("--read-from", choices=("worker", "process"), default="worker",
+                        help="with --read-rate: the worker's port, or a read-api process of its own "
+                             "[default: worker]")
     parser.add_argument("--read-users", type=int, default=5000,
                         help="with --read-rate: events sent first, whose users are read [default: 5000]")
     parser.add_argument("--batch-max", type=int, default=None, help="worker --batch-max [default: the worker's]")
@@ -480,20 +485,41 @@ def _step_with_reads(run: Run, args) -> Step:
 
     if not shutil.which("wrk"):
         sys.exit("load.py: --read-rate needs wrk (apt-get install -y wrk)")
-    base = f"http://127.0.0.1:{run.settings.metrics_port}"
     users = sorted(run.users)
-    before = scrape(run.metrics_url)
-    with tempfile.TemporaryDirectory(prefix="iu-wrk-") as folder:
+    with tempfile.TemporaryDirectory(prefix="iu-wrk-") as folder, _read_server(run, args, Path(folder)) as base:
+        before = scrape(f"{base}/metrics")
         wrk = paced_wrk(base, users, args.read_rate, int(args.seconds), Path(folder))
         step = run.step(f"rate {args.rate:.0f}", args.rate, int(args.rate * args.seconds))
         out, _ = wrk.communicate(timeout=args.seconds + 120)
-    served = since(scrape(run.metrics_url), before)
+        served = since(scrape(f"{base}/metrics"), before)
     reads = summary(out)
     server = {q: 1000 * (histogram_quantile(served, "iu_api_seconds", q) or float("nan")) for q in (0.5, 0.99)}
-    print(f"read API beside it: {reads['rps']:.0f} requests/s over {len(users)} users, p50 {reads['p50']:.2f} ms, "
+    print(f"read API ({args.read_from}) beside it: {reads['rps']:.0f} requests/s over {len(users)} users, p50 {reads['p50']:.2f} ms, "
           f"p99 {reads['p99']:.2f} ms (wrk); server side p50 {server[0.5]:.2f} ms, p99 {server[0.99]:.2f} ms; "
           f"{reads['requests']} requests, {reads['failed']} failed", flush=True)
     return step
+
+
+@contextlib.contextmanager
+def _read_server(run: Run, args, folder: Path) -> Iterator[str]:
+    """The base URL to read from: the worker's port, or a read-api process started for the step."""
+    if args.read_from == "worker":
+        yield f"http://127.0.0.1:{run.settings.metrics_port}"
+        return
+    import signal
+    import subprocess
+
+    port = free_port()
+    argv = [sys.executable, "-m", "streams", "read-api", "--redis", run.settings.redis_url,
+            "--key-prefix", run.settings.key_prefix, "--metrics-port", str(port)]
+    with open(folder / "read-api.log", "wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(port, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 def _fmt(value) -> str:

@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
                                              "broker and Redis are started for this worker.")
     add_arguments(worker)
 
+    read_api = commands.add_parser(
+        "read-api", help="serve the read API (GET /v1/users/ID) in a process of its own",
+        description="Serve GET /v1/users/{id}, /metrics, /healthz and /readyz on --metrics-port, read from "
+                    "--redis-url, apart from any worker: reads then share neither a worker's CPU nor its "
+                    "interpreter with its batches. Run as many as the read traffic needs; a worker's own "
+                    "--metrics-port serves the same API. Only the Redis, key-prefix, port, token and log "
+                    "options matter here.")
+    add_arguments(read_api)
+
     train = commands.add_parser("train", help="train the sequence encoder on an event log",
                                 description="Train the sequence encoder (causal Transformer, softmax over "
                                             "the catalogue) with early stopping on validation NDCG@10; write "
@@ -217,6 +226,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "worker":
         from streams.cli.worker import worker
         return worker(settings)
+    if args.command == "read-api":
+        from streams.cli.worker import read_api
+        return read_api(settings)
     if args.command == "produce":
         from streams.cli.topics import produce
         return produce(args, settings)

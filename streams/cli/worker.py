@@ -12,7 +12,7 @@ from streams.logs import redact_url
 from streams.security import check_kafka, kafka_client_config
 from streams.settings import Settings
 
-__all__ = ["worker", "load_encoders", "running_stack", "topics"]
+__all__ = ["worker", "read_api", "load_encoders", "running_stack", "topics"]
 
 log = logging.getLogger("interest_updater")
 
@@ -82,6 +82,41 @@ def worker(settings: Settings) -> int:
         status = asyncio.run(service.run())
     log.info("worker stopped (exit status %d)", status)
     return status
+
+
+def read_api(settings: Settings) -> int:
+    """``interest-updater read-api``: the read API alone, until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import Health, serve_http
+    from streams.read_api import ReadApi
+
+    if not settings.metrics_port:
+        raise ConfigurationError("--metrics-port 0 (IU_METRICS_PORT): the read API needs a port to serve on")
+    _check_redis(settings.redis_url, settings.redis_cluster)
+    registry = CollectorRegistry()
+    health = Health()
+    try:
+        server = serve_http(settings.metrics_port, registry, health, ReadApi.from_settings(settings, registry))
+    except OSError as exc:
+        raise ConfigurationError(f"--metrics-port {settings.metrics_port} (IU_METRICS_PORT): cannot serve the read "
+                                 f"API there: {exc.strerror or exc}") from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    health.ready = True
+    log.info("read API on http://127.0.0.1:%d/v1/users/USER_ID (also /metrics, /healthz, /readyz), redis %s%s",
+             settings.metrics_port, redact_url(settings.redis_url),
+             ", bearer token required" if settings.api_token else "")
+    while not stop.wait(1.0):
+        health.beat()
+    health.ready = False
+    server.shutdown()
+    log.info("read API stopped")
+    return 0
 
 
 def _check_redis(url: str, cluster: bool) -> None:

@@ -202,3 +202,30 @@ def test_the_token_setting_is_a_secret_and_an_empty_one_is_refused():
             parse(["--api-token", bad], {})
         assert not bad or bad not in str(refused.value)  # a secret is never echoed
     assert Settings().api_token is None
+
+
+def test_the_read_api_runs_as_a_process_of_its_own_and_stops_on_sigterm(pipeline, store, redis_url, run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from streams.embedded import free_port
+    from streams.harness import wait_ready
+
+    if isinstance(store.client, RedisCluster):
+        pytest.skip("the single server is enough: the process reads through the same Reader")
+    expected = refresh_user(pipeline, run)
+    port = free_port()
+    with open(tmp_path / "read-api.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "streams", "read-api", "--redis", redis_url,
+                                    "--key-prefix", store.keys.prefix, "--metrics-port", str(port)],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(port, timeout=60)
+        status, _, body = get(f"http://127.0.0.1:{port}/v1/users/u1")
+        assert status == 200 and body["version"] == expected["version"] and body["items"] == expected["items"]
+        assert get(f"http://127.0.0.1:{port}/v1/users/nobody")[0] == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert "read API stopped" in (tmp_path / "read-api.log").read_text()
