@@ -1,4 +1,5 @@
-"""The read API: a user's latest recommendations and interests as JSON, on the worker's HTTP port.
+"""The read API: a user's latest recommendations and interests as JSON, on the worker's HTTP port
+(or in a process of its own: ``interest-updater read-api``).
 
 ``GET /v1/users/{user_id}`` answers what the last refresh of that user wrote
 to Redis (`state.reader.Reader`), so a service that does not consume Kafka
