@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.data import Dataset, load_dataset  # noqa: E402
 from encoders.data.records import Event  # noqa: E402
-from encoders.vocab import FIRST_ITEM  # noqa: E402
+from encoders.vocab import FIRST_ITEM, item_text  # noqa: E402
 
 NEIGHBOURS = 20
 K = 10
@@ -139,7 +139,7 @@ def text_vectors(encoder, dataset: Dataset, new: list[str]) -> tuple[np.ndarray,
     from encoders.nn.text import TextEncoder
 
     cat = dataset.catalogue
-    strings = [" | ".join(p for p in (cat.titles.get(i, ""), ", ".join(cat.categories.get(i, ()))) if p) for i in new]
+    strings = [item_text(cat.titles.get(i), cat.categories.get(i)) for i in new]
     with torch.no_grad():
         projected = encoder.fusion.project(torch.from_numpy(TextEncoder(device="cpu").embed(strings)).float())
         table = encoder._table[FIRST_ITEM:].cpu()

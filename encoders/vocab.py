@@ -8,12 +8,12 @@ table but are never returned as recommendations.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import CheckpointError
 
-__all__ = ["ACTIONS", "FIRST_ITEM", "PAD", "UNKNOWN", "UNKNOWN_ITEM", "ItemVocab", "action_index"]
+__all__ = ["ACTIONS", "FIRST_ITEM", "PAD", "UNKNOWN", "UNKNOWN_ITEM", "ItemVocab", "action_index", "item_text"]
 
 PAD = 0
 UNKNOWN = 1
@@ -106,3 +106,13 @@ class ItemVocab:
         if not isinstance(items, list) or len(set(items)) != len(items):
             raise CheckpointError(path, "vocabulary 'items' must be a list of distinct ids")
         return cls(str(i) for i in items)
+
+
+def item_text(title: str | None, categories: Sequence[str] | None) -> str:
+    """An item as the text encoder reads it, "title | categories": what the text projection trains on
+    (catalogue strings) and what the worker scores a new item by.
+
+    >>> item_text("Nylon strings", ("Guitar", "Strings"))
+    'Nylon strings | Guitar, Strings'
+    """
+    return " | ".join(p for p in (title or "", ", ".join(categories or ())) if p)

@@ -38,7 +38,7 @@ import numpy as np
 
 # The records only (encoders.interests is torch-free); the encoder itself is handed in.
 from encoders.interests import BlendWeights, History, Recommendation, drift
-from encoders.vocab import FIRST_ITEM, UNKNOWN
+from encoders.vocab import FIRST_ITEM, UNKNOWN, item_text
 from state import AppliedUser, Profile
 from state.layout import HashIndex, pack_embedding
 from state.sessions import session_starts_of
@@ -102,10 +102,8 @@ class Refresher:
 
     def items_index(self, encoder) -> HashIndex:
         """The encoder's items (its vocabulary, then new items) looked up by hash, built when they change."""
-        version = getattr(encoder, "items_version", 0)
-        if self._index is None or self._index[:2] != (encoder, version):
-            ids = encoder.item_ids() if hasattr(encoder, "item_ids") else encoder.vocab.item_ids
-            self._index = (encoder, version, HashIndex(ids))
+        if self._index is None or self._index[:2] != (encoder, encoder.items_version):
+            self._index = (encoder, encoder.items_version, HashIndex(encoder.item_ids()))
         return self._index[2]
 
     def refresh(self, users: Sequence[AppliedUser], changed_clicks: set[str],
@@ -148,12 +146,12 @@ class Refresher:
 
     def _set_new_items(self, encoder, catalogue) -> None:
         """Give the catalogue's new items vectors from their text (each embedded once per model)."""
-        new = {item_id: _item_text(item) for item_id, item in catalogue.items.items()
+        new = {item_id: item_text(item.title, item.categories) for item_id, item in catalogue.items.items()
                if item.available and item_id not in encoder.vocab and (item.title or item.categories)}
-        scored = self.text_encoder is not None and getattr(encoder, "fusion", None) is not None
+        scored = self.text_encoder is not None and encoder.fusion is not None
         known = self._new_items[1] if self._new_items and self._new_items[0] is encoder else {}
         wanted = set(new.items())
-        if scored and (wanted != known.keys() or not self._new_items or self._new_items[0] is not encoder):
+        if scored and wanted != known.keys():  # a model just swapped in has no new items yet: known is empty
             missing = sorted(wanted - known.keys())
             if missing:
                 with self._timed("text", len(missing)):
@@ -213,11 +211,6 @@ class Refresher:
 
     def _timed(self, encoder: str, size: int):
         return _Timer(self.metrics, encoder, size)
-
-
-def _item_text(item) -> str:
-    """An item's "title | categories" string, the form the text projection was trained on."""
-    return " | ".join(p for p in (item.title or "", ", ".join(item.categories or ())) if p)
 
 
 def _changed(user: AppliedUser, clicks: set[str], texts: set[str], has_categories: bool) -> tuple[str, ...]:

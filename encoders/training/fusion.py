@@ -38,7 +38,7 @@ from ..nn.fusion import TextFusion
 from ..nn.model import SequenceEncoder
 from ..protocols import EvalCases
 from ..ranking import add_rank_metrics, item_scores, mask_scores  # the evaluation's own ranking rule
-from ..vocab import FIRST_ITEM, ItemVocab
+from ..vocab import FIRST_ITEM, ItemVocab, item_text
 
 __all__ = ["FusionCases", "FusionData", "UserTexts", "build_cases", "catalogue_pairs", "evaluate_fusion",
            "fusion_table", "prepare", "text_vectors", "train_fusion", "user_texts"]
@@ -113,8 +113,7 @@ def catalogue_pairs(dataset: Dataset, vocab: ItemVocab) -> tuple[list[str], list
     cat = dataset.catalogue
     for item_id in sorted(set(cat.titles) | set(cat.categories)):
         if item_id in vocab:
-            parts = [cat.titles.get(item_id, ""), ", ".join(cat.categories.get(item_id, ()))]
-            strings.append(" | ".join(p for p in parts if p))
+            strings.append(item_text(cat.titles.get(item_id), cat.categories.get(item_id)))
             items.append(vocab.index(item_id))
     return strings, items
 
