@@ -49,7 +49,8 @@ def _session(events: list[tuple[str, str, int]], gap_ms: float) -> list[tuple[st
     """The current session, cut by the worker's own rule (`state.sessions`)."""
     n = len(events)
     clicks = ClickHistory(np.zeros(n, np.uint64), np.array([ts for _, _, ts in events], dtype=np.int64),
-                          np.zeros(n, np.uint64), np.zeros(n, np.uint32), np.zeros(n, np.uint8))
+                          np.zeros(n, np.uint64), np.zeros(n, np.uint32), np.zeros(n, np.uint8),
+                          np.zeros(n, np.uint64))
     return events[current_session_start(clicks, int(gap_ms)):]
 
 

@@ -52,7 +52,7 @@ def _history(user: int, case, max_history: int, gap_ms: int) -> History:
     items, actions, ts = case.items[kept], case.actions[kept], ts[kept]
     n = len(items)
     clicks = ClickHistory(np.zeros(n, np.uint64), ts, np.arange(n, dtype=np.uint64), np.zeros(n, np.uint32),
-                          np.zeros(n, np.uint8))
+                          np.zeros(n, np.uint8), np.zeros(n, np.uint64))
     return History(f"u{user}", items, actions, ts, np.arange(len(case) - n, len(case), dtype=np.uint64),
                    total=len(case), session_start=current_session_start(clicks, gap_ms))
 

@@ -13,17 +13,18 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .vocab import ItemVocab, action_index
 
 if TYPE_CHECKING:  # a type only: the worker's imports never reach the data package
-    from .data.records import Event, EventContext
+    from .data.records import Event
 
-__all__ = ["CONTEXT_FEATURES", "CONTEXT_SIZES", "Batch", "SeqArrays", "cell_of", "context_columns", "from_arrays",
-           "from_events", "from_tuples", "haversine_km", "item_places", "pad_batch", "split_input"]
+__all__ = ["CONTEXT_FEATURES", "CONTEXT_SIZES", "Batch", "SeqArrays", "cell_of", "context_columns", "context_word",
+           "columns_of_words", "from_arrays", "from_events", "from_tuples", "haversine_km", "item_places", "pad_batch",
+           "split_input"]
 
 NO_PREVIOUS = -1  # gap value of a user's first known event
 
@@ -38,6 +39,20 @@ CONTEXT_SIZES = {
 }
 CELL_DEGREES = 0.01
 _EARTH_KM = 6371.0
+
+# A click's context packed into one 64-bit word: what the worker stores with each click (`state.layout` keeps
+# it as an opaque u64), and what training reads too (`context_columns` goes through it), so a feature means the
+# same offline and online.  0 is "no context".  Little-endian bit fields:
+#   0-7    local hour of the week (0 unknown, 1-168)
+#   8-13   device bucket (0 unknown, 1-63)
+#   14-21  region bucket (0 unknown, 1-255)
+#   22-41  latitude code: 0 no place, else 1 + floor((lat + 90) * 5000)   (0.0002 degree steps, ~22 m)
+#   42-63  longitude code: floor((lon + 180) * 10000)                      (0.0001 degree steps)
+# Cells and distances are computed from the codes, so a cell's edges (multiples of 0.01 degree) fall on code
+# boundaries and both paths agree on every cell.
+_LAT_STEPS, _LON_STEPS = 5000, 10000  # codes per degree
+_LAT_PER_CELL, _LON_PER_CELL = round(CELL_DEGREES * _LAT_STEPS), round(CELL_DEGREES * _LON_STEPS)
+_FIELDS = {"hour_of_week": (0, 8), "device": (8, 6), "region": (14, 8), "lat": (22, 20), "lon": (42, 22)}
 
 
 @dataclass(frozen=True)
@@ -87,10 +102,14 @@ def _arrays(items: list[int], actions: list[int], ts: list[int]) -> SeqArrays:
     return SeqArrays(np.asarray(items, dtype=np.int64), np.asarray(actions, dtype=np.int64), _gaps(ts_arr))
 
 
-def from_arrays(items: np.ndarray, actions: np.ndarray, ts: np.ndarray) -> SeqArrays:
-    """Arrays of item rows, action indices and times (ms), oldest first (the worker's stored history)."""
+def from_arrays(items: np.ndarray, actions: np.ndarray, ts: np.ndarray, context: np.ndarray | None = None) -> SeqArrays:
+    """Arrays of item rows, action indices, times (ms) and context words, oldest first (the worker's stored history).
+
+    ``context`` holds the events' context words (`context_word`; None: the
+    caller wants no context features).
+    """
     return SeqArrays(np.asarray(items, dtype=np.int64), np.asarray(actions, dtype=np.int64),
-                     _gaps(np.asarray(ts, dtype=np.int64)))
+                     _gaps(np.asarray(ts, dtype=np.int64)), None if context is None else columns_of_words(context))
 
 
 def from_events(events: Sequence[Event], vocab: ItemVocab) -> SeqArrays:
@@ -108,12 +127,28 @@ def _label_bucket(label: str | None, size: int) -> int:
     return 0 if label is None else 1 + zlib.crc32(label.encode()) % (size - 1)
 
 
+def _place_codes(lat: float | None, lon: float | None) -> tuple[int, int]:
+    """The latitude and longitude codes of a place (see the word's layout above); (0, 0) without one."""
+    if lat is None or lon is None:
+        return 0, 0
+    lat_code = 1 + min(180 * _LAT_STEPS - 1, max(0, math.floor((lat + 90.0) * _LAT_STEPS)))
+    return lat_code, min(360 * _LON_STEPS - 1, max(0, math.floor((lon + 180.0) * _LON_STEPS)))
+
+
+def _cells_of_codes(lat_code: np.ndarray, lon_code: np.ndarray) -> np.ndarray:
+    """Hashed grid cells of coded places (0 where lat_code is 0), vectorised."""
+    lat_cell = (lat_code.astype(np.int64) - 1) // _LAT_PER_CELL
+    lon_cell = lon_code.astype(np.int64) // _LON_PER_CELL
+    # A multiplicative hash of the cell's two indices: numpy, not a crc of a string per event (the worker
+    # computes the cells of whole histories on every refresh).  Collisions between far cells are harmless.
+    mixed = (lat_cell * 0x9E3779B1 + lon_cell * 0x85EBCA77) % (2**31 - 1)
+    return np.where(lat_code > 0, 1 + mixed % (CONTEXT_SIZES["cell"] - 1), 0)
+
+
 def cell_of(lat: float | None, lon: float | None) -> int:
     """The hashed CELL_DEGREES grid cell of a place; 0 when it has no coordinates."""
-    if lat is None or lon is None:
-        return 0
-    key = f"{math.floor(lat / CELL_DEGREES)},{math.floor(lon / CELL_DEGREES)}"
-    return _label_bucket(key, CONTEXT_SIZES["cell"])
+    lat_code, lon_code = _place_codes(lat, lon)
+    return int(_cells_of_codes(np.array([lat_code]), np.array([lon_code]))[0])
 
 
 def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
@@ -135,29 +170,67 @@ def item_places(events: Sequence[Event], vocab: ItemVocab) -> np.ndarray:
     return places
 
 
-def context_columns(ts: Sequence[int], contexts: Sequence[EventContext | None]) -> np.ndarray:
-    """[n, len(CONTEXT_FEATURES)] int64 context features of a chronological sequence; 0 where unknown.
+class _HasContext(Protocol):
+    """A context as the data loaders (`encoders.data.records.EventContext`) and the worker (`streams.events.Context`)
+    give it."""
 
-    The local hour of the week needs the time and the offset; the distance
-    needs this event's place and the previous event's (0 for the first).
+    device: str | None
+    region: str | None
+    lat: float | None
+    lon: float | None
+    tz_offset_min: int | None
+
+
+def context_word(ts: int, ctx: _HasContext | None) -> int:
+    """One event's context as its 64-bit word (see the layout above); 0 for no context."""
+    if ctx is None:
+        return 0
+    hour = 0
+    if ctx.tz_offset_min is not None:
+        local_hour = (int(ts) // 1000 + ctx.tz_offset_min * 60) // 3600
+        hour = 1 + (local_hour + 72) % 168  # the epoch was a Thursday: +72 h puts Monday first
+    lat_code, lon_code = _place_codes(ctx.lat, ctx.lon)
+    values = {"hour_of_week": hour, "device": _label_bucket(ctx.device, CONTEXT_SIZES["device"]),
+              "region": _label_bucket(ctx.region, CONTEXT_SIZES["region"]), "lat": lat_code, "lon": lon_code}
+    return sum(values[name] << shift for name, (shift, _) in _FIELDS.items())
+
+
+def _field(words: np.ndarray, name: str) -> np.ndarray:
+    shift, bits = _FIELDS[name]
+    return ((words >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+
+
+def columns_of_words(words: np.ndarray) -> np.ndarray:
+    """[n, len(CONTEXT_FEATURES)] int64 context features of a chronological sequence of context words.
+
+    The distance needs this event's place and the previous event's (0 for
+    the first, and where either has none).  Vectorised: the worker calls
+    this on whole stored histories.
     """
-    out = np.zeros((len(ts), len(CONTEXT_FEATURES)), dtype=np.int64)
-    for row, (t, ctx) in enumerate(zip(ts, contexts)):
-        if ctx is None:
-            continue
-        if ctx.tz_offset_min is not None:
-            local_hour = (int(t) // 1000 + ctx.tz_offset_min * 60) // 3600
-            out[row, 0] = 1 + (local_hour + 72) % 168  # the epoch was a Thursday: +72 h puts Monday first
-        out[row, 1] = _label_bucket(ctx.device, CONTEXT_SIZES["device"])
-        out[row, 2] = _label_bucket(ctx.region, CONTEXT_SIZES["region"])
-        out[row, 3] = cell_of(ctx.lat, ctx.lon)
-    place = np.array([(c.lat, c.lon) if c is not None and c.lat is not None else (np.nan, np.nan)
-                      for c in contexts], dtype=np.float64).reshape(-1, 2)
-    km = haversine_km(place[:-1, 0], place[:-1, 1], place[1:, 0], place[1:, 1])
+    words = np.asarray(words, dtype=np.uint64)
+    out = np.zeros((len(words), len(CONTEXT_FEATURES)), dtype=np.int64)
+    for column, name in enumerate(("hour_of_week", "device", "region")):
+        out[:, column] = _field(words, name)
+    lat_code, lon_code = _field(words, "lat"), _field(words, "lon")
+    out[:, 3] = _cells_of_codes(lat_code, lon_code)
+    has_place = lat_code > 0
+    lat = np.where(has_place, (lat_code - 0.5) / _LAT_STEPS - 90.0, np.nan)  # the centre of the code's step
+    lon = np.where(has_place, (lon_code + 0.5) / _LON_STEPS - 180.0, np.nan)
+    km = haversine_km(lat[:-1], lon[:-1], lat[1:], lon[1:])
     known = ~np.isnan(km)
     # In 100 m steps, doubling: 1 + floor(log2(1 + 10 km)), at most 16.
     out[1:, 4][known] = 1 + np.minimum(15, np.floor(np.log2(1.0 + 10.0 * km[known]))).astype(np.int64)
     return out
+
+
+def context_columns(ts: Sequence[int], contexts: Sequence[_HasContext | None]) -> np.ndarray:
+    """[n, len(CONTEXT_FEATURES)] int64 context features of a chronological sequence; 0 where unknown.
+
+    Through the same words the worker stores (`context_word`), so training
+    sees exactly what the worker will.
+    """
+    words = np.fromiter((context_word(t, c) for t, c in zip(ts, contexts)), dtype=np.uint64, count=len(ts))
+    return columns_of_words(words)
 
 
 def from_tuples(events: Sequence[tuple[str, str, int]], vocab: ItemVocab) -> SeqArrays:

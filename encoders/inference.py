@@ -391,7 +391,8 @@ class InterestEncoder:
         for h in histories:
             if len(h.items):
                 items = self._model_rows(h.items)
-                seq = from_arrays(items, h.actions, h.ts)
+                words = h.context if self.model.config.context else None  # a model without context ignores it
+                seq = from_arrays(items, h.actions, h.ts, words)
                 start = window_start(h.total, len(seq), self.max_len, self.window_hop)
                 windows.append(Window(seq, h.ts, start, h.user_id, h.keys))
                 # A session that holds every kept event is the same sequence, so the same window: encode it
@@ -399,7 +400,7 @@ class InterestEncoder:
                 same.append(h.session_start == 0)
                 if not same[-1]:
                     s = h.session_start
-                    sseq = from_arrays(items[s:], h.actions[s:], h.ts[s:])
+                    sseq = from_arrays(items[s:], h.actions[s:], h.ts[s:], None if words is None else words[s:])
                     sstart = window_start(len(sseq), len(sseq), self.max_len, self.window_hop)
                     sessions.append(Window(sseq, h.ts[s:], sstart, ("session", h.user_id), h.keys[s:]))
             else:  # a text-only user: the model's prior after one search

@@ -121,7 +121,8 @@ class History:
     window it cached at the user's last refresh (`encoders.states`);
     ``total`` counts every click the user ever had, which places the window.
     ``text`` is the mean MiniLM embedding of the user's texts (None without
-    any) and ``text_ts`` the newest text's time.
+    any) and ``text_ts`` the newest text's time.  ``context`` holds each
+    event's context word, which a model trained with context reads.
     """
 
     user_id: str
@@ -131,6 +132,7 @@ class History:
     keys: np.ndarray  # uint64, unique per event
     total: int
     session_start: int = 0  # index of the current session's first event
+    context: np.ndarray | None = None  # uint64 context words (`encoders.features.context_word`; None: none kept)
     text: np.ndarray | None = None
     text_ts: int = 0
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .features import SeqArrays, pad_batch
+from .features import Batch, SeqArrays, pad_batch
 from .nn.model import SequenceEncoder
 
 __all__ = ["Window", "WindowEncoder", "window_start"]
@@ -54,8 +54,8 @@ def window_start(total: int, kept: int, max_len: int, hop: int) -> int:
 
     >>> [window_start(n, n, max_len=10, hop=5) for n in (3, 10, 11, 15, 16)]
     [0, 0, 5, 5, 10]
-    >>> window_start(300, 250, max_len=200, hop=1)   # the exact "last max_len events"
-    150
+    >>> window_start(300, 250, max_len=200, hop=1)   # the exact "last max_len events": the 100th of 300 ever
+    50
     >>> window_start(300, 200, max_len=200, hop=1)   # 199: the first kept event has lost its gap
     1
     """
@@ -206,6 +206,9 @@ class WindowEncoder:
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
+    def _context(self, batch: Batch) -> torch.Tensor | None:
+        return None if batch.context is None else self._to_device(batch.context)
+
     def _extend(self, windows: Sequence[Window], jobs: list[tuple[int, _State]], last: np.ndarray,
                 long_term: np.ndarray) -> None:
         new = [windows[row].seq.window(windows[row].start + state.n, None) for row, state in jobs]
@@ -214,7 +217,7 @@ class WindowEncoder:
         past = self._past(jobs)
         lengths = torch.as_tensor([state.n for _, state in jobs])
         hidden, kv = self.model.extend(*(self._to_device(a) for a in (batch.items, batch.actions, batch.gaps)),
-                                       past, lengths)
+                                       past, lengths, self._context(batch))
         hidden = hidden.float().cpu().numpy()
         for i, ((row, state), seq) in enumerate(zip(jobs, new)):
             window, m = windows[row], len(seq)
@@ -254,7 +257,7 @@ class WindowEncoder:
             seqs = [windows[r].seq.window(windows[r].start, None) for r in members]
             batch = pad_batch(seqs, length)
             hidden, kv = self.model.encode_cached(*(self._to_device(a) for a in
-                                                    (batch.items, batch.actions, batch.gaps)))
+                                                    (batch.items, batch.actions, batch.gaps)), self._context(batch))
             hidden = hidden.float().cpu().numpy()
             for i, row in enumerate(members):
                 window, m = windows[row], len(seqs[i])

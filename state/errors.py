@@ -23,5 +23,5 @@ class LayoutMismatch(StateError):
 
     def __init__(self, where: str, found: str) -> None:
         self.where, self.found = where, found
-        super().__init__(f"{where} holds layout {found}; this release reads layout 2 and does not convert "
+        super().__init__(f"{where} holds layout {found}; this release reads layouts 2 and 3 and does not convert "
                          "another: give the workers a new --key-prefix (or delete that prefix's keys)")

@@ -8,7 +8,7 @@ class refuses such an id too, for callers that use the store directly. Ids
 reach Lua scripts only as KEYS and ARGV, never as code.
 
 Per user (the packed values are described in `state.layout`):
-- ``<p>:{u:<id>}:clicks``      string: the bounded click history, 24 bytes a click
+- ``<p>:{u:<id>}:clicks``      string: the bounded click history, 32 bytes a click
 - ``<p>:{u:<id>}:texts``       string: the running mean of text embeddings, recent text ids
 - ``<p>:{u:<id>}:meta``        hash: per-partition fences, applied counters, version
 - ``<p>:{u:<id>}:profile``     string: interest vectors and their versions, the latest

@@ -1,8 +1,11 @@
-"""The packed per-user layout in Redis (layout 2), shared by the Lua scripts and the worker.
+"""The packed per-user layout in Redis (layout 3), shared by the Lua scripts and the worker.
 
 Every user value is one binary string whose first byte is the layout version,
 so a value is never misread: the scripts and the decoders here refuse any
 other version (see `state.store.Store.check_layout` for whole databases).
+Layout 2 differs only in its click records, which lack the context word: its
+values are read as clicks without context, and the next apply rewrites a
+user's clicks as layout 3 (`READABLE`), so an upgrade keeps every history.
 
 Identifiers are kept as hashes (`id_hash`, BLAKE2b): an item as 64 bits, an
 event id as 48 bits (for duplicates: the chance that a new event's id
@@ -11,7 +14,7 @@ compared with its neighbour's). The worker maps item hashes to model rows with
 one sorted array (`HashIndex`), so no per-event Python is needed to read a
 history back.
 
-``<p>:{u:<id>}:clicks`` (string): byte 0 the layout, then one 24-byte record
+``<p>:{u:<id>}:clicks`` (string): byte 0 the layout, then one 32-byte record
 per click, oldest first::
 
     offset  size  field
@@ -20,6 +23,7 @@ per click, oldest first::
     14      6     event    u48  id_hash(event_id) & (2**48 - 1)
     20      3     session  u24  id_hash(session_id) & (2**24 - 1); 0 when none
     23      1     action   u8   action code (the worker stores encoders.vocab.action_index)
+    24      8     context  u64  the click's context, packed by the worker (encoders.features.context_word; 0: none)
 
 ``<p>:{u:<id>}:texts`` (string): the running mean of every text embedding the
 user sent (the text interest is the mean of all texts, as in training), not
@@ -56,15 +60,17 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-__all__ = ["LAYOUT", "CLICK_BYTES", "INTEREST_NAMES", "ClickHistory", "TextState", "StoredProfile", "HashIndex",
-           "id_hash", "event_hash", "session_hash", "pack_click", "decode_clicks", "pack_embedding",
+__all__ = ["LAYOUT", "READABLE", "CLICK_BYTES", "INTEREST_NAMES", "ClickHistory", "TextState", "StoredProfile",
+           "HashIndex", "id_hash", "event_hash", "session_hash", "pack_click", "decode_clicks", "pack_embedding",
            "decode_texts", "pack_profile", "decode_profile", "EMPTY_CLICKS"]
 
-LAYOUT = 2
-CLICK_BYTES = 24
+LAYOUT = 3
+READABLE = (2, 3)  # layouts read; values are written as LAYOUT
+CLICK_BYTES = 32
+_CLICK_BYTES_BY_LAYOUT = {2: 24, 3: 32}
 TEXT_SCALE = 32767.0
 INTEREST_NAMES = ("current", "long_term", "session", "categories", "text")  # order of the version slots
-_CLICK = struct.Struct("<QIHIHHBB")  # item, ts low/high, event low/high, session low/high, action
+_CLICK = struct.Struct("<QIHIHHBBQ")  # item, ts low/high, event low/high, session low/high, action, context
 _TEXT_HEADER = struct.Struct("<BHIIIHB")  # layout, dim, count, folded, ts low/high, ring
 _PROFILE_HEADER = struct.Struct("<BHB5I")  # layout, d, k, five interest versions
 _MASK48 = (1 << 48) - 1
@@ -91,10 +97,10 @@ def session_hash(session_id: str | None) -> int:
     return (id_hash(session_id) & _MASK24) or 1
 
 
-def pack_click(item: int, ts: int, event: int, session: int, action: int) -> bytes:
-    """One 24-byte click record (see the module docstring)."""
+def pack_click(item: int, ts: int, event: int, session: int, action: int, context: int = 0) -> bytes:
+    """One 32-byte click record (see the module docstring)."""
     return _CLICK.pack(item, ts & 0xFFFFFFFF, ts >> 32, event & 0xFFFFFFFF, event >> 32,
-                       session & 0xFFFF, session >> 16, action)
+                       session & 0xFFFF, session >> 16, action, context)
 
 
 @dataclass(frozen=True)
@@ -106,13 +112,14 @@ class ClickHistory:
     events: np.ndarray  # uint64 event hashes (48 bits)
     sessions: np.ndarray  # uint32 session hashes (24 bits, 0: none)
     actions: np.ndarray  # uint8 action codes
+    context: np.ndarray  # uint64 context words (0: none)
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def tail(self, start: int) -> "ClickHistory":
         return ClickHistory(self.items[start:], self.ts[start:], self.events[start:], self.sessions[start:],
-                            self.actions[start:])
+                            self.actions[start:], self.context[start:])
 
 
 def _widen(columns: np.ndarray, width: int) -> np.ndarray:
@@ -128,14 +135,18 @@ def decode_clicks(blob: bytes | None) -> ClickHistory:
         raw = np.zeros((0, CLICK_BYTES), dtype=np.uint8)
     else:
         _check_layout(blob, "clicks")
-        if (len(blob) - 1) % CLICK_BYTES:
+        size = _CLICK_BYTES_BY_LAYOUT[blob[0]]
+        if (len(blob) - 1) % size:
             raise ValueError(f"clicks value of {len(blob)} bytes is not a whole number of records")
-        raw = np.frombuffer(blob, dtype=np.uint8, offset=1).reshape(-1, CLICK_BYTES)
+        raw = np.frombuffer(blob, dtype=np.uint8, offset=1).reshape(-1, size)
+    no_context = raw.shape[1] < CLICK_BYTES  # a layout 2 value
+    context = np.zeros(len(raw), np.uint64) if no_context else raw[:, 24:32].copy().view("<u8").ravel()
     return ClickHistory(items=raw[:, 0:8].copy().view("<u8").ravel(),
                         ts=_widen(raw[:, 8:14], 8).view(np.int64),
                         events=_widen(raw[:, 14:20], 8),
                         sessions=_widen(raw[:, 20:23], 4),
-                        actions=raw[:, 23].copy())
+                        actions=raw[:, 23].copy(),
+                        context=context)
 
 
 EMPTY_CLICKS = decode_clicks(None)
@@ -205,14 +216,14 @@ def decode_profile(blob: bytes | None) -> StoredProfile | None:
 
 def long_term_of(blob: bytes | None) -> np.ndarray | None:
     """The stored long-term vector alone (what drift is measured from), without parsing the JSON."""
-    if not blob or blob[0] != LAYOUT:
+    if not blob or blob[0] not in READABLE:
         return None
     d = _PROFILE_HEADER.unpack_from(blob)[1]
     return np.frombuffer(blob, dtype="<f4", count=d, offset=_PROFILE_HEADER.size + 4 * d).copy()
 
 
 def _check_layout(blob: bytes, what: str) -> None:
-    if blob[0] != LAYOUT:
+    if blob[0] not in READABLE:
         raise ValueError(f"{what} value has layout {blob[0]}, this release reads layout {LAYOUT}")
 
 

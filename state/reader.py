@@ -21,7 +21,7 @@ from redis.cluster import RedisCluster
 
 from state.errors import LayoutMismatch
 from state.keys import KeySpace
-from state.layout import LAYOUT, StoredProfile, decode_profile
+from state.layout import READABLE, StoredProfile, decode_profile
 
 __all__ = ["Reader", "UserProfile"]
 
@@ -65,7 +65,7 @@ class Reader:
         blob, version = self._read(keys=[keys.profile, keys.meta])
         if not blob or version is None:
             return None  # never refreshed (or its meta was evicted: no version to give)
-        if blob[0] != LAYOUT:
+        if blob[0] not in READABLE:
             raise LayoutMismatch(f"the profile value of user {user_id!r}", str(blob[0]))
         return UserProfile(user_id, int(version), decode_profile(blob))
 

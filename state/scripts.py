@@ -4,16 +4,23 @@ APPLY_EVENTS is the heart of exactly-once effects. Kafka delivers at least once:
 after a crash or rebalance a worker may see events it has already applied. Each
 user's meta hash stores, per source partition, the highest offset applied to that
 user (its *fence*), written in the same atomic script as the events themselves.
-An event at or below the fence is a replay and is skipped. Because a user's events
+An event at or below the fence is a replay and is skipped (unless it was late:
+see below). Because a user's events
 all come from one partition of each topic (the key is the user id), the per-user
 fence orders them exactly as the partition does.
 
-The values are the packed strings of `state.layout` (layout 2: one 24-byte
+The values are the packed strings of `state.layout` (layout 3: one 32-byte
 record per click, a running mean of text embeddings, one profile string); the
 script checks each value's layout byte and refuses another with an error that
-starts with ``LAYOUT``. Clicks are kept in time order: events arriving in order
-(the usual case) are appended; one that arrives out of order within the
-lateness bound is merged into its place; older ones are refused as 'late'.
+starts with ``LAYOUT``. Layout 2 values are read too: its click records lack
+only the 8-byte context word, which the script appends (zero: no context) to
+every record of a layout 2 history before it changes it. Clicks are kept in
+time order: events arriving in order (the usual case) are appended; one that
+arrives out of order within the lateness bound is merged into its place;
+older ones are refused as 'late',
+and their hashes kept (the last 32, meta field ``late``) so that a replay of
+one is 'late' again and its dead letter is published however the first
+attempt ended.
 After the batch the oldest records beyond the bound are dropped. The same
 event id sent again (a new offset, the same id) is a 'duplicate' while its
 hash is among the kept records (clicks) or the last --max-texts text ids.
@@ -29,7 +36,7 @@ online HR@K and NDCG@K, computed where the click and the list meet.
 
 KEYS: clicks, texts, meta, profile (one user).
 ARGV: [1] click fence field, [2] text fence field, [3] clicks kept, [4] text ids
-kept, [5] lateness ms, [6] number of clicks n, then n pairs (offset, 24-byte
+kept, [5] lateness ms, [6] number of clicks n, then n pairs (offset, 32-byte
 record), then one group of four per text: offset, ts, 6-byte event hash,
 int16 embedding ('' for none).
 Returns {click outcomes, ranks, text outcomes, clicks value, texts value,
@@ -46,7 +53,7 @@ __all__ = ["APPLY_EVENTS", "ADVANCE_OFFSET", "WRITE_PROFILE", "CLEAR_PENDING", "
 OUTCOMES = {"a": "applied", "d": "duplicate", "r": "replay", "l": "late"}
 
 APPLY_EVENTS = r"""
-local LAYOUT, REC = 2, 24
+local LAYOUT, REC, OLD_LAYOUT, OLD_REC = 3, 32, 2, 24
 local lateness = tonumber(ARGV[5])
 local meta = KEYS[3]
 
@@ -65,6 +72,11 @@ local function holds(s, needle, first, step)
 end
 
 local h = redis.call('GET', KEYS[1])
+if h and string.byte(h, 1) == OLD_LAYOUT then  -- the same records without their context word: add it
+  local parts, none = {string.char(LAYOUT)}, string.rep(string.char(0), REC - OLD_REC)
+  for at = 2, #h, OLD_REC do parts[#parts + 1] = string.sub(h, at, at + OLD_REC - 1) .. none end
+  h = table.concat(parts)
+end
 if h and string.byte(h, 1) ~= LAYOUT then return layout_error('clicks', string.byte(h, 1)) end
 h = h or string.char(LAYOUT)
 local n = (#h - 1) / REC
@@ -72,7 +84,8 @@ local newest = nil
 if n > 0 then newest = struct.unpack('<i6', h, 2 + REC * (n - 1) + 8) end
 
 local profile = redis.call('GET', KEYS[4])
-if profile and string.byte(profile, 1) ~= LAYOUT then return layout_error('profile', string.byte(profile, 1)) end
+local function readable(value) return string.byte(value, 1) == LAYOUT or string.byte(value, 1) == OLD_LAYOUT end
+if profile and not readable(profile) then return layout_error('profile', string.byte(profile, 1)) end
 local recs, long_term = nil, false
 if profile then
   local d, k = struct.unpack('<HB', profile, 2)
@@ -89,6 +102,21 @@ local function rank_of(item)
   return 0
 end
 
+-- The hashes of the user's last LATE_KEPT late events (meta field 'late'), read only when needed: a replay
+-- of a late event is late again, so a batch retried (or a worker restarted) after the Redis step but
+-- before its 'late' dead letters went out publishes them then, instead of losing them as replays.
+local LATE_KEPT = 32
+local late_ring, late_changed = nil, false
+local function was_late(event)
+  late_ring = late_ring or redis.call('HGET', meta, 'late') or ''
+  return holds(late_ring, event, 1, 6)
+end
+local function mark_late(event)
+  if was_late(event) then return end
+  late_ring, late_changed = late_ring .. event, true
+  if #late_ring > 6 * LATE_KEPT then late_ring = string.sub(late_ring, #late_ring - 6 * LATE_KEPT + 1) end
+end
+
 -- Clicks.
 local n_clicks = tonumber(ARGV[6])
 local fence = tonumber(redis.call('HGET', meta, ARGV[1]) or '-1')
@@ -99,12 +127,14 @@ for _ = 1, n_clicks do
   local offset, rec = tonumber(ARGV[i]), ARGV[i + 1]
   i = i + 2
   local outcome, rank = 'r', -1
+  local event = string.sub(rec, 15, 20)
   if offset > fence then
-    local event, ts = string.sub(rec, 15, 20), struct.unpack('<i6', rec, 9)
+    local ts = struct.unpack('<i6', rec, 9)
     if fresh[event] or holds(h, event, 16, REC) then
       outcome = 'd'
     elseif newest and ts < newest - lateness then
       outcome = 'l'
+      mark_late(event)
     else
       if newest and ts < newest then in_order = false end
       if not newest or ts > newest then newest = ts end
@@ -113,6 +143,8 @@ for _ = 1, n_clicks do
       outcome, rank = 'a', rank_of(string.sub(rec, 1, 8))
     end
     fence = offset
+  elseif was_late(event) then
+    outcome = 'l'
   end
   outcomes[#outcomes + 1], ranks[#ranks + 1] = outcome, rank
 end
@@ -140,7 +172,7 @@ if n_clicks > 0 then redis.call('HSET', meta, ARGV[1], fence) end
 
 -- Texts.
 local t = redis.call('GET', KEYS[2])
-if t and string.byte(t, 1) ~= LAYOUT then return layout_error('texts', string.byte(t, 1)) end
+if t and not readable(t) then return layout_error('texts', string.byte(t, 1)) end
 local dim, count, folded, tnewest, mean, ring = 0, 0, 0, nil, '', ''
 if t then
   local _, d0, c0, f0, low, high = struct.unpack('<BHIIIHB', t)
@@ -159,6 +191,7 @@ while i <= #ARGV do
       outcome = 'd'
     elseif tnewest and ts < tnewest - lateness then
       outcome = 'l'
+      mark_late(event)
     else
       outcome, applied_t, count = 'a', applied_t + 1, count + 1
       if not tnewest or ts > tnewest then tnewest = ts end
@@ -180,6 +213,8 @@ while i <= #ARGV do
       end
     end
     tfence = offset
+  elseif was_late(event) then
+    outcome = 'l'
   end
   text_outcomes[#text_outcomes + 1] = outcome
 end
@@ -190,6 +225,7 @@ if applied_t > 0 then
   redis.call('HINCRBY', meta, 'applied:t', applied_t)
 end
 if n_texts > 0 then redis.call('HSET', meta, ARGV[2], tfence) end
+if late_changed then redis.call('HSET', meta, 'late', late_ring) end
 
 local click_outcomes = table.concat(outcomes)
 if #added + applied_t == 0 then
@@ -216,7 +252,7 @@ WRITE_PROFILE = r"""
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local old = redis.call('GET', KEYS[2])
 local v = {0, 0, 0, 0, 0}
-if old and string.byte(old, 1) == 2 then v = {struct.unpack('<IIIII', old, 5)} end
+if old and (string.byte(old, 1) == 3 or string.byte(old, 1) == 2) then v = {struct.unpack('<IIIII', old, 5)} end
 local mask = tonumber(ARGV[2])
 for j = 1, 5 do
   if bit.band(mask, bit.lshift(1, j - 1)) ~= 0 then v[j] = version end

@@ -22,7 +22,7 @@ def session_starts(clicks: ClickHistory, gap_ms: int) -> np.ndarray:
     """Indices at which a session starts (0 first), for a time-ordered history.
 
     >>> from state.layout import decode_clicks, pack_click
-    >>> h = decode_clicks(bytes([2]) + b"".join(pack_click(1, ts, n, s, 2) for n, (ts, s) in
+    >>> h = decode_clicks(bytes([3]) + b"".join(pack_click(1, ts, n, s, 2) for n, (ts, s) in
     ...                                         enumerate([(0, 7), (10, 7), (5000, 7), (5001, 9)])))
     >>> session_starts(h, gap_ms=1000).tolist()
     [0, 2, 3]

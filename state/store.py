@@ -44,7 +44,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from state.errors import LayoutMismatch
 from state.keys import KeySpace
-from state.layout import (EMPTY_CLICKS, INTEREST_NAMES, LAYOUT, ClickHistory, StoredProfile, TextState,
+from state.layout import (EMPTY_CLICKS, INTEREST_NAMES, LAYOUT, READABLE, ClickHistory, StoredProfile, TextState,
                           decode_clicks, decode_profile, decode_texts, event_hash, id_hash, long_term_of,
                           pack_click, pack_profile, session_hash)
 from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, APPLY_ITEMS, CLEAR_PENDING, OUTCOMES, WRITE_PROFILE
@@ -52,6 +52,7 @@ from state.scripts import ADVANCE_OFFSET, APPLY_EVENTS, APPLY_ITEMS, CLEAR_PENDI
 _SCRIPTS = (APPLY_EVENTS, ADVANCE_OFFSET, WRITE_PROFILE, CLEAR_PENDING, APPLY_ITEMS)
 _ITEM_OUTCOMES = {"a": "applied", "s": "stale"}
 CHANGES_KEPT = 100_000  # the catalogue's change stream, approximately (a worker further behind reloads it whole)
+_READABLE_MARKERS = {str(layout).encode() for layout in READABLE}  # the prefix's layout marker, as Redis returns it
 _LAYOUT_ERROR = re.compile(r"LAYOUT (\w+) value of (\S+) has layout (\d+)")  # the apply script's refusal
 
 __all__ = ["Store", "Entry", "StoredClick", "StoredText", "AppliedUser", "Profile", "ApplyResult", "Written",
@@ -67,10 +68,11 @@ class StoredClick:
     action: int
     ts: int
     session_id: str | None = None
+    context: int = 0  # the click's context word (the worker: encoders.features.context_word); 0 for none
 
     def pack(self) -> bytes:
         return pack_click(id_hash(self.item_id), self.ts, event_hash(self.event_id), session_hash(self.session_id),
-                          self.action)
+                          self.action, self.context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,14 +252,20 @@ class Store:
         """Claim the prefix for this layout, or raise `LayoutMismatch` if another release wrote it.
 
         A prefix without a layout marker is new unless it holds keys only the
-        first layout wrote (``:clicks:data``); then it is refused.
+        first layout wrote (``:clicks:data``); then it is refused.  A layout 2
+        prefix is claimed for layout 3: its values are read as they are and
+        upgraded as they are written (`state.layout`), so no history is lost;
+        a worker of the previous release refuses the upgraded values.
         """
         marker = await self.client.get(self.keys.layout())
         if marker is None:
             async for _ in self.client.scan_iter(match=f"{self.keys.prefix}:{{u:*}}:clicks:data", count=1000):
                 raise LayoutMismatch(f"Redis keys under prefix {self.keys.prefix!r}", "1")
             await self.client.set(self.keys.layout(), LAYOUT, nx=True)
-        elif marker != str(LAYOUT).encode():
+        elif marker in _READABLE_MARKERS:
+            if marker != str(LAYOUT).encode():
+                await self.client.set(self.keys.layout(), LAYOUT)
+        else:
             raise LayoutMismatch(f"Redis keys under prefix {self.keys.prefix!r}", marker.decode(errors="replace"))
 
     async def apply(self, entries: Sequence[Entry], ends: dict[tuple[str, int], int] | None = None) -> ApplyResult:
@@ -402,8 +410,9 @@ class Store:
         return _decoded(decode_profile, await self.client.get(self.keys.user(user_id).profile), "profile", user_id)
 
     async def meta(self, user_id: str) -> dict[str, int]:
+        """The user's fences, applied counters and version (not the hashes of their late events)."""
         raw = await self.client.hgetall(self.keys.user(user_id).meta)
-        return {key.decode(): int(value) for key, value in raw.items()}
+        return {key.decode(): int(value) for key, value in raw.items() if key != b"late"}
 
     async def history(self, user_id: str) -> AppliedUser:
         """A user's stored clicks and text state, oldest first."""

@@ -61,6 +61,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol, Sequence
 
+from encoders.features import context_word
 from encoders.interests import INTERESTS
 from encoders.vocab import action_index
 from state import AppliedUser, Entry, Store, StoredClick, StoredText
@@ -517,7 +518,8 @@ def _late_letters(valid: Sequence[Decoded], entries: Sequence[Entry], outcomes: 
 
 def _stored(event: ClickEvent | TextEvent, embeddings) -> StoredClick | StoredText:
     if isinstance(event, ClickEvent):
-        return StoredClick(event.event_id, event.item_id, action_index(event.action), event.ts, event.session_id)
+        return StoredClick(event.event_id, event.item_id, action_index(event.action), event.ts, event.session_id,
+                           context_word(event.ts, event.context))
     return StoredText(event.event_id, event.ts, next(embeddings))
 
 

@@ -175,7 +175,7 @@ class Refresher:
                         + FIRST_ITEM, ends)
         starts = session_starts_of(clicks, self.session_gap_ms)
         return [History(user.user_id, rows[i], c.actions.astype(np.int64), c.ts, c.events,
-                        total=max(user.clicks_applied, len(c)), session_start=starts[i],
+                        total=max(user.clicks_applied, len(c)), session_start=starts[i], context=c.context,
                         text=None if user.texts is None else user.texts.mean,
                         text_ts=0 if user.texts is None else user.texts.newest_ts)
                 for i, (user, c) in enumerate(zip(users, clicks))]

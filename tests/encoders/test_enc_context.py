@@ -142,3 +142,53 @@ def test_most_popular_near_the_last_place_prefers_nearby_places_and_history_is_k
     excluded = baseline_metrics(_checkins())
     assert set(kept) == {"most popular", "item-to-item co-occurrence", "most popular near the last place"}
     assert kept["most popular"] != excluded["most popular"]  # the history rule reaches the baselines
+
+
+def test_the_worker_reads_stored_context_words_as_training_reads_the_events(model):
+    """A history from Redis carries one context word per click (`context_word`); a model with context encodes it
+    exactly as training encodes the events, from scratch and when a cached window is extended."""
+    from encoders.features import context_word, from_events
+    from encoders.inference import InterestEncoder
+    from encoders.interests import History
+
+    vocab = ItemVocab([f"i{n}" for n in range(10)])
+    here = EventContext(device="phone", lat=40.7580, lon=-73.9855, tz_offset_min=-300)
+    there = EventContext(region="US-NY", lat=40.7000, lon=-74.0100, tz_offset_min=-300)
+    events = [Event("u", f"i{n}", _ms(2024, 1, 1, n), context=(here, there, None)[n % 3]) for n in range(6)]
+    seq = from_events(events, vocab)
+    words = np.array([context_word(e.ts, e.context) for e in events], dtype=np.uint64)
+    np.testing.assert_array_equal(context_columns([e.ts for e in events], [e.context for e in events]), seq.context)
+    worker = InterestEncoder(model, vocab, cache_bytes=1 << 20)
+
+    def history(n: int, context: np.ndarray | None) -> History:
+        return History("u", seq.items[:n], seq.actions[:n], np.array([e.ts for e in events[:n]]),
+                       np.arange(n, dtype=np.uint64), total=n, context=context)
+
+    def trained(n: int) -> np.ndarray:
+        with torch.no_grad():
+            hidden = model(*(torch.from_numpy(a[None, :n]) for a in (seq.items, seq.actions, seq.gaps)),
+                           torch.from_numpy(seq.context[None, :n]))
+        return hidden[0, -1].numpy()
+
+    scratch = worker.interests_of_histories([history(5, words[:5])]).current[0]
+    np.testing.assert_allclose(scratch, trained(5), atol=1e-5)
+    extended = worker.interests_of_histories([history(6, words)]).current[0]  # the cached window plus one event
+    assert worker.windows.stats["extended"] == 1
+    np.testing.assert_allclose(extended, trained(6), atol=1e-5)
+    unknown = InterestEncoder(model, vocab).interests_of_histories([history(6, np.zeros(6, np.uint64))]).current[0]
+    assert not np.allclose(unknown, extended, atol=1e-4)
+
+
+def test_a_context_word_keeps_the_cell_edges_and_a_place_to_about_20_metres():
+    from encoders.features import columns_of_words, context_word
+
+    edge = EventContext(lat=40.72, lon=-73.99)
+    below, above = EventContext(lat=40.71999, lon=-73.99), EventContext(lat=40.72001, lon=-73.99)
+    cells = columns_of_words(np.array([context_word(0, c) for c in (below, edge, above)], np.uint64))[:, CELL]
+    assert cells[0] != cells[1] == cells[2] == cell_of(40.72, -73.99)
+    assert cells.tolist() == [cell_of(c.lat, c.lon) for c in (below, edge, above)]
+    # 20 m apart: the first distance bucket (under 100 m); the word's step is 0.0002 degrees of latitude.
+    step = columns_of_words(np.array([context_word(0, edge), context_word(0, EventContext(lat=40.7202, lon=-73.99))],
+                                     np.uint64))
+    assert step[:, DISTANCE].tolist() == [0, 1]
+    assert context_word(0, None) == 0 and not columns_of_words(np.zeros(3, np.uint64)).any()

@@ -1,6 +1,6 @@
 import numpy as np
 
-from state.layout import decode_clicks, pack_click, session_hash
+from state.layout import LAYOUT, decode_clicks, pack_click, session_hash
 from state.sessions import current_session_start, session_starts
 
 GAP = 1_800_000
@@ -9,7 +9,7 @@ GAP = 1_800_000
 def clicks(*times, sessions=None):
     sessions = sessions or [None] * len(times)
     records = b"".join(pack_click(i, t, i, session_hash(s), 2) for i, (t, s) in enumerate(zip(times, sessions)))
-    return decode_clicks(bytes([2]) + records)
+    return decode_clicks(bytes([LAYOUT]) + records)
 
 
 def test_inactivity_gap_cuts_sessions():

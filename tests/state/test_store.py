@@ -5,7 +5,7 @@ import pytest
 
 from state import Entry, LayoutMismatch, StoredClick, StoredText
 from state.keys import KeySpace
-from state.layout import event_hash, id_hash, pack_embedding
+from state.layout import CLICK_BYTES, LAYOUT, event_hash, id_hash, pack_embedding
 
 VIEW = 2
 
@@ -54,12 +54,23 @@ def test_events_older_than_the_lateness_bound_are_refused(store, run):
     assert result.outcomes == ["applied", "applied", "late"]
 
 
+def test_a_replayed_late_event_is_late_again_so_that_its_dead_letter_is_not_lost(store, run):
+    store.lateness_ms = 10_000
+    batch = [click("u1", 0, 100_000), click("u1", 1, 50_000),
+             Entry("u1", "texts", 0, 0, StoredText("t0", 100_000)), Entry("u1", "texts", 0, 1, StoredText("t1", 1))]
+    assert run(store.apply(batch)).outcomes == ["applied", "late", "applied", "late"]
+    assert run(store.apply(batch)).outcomes == ["replay", "late", "replay", "late"]
+    assert run(store.apply([click("u1", 2, 40_000, event_id="u1-1")])).outcomes == ["late"]  # the same id, resent
+    assert run(store.history("u1")).clicks.ts.tolist() == [100_000]
+    assert set(run(store.meta("u1"))) == {"fence:clicks:0", "fence:texts:0", "applied:c", "applied:t"}
+
+
 def test_history_is_bounded_and_counters_are_not(store, run):
     store.max_clicks = 3
     result = run(store.apply([click("u1", i, 1000 + i) for i in range(5)]))
     assert result.users[0].clicks.ts.tolist() == [1002, 1003, 1004]
     assert run(store.meta("u1"))["applied:c"] == 5
-    assert run(store.client.strlen(KeySpace().user("u1").clicks)) == 1 + 3 * 24
+    assert run(store.client.strlen(KeySpace().user("u1").clicks)) == 1 + 3 * CLICK_BYTES
 
 
 def test_clicks_and_texts_fence_separately_and_texts_fold_into_a_running_mean(store, run):
@@ -181,7 +192,7 @@ def test_a_pending_mark_is_cleared_only_by_the_batch_that_set_it(store, run):
 
 def test_the_layout_is_claimed_and_another_layout_is_refused_not_misread(store, run):
     run(store.check_layout())
-    assert run(store.client.get(store.keys.layout())) == b"2"
+    assert run(store.client.get(store.keys.layout())) == str(LAYOUT).encode()
     run(store.check_layout())  # idempotent
     keys = KeySpace().user("u1")
     run(store.client.set(keys.clicks, b"\x07" + b"\x00" * 24))  # a value of a future layout
@@ -191,12 +202,47 @@ def test_the_layout_is_claimed_and_another_layout_is_refused_not_misread(store, 
         run(store.history("u1"))
 
 
+def test_a_click_keeps_its_context_word(store, run):
+    word = (1 << 63) | 0x2A  # the top bit and the bottom byte: the whole word comes back
+    with_context = Entry("u1", "clicks", 0, 0, StoredClick("e0", "i0", VIEW, 1000, context=word))
+    run(store.apply([with_context, click("u1", 1, 2000)]))
+    assert run(store.history("u1")).clicks.context.tolist() == [word, 0]
+
+
+def test_a_layout_2_prefix_is_upgraded_as_it_is_written_and_loses_nothing(store, run):
+    """Layout 2 clicks lack only the context word: they read as clicks without context, and the next apply
+    rewrites them as layout 3; a profile keeps its interest versions across the upgrade."""
+    from dataclasses import replace
+
+    keys = KeySpace().user("u1")
+    run(store.apply([click("u1", 0, 1000), click("u1", 1, 2000)]))
+    run(store.write_profiles([replace(profile("u1"), changed=("current",))]))
+    layout3 = run(store.client.get(keys.clicks))
+    records = [layout3[1 + i * CLICK_BYTES: 1 + i * CLICK_BYTES + 24] for i in range(2)]  # without the context
+    run(store.client.set(keys.clicks, bytes([2]) + b"".join(records)))
+    for key in (keys.profile,):
+        value = run(store.client.get(key))
+        run(store.client.set(key, bytes([2]) + value[1:]))
+    run(store.client.set(store.keys.layout(), "2"))
+
+    run(store.check_layout())
+    assert run(store.client.get(store.keys.layout())) == str(LAYOUT).encode()
+    before = run(store.history("u1")).clicks
+    assert before.ts.tolist() == [1000, 2000] and before.context.tolist() == [0, 0]
+    (user,) = run(store.apply([Entry("u1", "clicks", 0, 2, StoredClick("e2", "i2", VIEW, 3000, context=7))])).users
+    assert user.clicks.ts.tolist() == [1000, 2000, 3000] and user.clicks.context.tolist() == [0, 0, 7]
+    assert run(store.client.strlen(keys.clicks)) == 1 + 3 * CLICK_BYTES
+    assert run(store.client.getrange(keys.clicks, 0, 0)) == bytes([LAYOUT])
+    (written,) = run(store.write_profiles([replace(profile("u1"), changed=("long_term",))]))
+    assert written.interest_versions == {"current": 1, "long_term": 2}
+
+
 def test_a_database_of_the_first_layout_is_refused_at_start(store, run):
     run(store.client.hset(f"{store.keys.prefix}:{{u:old}}:clicks:data", "e1", b"[]"))
     with pytest.raises(LayoutMismatch, match="layout 1.*--key-prefix"):
         run(store.check_layout())
-    run(store.client.set(store.keys.layout(), "3"))
-    with pytest.raises(LayoutMismatch, match="layout 3"):
+    run(store.client.set(store.keys.layout(), "9"))
+    with pytest.raises(LayoutMismatch, match="layout 9"):
         run(store.check_layout())
 
 

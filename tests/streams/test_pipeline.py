@@ -60,6 +60,14 @@ def test_context_keys_nobody_documented_are_counted_once_and_a_bad_context_is_de
     assert "context.lat and context.lon come together" in pipeline.publisher.dead[0].error
     run(pipeline.process(batch))  # replayed: nothing applied, nothing counted again
     assert pipeline.metrics.context_keys_ignored._value.get() == 2
+    # A click's context is kept with it in Redis, as the word training reads (`encoders.features.context_word`).
+    from encoders.features import context_word
+    from streams.events import Context
+
+    assert run(pipeline.store.history("u2")).clicks.context.tolist() == [
+        context_word(NOW - 1000, Context(region="US-NY", lat=40.7, lon=-74.0))]
+    phone = context_word(NOW - 3000, Context(device="phone"))
+    assert run(pipeline.store.history("u1")).clicks.context.tolist() == [phone]
 
 
 def test_versions_rise_by_one_per_refresh(pipeline, run):
@@ -267,6 +275,28 @@ def test_a_batch_retried_after_a_lost_connection_publishes_its_dead_letters_once
     assert [r.user_id for r in pipeline.publisher.recs] == ["u1"]
 
 
+def test_a_late_dead_letter_is_published_by_the_retry_when_the_broker_failed_after_the_redis_step(pipeline, run):
+    from aiokafka.errors import KafkaConnectionError
+
+    pipeline.store.lateness_ms = 10_000
+    publish = pipeline.publisher.publish_dead_letters
+    tries = []
+
+    async def publish_failing_once(letters):
+        tries.append([d.reason for d in letters])
+        if len(tries) == 1:
+            raise KafkaConnectionError("broker unreachable")
+        await publish(letters)
+
+    pipeline.publisher.publish_dead_letters = publish_failing_once
+    batch = [click(0, "u1", "i1", NOW - 1000), click(1, "u1", "i2", NOW - 60_000)]
+    with pytest.raises(KafkaConnectionError):  # the events are in Redis; the late one's dead letter is not out
+        run(pipeline.process(batch))
+    report = run(pipeline.process(batch))  # the worker's retry: the late event is late again, not a replay
+    assert report.outcomes == {"replay": 1, "dead_letter": 1}
+    assert [(d.reason, d.offset) for d in pipeline.publisher.dead] == [("late", 1)] and len(tries) == 2
+
+
 def test_only_lost_connections_and_timeouts_are_transient():
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, UnknownTopicOrPartitionError
     from redis import exceptions as redis_errors
@@ -361,3 +391,30 @@ def test_a_new_item_is_scored_from_its_title_and_left_out_once_clicked(pipeline,
     rec = pipeline.publisher.recs[-1]
     assert rec.user_id == "s1" and not {"new-jazz", "new-metal"} & {i for i, _ in rec.items}
     assert encoder.new_items == ("new-jazz",)
+
+
+def test_a_model_trained_with_context_reads_each_clicks_context_back_from_redis(store, keeping_publisher, run):
+    import numpy as np
+    import torch
+
+    from encoders.config import EncoderConfig
+    from encoders.inference import InterestEncoder
+    from encoders.nn.model import SequenceEncoder
+    from encoders.vocab import ItemVocab
+
+    torch.manual_seed(0)
+    vocab = ItemVocab([f"i{n}" for n in range(10)])
+    model = SequenceEncoder(EncoderConfig(n_items=len(vocab), d_model=16, n_layers=1, n_heads=1, max_len=8,
+                                          block="sasrec", context=True))
+    encoder = InterestEncoder(model, vocab)
+    pipeline = Pipeline(store, Refresher(encoder, None, top_k=3), keeping_publisher, Metrics(), click_topic="clicks",
+                        known_items=encoder.vocab)
+    here = {"device": "phone", "lat": 40.758, "lon": -73.9855, "tz_offset_min": -300}
+    batch = [click(n, user, f"i{n % 3}", NOW - 5000 + n, **extra) for n, (user, extra) in
+             enumerate([("with", {"context": here}), ("without", {})] * 3)]
+    run(pipeline.process(batch))
+    pipeline.close()
+    vectors = {user: run(store.profile(user)).vectors["current"] for user in ("with", "without")}
+    plain = encoder.encode([[(f"i{n % 3}", "click", NOW - 5000 + n) for n in range(1, 6, 2)]])[0]
+    np.testing.assert_allclose(vectors["without"], plain, atol=1e-5)  # no context: the "unknown" rows
+    assert not np.allclose(vectors["with"], vectors["without"], atol=1e-4)  # the stored context reached the model
