@@ -10,8 +10,9 @@ everything back through the Store and compares it with a pure-Python model.
 The model encodes the documented rules, not the script:
 
 - replay: an event whose offset is at or below the highest offset seen on its
-  (user, topic, partition) is skipped; every other event, whatever its outcome,
-  raises that fence (``state.scripts`` docstring);
+  (user, topic, partition) is skipped, unless its event id is among the user's
+  last 32 late ones (either stream): then it is late again; every other event,
+  whatever its outcome, raises that fence (``state.scripts`` docstring);
 - duplicate: a click whose event id is among the user's kept clicks, or was
   applied earlier in the same call, is not applied again; a text whose id is
   among the user's last ``max_texts`` applied text ids likewise; a duplicate is
@@ -68,6 +69,7 @@ SESSIONS = (None, "", "s0", "s1")  # "" is no session id, like None
 TOPIC = {"c": "clicks", "t": "texts"}
 PARTITIONS = (0, 1)
 BASE_MS = 1_700_000_000_000  # above 2**32: the 48-bit times are split across the record's words
+LATE_KEPT = 32  # late event hashes each user keeps (state.scripts)
 
 # The model compares ids where the store compares hashes: the alphabets must not collide.
 assert len({event_hash(e) for e in EVENT_IDS}) == len(EVENT_IDS)
@@ -127,6 +129,7 @@ class UserModel:
     text_newest: int | None = None
     text_dim: int = 0
     folded: list[np.ndarray] = field(default_factory=list)  # int16 embeddings in the mean
+    late_ids: list[str] = field(default_factory=list)  # the last LATE_KEPT late event ids, both streams
     meta: dict[str, int] = field(default_factory=dict)  # fences, applied:c, applied:t, version
     recs: list[str] | None = None  # items of the last written list
     long_term: list[float] | None = None
@@ -135,6 +138,11 @@ class UserModel:
     def bump(self, name: str, by: int) -> None:
         if by:
             self.meta[name] = self.meta.get(name, 0) + by
+
+    def late(self, event_id: str) -> str:
+        if event_id not in self.late_ids:
+            self.late_ids = (self.late_ids + [event_id])[-LATE_KEPT:]
+        return "late"
 
 
 def model_session_starts(clicks: list[Click], gap_ms: int) -> list[int]:
@@ -189,7 +197,7 @@ class ApplyMachine(RuleBasedStateMachine):
         """The same batch again, as after a crash before the resume offsets moved: nothing is applied twice."""
         entries, ends = batch
         outcomes = self._apply(entries, ends)
-        assert set(outcomes) <= {"replay"}
+        assert set(outcomes) <= {"replay", "late"}
 
     @rule(user=st.sampled_from(USERS), items=st.lists(st.sampled_from(ITEMS), max_size=3),
           long_term=st.sampled_from([0.5, -1.25, 3.0]), changed=st.sets(st.sampled_from(INTEREST_NAMES)),
@@ -264,7 +272,7 @@ class ApplyMachine(RuleBasedStateMachine):
             for index in indices:
                 entry = entries[index]
                 if entry.offset <= fence:
-                    outcomes[index] = "replay"
+                    outcomes[index] = "late" if entry.record.event_id in model.late_ids else "replay"
                     continue
                 fence = entry.offset
                 outcome = (self._click if stream == "c" else self._text)(model, entry.record, applied)
@@ -292,7 +300,7 @@ class ApplyMachine(RuleBasedStateMachine):
         if any(c.event_id == record.event_id for c in model.clicks + applied):
             return "duplicate"
         if model.newest is not None and ts < model.newest - self.lateness:
-            return "late"
+            return model.late(record.event_id)
         applied.append(Click(record.event_id, record.item_id, ts, record.session_id, record.action))
         model.newest = ts if model.newest is None else max(model.newest, ts)
         return "applied"
@@ -302,7 +310,7 @@ class ApplyMachine(RuleBasedStateMachine):
         if record.event_id in model.text_ids:
             return "duplicate"
         if model.text_newest is not None and ts < model.text_newest - self.lateness:
-            return "late"
+            return model.late(record.event_id)
         applied.append(record)
         model.text_count += 1
         model.text_newest = ts if model.text_newest is None else max(model.text_newest, ts)
