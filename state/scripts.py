@@ -18,8 +18,8 @@ every record of a layout 2 history before it changes it. Clicks are kept in
 time order: events arriving in order (the usual case) are appended; one that
 arrives out of order within the lateness bound is merged into its place;
 older ones are refused as 'late',
-and their hashes kept (the last 32, meta field ``late``) so that a replay of
-one is 'late' again and its dead letter is published however the first
+and their hashes kept (the last 32 of each stream, meta fields ``late:c`` and
+``late:t``) so that a replay of one is 'late' again and its dead letter is published however the first
 attempt ended.
 After the batch the oldest records beyond the bound are dropped. The same
 event id sent again (a new offset, the same id) is a 'duplicate' while its
@@ -102,19 +102,20 @@ local function rank_of(item)
   return 0
 end
 
--- The hashes of the user's last LATE_KEPT late events (meta field 'late'), read only when needed: a replay
--- of a late event is late again, so a batch retried (or a worker restarted) after the Redis step but
--- before its 'late' dead letters went out publishes them then, instead of losing them as replays.
+-- The hashes of the user's last LATE_KEPT late events of each stream (meta fields 'late:c', 'late:t'), read
+-- only when needed: a replay of a late event is late again, so a batch retried (or a worker restarted) after
+-- the Redis step but before its 'late' dead letters went out publishes them then, instead of losing them.
 local LATE_KEPT = 32
-local late_ring, late_changed = nil, false
-local function was_late(event)
-  late_ring = late_ring or redis.call('HGET', meta, 'late') or ''
-  return holds(late_ring, event, 1, 6)
+local late_rings, late_changed = {}, {}
+local function was_late(stream, event)
+  late_rings[stream] = late_rings[stream] or redis.call('HGET', meta, 'late:' .. stream) or ''
+  return holds(late_rings[stream], event, 1, 6)
 end
-local function mark_late(event)
-  if was_late(event) then return end
-  late_ring, late_changed = late_ring .. event, true
-  if #late_ring > 6 * LATE_KEPT then late_ring = string.sub(late_ring, #late_ring - 6 * LATE_KEPT + 1) end
+local function mark_late(stream, event)
+  if was_late(stream, event) then return end
+  local ring = late_rings[stream] .. event
+  if #ring > 6 * LATE_KEPT then ring = string.sub(ring, #ring - 6 * LATE_KEPT + 1) end
+  late_rings[stream], late_changed[stream] = ring, true
 end
 
 -- Clicks.
@@ -134,7 +135,7 @@ for _ = 1, n_clicks do
       outcome = 'd'
     elseif newest and ts < newest - lateness then
       outcome = 'l'
-      mark_late(event)
+      mark_late('c', event)
     else
       if newest and ts < newest then in_order = false end
       if not newest or ts > newest then newest = ts end
@@ -143,7 +144,7 @@ for _ = 1, n_clicks do
       outcome, rank = 'a', rank_of(string.sub(rec, 1, 8))
     end
     fence = offset
-  elseif was_late(event) then
+  elseif was_late('c', event) then
     outcome = 'l'
   end
   outcomes[#outcomes + 1], ranks[#ranks + 1] = outcome, rank
@@ -191,7 +192,7 @@ while i <= #ARGV do
       outcome = 'd'
     elseif tnewest and ts < tnewest - lateness then
       outcome = 'l'
-      mark_late(event)
+      mark_late('t', event)
     else
       outcome, applied_t, count = 'a', applied_t + 1, count + 1
       if not tnewest or ts > tnewest then tnewest = ts end
@@ -213,7 +214,7 @@ while i <= #ARGV do
       end
     end
     tfence = offset
-  elseif was_late(event) then
+  elseif was_late('t', event) then
     outcome = 'l'
   end
   text_outcomes[#text_outcomes + 1] = outcome
@@ -225,7 +226,7 @@ if applied_t > 0 then
   redis.call('HINCRBY', meta, 'applied:t', applied_t)
 end
 if n_texts > 0 then redis.call('HSET', meta, ARGV[2], tfence) end
-if late_changed then redis.call('HSET', meta, 'late', late_ring) end
+for stream in pairs(late_changed) do redis.call('HSET', meta, 'late:' .. stream, late_rings[stream]) end
 
 local click_outcomes = table.concat(outcomes)
 if #added + applied_t == 0 then

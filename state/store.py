@@ -412,7 +412,7 @@ class Store:
     async def meta(self, user_id: str) -> dict[str, int]:
         """The user's fences, applied counters and version (not the hashes of their late events)."""
         raw = await self.client.hgetall(self.keys.user(user_id).meta)
-        return {key.decode(): int(value) for key, value in raw.items() if key != b"late"}
+        return {key.decode(): int(value) for key, value in raw.items() if not key.startswith(b"late:")}
 
     async def history(self, user_id: str) -> AppliedUser:
         """A user's stored clicks and text state, oldest first."""

@@ -11,7 +11,7 @@ The model encodes the documented rules, not the script:
 
 - replay: an event whose offset is at or below the highest offset seen on its
   (user, topic, partition) is skipped, unless its event id is among the user's
-  last 32 late ones (either stream): then it is late again; every other event,
+  last 32 late ones of its stream: then it is late again; every other event,
   whatever its outcome, raises that fence (``state.scripts`` docstring);
 - duplicate: a click whose event id is among the user's kept clicks, or was
   applied earlier in the same call, is not applied again; a text whose id is
@@ -129,7 +129,7 @@ class UserModel:
     text_newest: int | None = None
     text_dim: int = 0
     folded: list[np.ndarray] = field(default_factory=list)  # int16 embeddings in the mean
-    late_ids: list[str] = field(default_factory=list)  # the last LATE_KEPT late event ids, both streams
+    late_ids: dict[str, list[str]] = field(default_factory=lambda: {"c": [], "t": []})  # the last LATE_KEPT late ids
     meta: dict[str, int] = field(default_factory=dict)  # fences, applied:c, applied:t, version
     recs: list[str] | None = None  # items of the last written list
     long_term: list[float] | None = None
@@ -139,9 +139,9 @@ class UserModel:
         if by:
             self.meta[name] = self.meta.get(name, 0) + by
 
-    def late(self, event_id: str) -> str:
-        if event_id not in self.late_ids:
-            self.late_ids = (self.late_ids + [event_id])[-LATE_KEPT:]
+    def late(self, stream: str, event_id: str) -> str:
+        if event_id not in self.late_ids[stream]:
+            self.late_ids[stream] = (self.late_ids[stream] + [event_id])[-LATE_KEPT:]
         return "late"
 
 
@@ -272,7 +272,7 @@ class ApplyMachine(RuleBasedStateMachine):
             for index in indices:
                 entry = entries[index]
                 if entry.offset <= fence:
-                    outcomes[index] = "late" if entry.record.event_id in model.late_ids else "replay"
+                    outcomes[index] = "late" if entry.record.event_id in model.late_ids[stream] else "replay"
                     continue
                 fence = entry.offset
                 outcome = (self._click if stream == "c" else self._text)(model, entry.record, applied)
@@ -300,7 +300,7 @@ class ApplyMachine(RuleBasedStateMachine):
         if any(c.event_id == record.event_id for c in model.clicks + applied):
             return "duplicate"
         if model.newest is not None and ts < model.newest - self.lateness:
-            return model.late(record.event_id)
+            return model.late("c", record.event_id)
         applied.append(Click(record.event_id, record.item_id, ts, record.session_id, record.action))
         model.newest = ts if model.newest is None else max(model.newest, ts)
         return "applied"
@@ -310,7 +310,7 @@ class ApplyMachine(RuleBasedStateMachine):
         if record.event_id in model.text_ids:
             return "duplicate"
         if model.text_newest is not None and ts < model.text_newest - self.lateness:
-            return model.late(record.event_id)
+            return model.late("t", record.event_id)
         applied.append(record)
         model.text_count += 1
         model.text_newest = ts if model.text_newest is None else max(model.text_newest, ts)
