@@ -40,16 +40,23 @@ def valkey_port(tmp_path_factory) -> int:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def tls_port_and_ca(tmp_path_factory, missing_prerequisite) -> tuple[int, Path]:
-    """The TLS port of a redis-server that wants PASSWORD, and the CA that signed its certificate."""
-    from streams.embedded import make_certificates, redis_tls_available, start_redis_tls
+def _tls_folder(tmp_path_factory, missing_prerequisite, name: str):
+    """A new folder for a TLS Redis and the throw-away CA and server certificate in it (or the test is not run)."""
+    from streams.embedded import make_certificates, redis_tls_available
 
     why = redis_tls_available()
     if why:
         missing_prerequisite(why)
-    folder = tmp_path_factory.mktemp("redis-tls")
-    tls = make_certificates(folder / "certs")
+    folder = tmp_path_factory.mktemp(name)
+    return folder, make_certificates(folder / "certs")
+
+
+@pytest.fixture(scope="module")
+def tls_port_and_ca(tmp_path_factory, missing_prerequisite) -> tuple[int, Path]:
+    """The TLS port of a redis-server that wants PASSWORD, and the CA that signed its certificate."""
+    from streams.embedded import start_redis_tls
+
+    folder, tls = _tls_folder(tmp_path_factory, missing_prerequisite, "redis-tls")
     server = start_redis_tls(folder, tls, password=PASSWORD)
     yield server.port, tls.ca
     server.stop()
@@ -58,13 +65,9 @@ def tls_port_and_ca(tmp_path_factory, missing_prerequisite) -> tuple[int, Path]:
 @pytest.fixture(scope="module")
 def tls_cluster_url(tmp_path_factory, missing_prerequisite) -> str:
     """A ``rediss://`` URL of one node of a three-node TLS Redis Cluster that wants PASSWORD."""
-    from streams.embedded import make_certificates, redis_tls_available, start_redis_cluster_tls
+    from streams.embedded import start_redis_cluster_tls
 
-    why = redis_tls_available()
-    if why:
-        missing_prerequisite(why)
-    folder = tmp_path_factory.mktemp("redis-tls-cluster")
-    tls = make_certificates(folder / "certs")
+    folder, tls = _tls_folder(tmp_path_factory, missing_prerequisite, "redis-tls-cluster")
     nodes = start_redis_cluster_tls(folder, tls, password=PASSWORD)
     yield f"rediss://:{PASSWORD}@127.0.0.1:{nodes[0].port}/0?ssl_ca_certs={tls.ca}"
     for node in nodes:
