@@ -224,7 +224,8 @@ def long_term_of(blob: bytes | None) -> np.ndarray | None:
 
 def _check_layout(blob: bytes, what: str) -> None:
     if blob[0] not in READABLE:
-        raise ValueError(f"{what} value has layout {blob[0]}, this release reads layout {LAYOUT}")
+        raise ValueError(f"{what} value has layout {blob[0]}, this release reads layouts "
+                         f"{' and '.join(map(str, READABLE))}")
 
 
 class HashIndex:
