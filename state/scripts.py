@@ -59,7 +59,7 @@ local meta = KEYS[3]
 
 local function layout_error(what, value)
   return redis.error_reply('LAYOUT ' .. what .. ' value of ' .. KEYS[1] .. ' has layout ' .. value ..
-                           '; this release reads layout ' .. LAYOUT)
+                           '; this release reads layouts ' .. OLD_LAYOUT .. ' and ' .. LAYOUT)
 end
 -- An event hash in a packed string, at positions first, first + step, ... only.
 local function holds(s, needle, first, step)
