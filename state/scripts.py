@@ -5,9 +5,9 @@ after a crash or rebalance a worker may see events it has already applied. Each
 user's meta hash stores, per source partition, the highest offset applied to that
 user (its *fence*), written in the same atomic script as the events themselves.
 An event at or below the fence is a replay and is skipped (unless it was late:
-see below). Because a user's events
-all come from one partition of each topic (the key is the user id), the per-user
-fence orders them exactly as the partition does.
+see below). Because a user's events all come from one partition of each topic
+(the key is the user id), the per-user fence orders them exactly as the
+partition does.
 
 The values are the packed strings of `state.layout` (layout 3: one 32-byte
 record per click, a running mean of text embeddings, one profile string); the
@@ -17,10 +17,10 @@ only the 8-byte context word, which the script appends (zero: no context) to
 every record of a layout 2 history before it changes it. Clicks are kept in
 time order: events arriving in order (the usual case) are appended; one that
 arrives out of order within the lateness bound is merged into its place;
-older ones are refused as 'late',
-and their hashes kept (the last 32 of each stream, meta fields ``late:c`` and
-``late:t``) so that a replay of one is 'late' again and its dead letter is published however the first
-attempt ended.
+older ones are refused as 'late', and their hashes kept (the last 32 of each
+stream, meta fields ``late:c`` and ``late:t``) so that a replay of one is
+'late' again and its dead letter is published however the first attempt
+ended.
 After the batch the oldest records beyond the bound are dropped. The same
 event id sent again (a new offset, the same id) is a 'duplicate' while its
 hash is among the kept records (clicks) or the last --max-texts text ids.
