@@ -393,7 +393,7 @@ def test_a_new_item_is_scored_from_its_title_and_left_out_once_clicked(pipeline,
     assert encoder.new_items == ("new-jazz",)
 
 
-def test_a_model_trained_with_context_reads_each_clicks_context_back_from_redis(store, keeping_publisher, run):
+def test_a_model_with_context_reads_each_clicks_context_back_from_redis(store, keeping_publisher, run):
     import numpy as np
     import torch
 
