@@ -2,7 +2,8 @@
 
 The full-catalogue softmax is about half of an ML-1M training epoch on the CPU
 (py-spy). This times one forward + backward of `encoders.training.loop.full_softmax_loss`
-at several chunk sizes and of ``F.cross_entropy(h @ w.T)``, interleaved in one run,
+at several chunk sizes (float32 products) and with bfloat16 products (``--loss-precision
+bf16``, 1,024-row chunks), and of ``F.cross_entropy(h @ w.T)``, interleaved in one run,
 on the shapes of one ML-1M batch (128 users x ~125 positions, 3,416 items, d=64).
 
     python bench/loss_bench.py --threads 1
@@ -39,10 +40,10 @@ def main() -> int:
     table = torch.randn(args.items, args.d_model) * 0.5
     targets = torch.randint(0, args.items, (args.rows,))
 
-    def chunked(chunk: int):
+    def chunked(chunk: int, dtype: torch.dtype = torch.float32):
         def run() -> None:
             h, w = hidden.clone().requires_grad_(), table.clone().requires_grad_()
-            full_softmax_loss(h, w, targets, chunk=chunk).backward()
+            full_softmax_loss(h, w, targets, chunk=chunk, matmul_dtype=dtype).backward()
         return run
 
     def plain() -> None:
@@ -50,6 +51,7 @@ def main() -> int:
         torch.nn.functional.cross_entropy(h @ w.T, targets).backward()
 
     runs = {f"chunked, {c} rows": chunked(c) for c in (int(c) for c in args.chunks.split(","))}
+    runs["chunked, 1024, bf16"] = chunked(1024, torch.bfloat16)
     runs["plain cross_entropy"] = plain
     times: dict[str, list[float]] = {name: [] for name in runs}
     for fn in runs.values():

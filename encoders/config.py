@@ -42,6 +42,14 @@ class EncoderConfig:
     # the week, device, region, place cell, distance from the previous place) and each
     # item's own place cell.  False in every config.json written before them.
     context: bool = False
+    # Dropout on the attention weights in training; None is ``dropout`` (every config.json
+    # written before the option).  On the CPU torch's fused attention kernel takes none.
+    attention_dropout: float | None = None
+
+    @property
+    def attention_dropout_p(self) -> float:
+        """The attention weights' dropout probability in training."""
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
 
     def __post_init__(self) -> None:
         # Validate eagerly: a bad config should fail here, not deep inside torch.
@@ -52,8 +60,9 @@ class EncoderConfig:
                 raise ConfigError("values", f"{name}={getattr(self, name)} must be >= 1")
         if self.d_model % self.n_heads:
             raise ConfigError("values", f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("values", f"dropout={self.dropout} must be in [0, 1)")
+        for name in ("dropout", "attention_dropout_p"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError("values", f"{name.removesuffix('_p')}={getattr(self, name)} must be in [0, 1)")
         if not self.input_scale > 0:
             raise ConfigError("values", f"input_scale={self.input_scale} must be > 0")
         if self.block not in BLOCKS:

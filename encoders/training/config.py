@@ -5,7 +5,7 @@ read their options from a `TrainConfig` instead of loose keywords or a
 string-keyed dict, so that a misspelt option or an impossible value fails
 when the config is built (before any data is loaded), with a message naming
 the option, not silently or deep inside torch.  The model's dimensions
-(``d_model`` ... ``dropout``) are options here and go on to the model's own
+(``d_model`` ... ``attention_dropout``) are options here and go on to the model's own
 `encoders.config.EncoderConfig` (`TrainConfig.encoder_config`), which is what
 a checkpoint stores as config.json.
 
@@ -39,9 +39,10 @@ from ..config import BLOCKS, EncoderConfig
 from ..errors import ConfigError
 from ..protocols import PROTOCOLS
 
-__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "TrainConfig"]
+__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "LOSS_PRECISIONS", "TrainConfig"]
 
 LOSSES = ("auto", "full", "sampled")
+LOSS_PRECISIONS = ("auto", "fp32", "bf16")
 BATCHINGS = ("random", "length")
 # Above this many items "auto" samples: a full softmax costs N x n_items x d per batch.
 FULL_SOFTMAX_MAX_ITEMS = 50_000
@@ -51,7 +52,7 @@ _WHAT = "training config"
 # model's dimensions are in its config.json and the resolved protocol in ``extra["protocol"]``;
 # ``progress`` and ``text_fusion`` change nothing in the weights (the fusion has its own report entry).
 _RECORDED = ("epochs", "batch_size", "batching", "lr", "weight_decay", "loss", "negatives", "all_windows", "refit",
-             "seed", "patience", "eval_every", "max_seconds", "device", "action_weight", "history")
+             "seed", "patience", "eval_every", "max_seconds", "device", "action_weight", "history", "loss_precision")
 # What a fine-tune keeps of its parent's recorded options: how the model learns, not the schedule.
 _INHERITED = ("loss", "negatives", "all_windows", "weight_decay", "action_weight")
 
@@ -75,6 +76,7 @@ class TrainConfig:
     n_heads: int = 2
     max_len: int = 200  # events per training window and per user the model reads
     dropout: float = 0.2
+    attention_dropout: float | None = None  # on the attention weights; None: ``dropout``
     input_scale: float = 1.0  # item embeddings of the inputs times this (SASRec: sqrt(d_model))
     block: str = "gpt2"  # the Transformer block, one of encoders.config.BLOCKS
     context: str = "auto"  # context features (and item place cells): "on", "off", "auto" (when the clicks have any)
@@ -86,6 +88,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW's
     loss: str = "auto"  # one of LOSSES: "auto" is "full" up to FULL_SOFTMAX_MAX_ITEMS items, else "sampled"
     negatives: int = 256  # sampled negatives per batch when the loss samples
+    loss_precision: str = "auto"  # the full softmax's matrix products: LOSS_PRECISIONS ("auto": bf16 where native)
     all_windows: bool = False  # every max_len window of long histories, not only the newest
     refit: bool = False  # retrain on training + validation targets for the chosen epoch count
     protocol: str = "auto"  # "auto" or one of encoders.protocols.PROTOCOLS
@@ -110,6 +113,8 @@ class TrainConfig:
         _require(self.d_model % self.n_heads == 0, "d_model", self.d_model,
                  f"is not divisible by n_heads={self.n_heads}")
         _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        _require(self.attention_dropout is None or 0.0 <= self.attention_dropout < 1.0, "attention_dropout",
+                 self.attention_dropout, "must be in [0, 1) (or None: dropout)")
         _require(self.input_scale > 0, "input_scale", self.input_scale, "must be > 0")
         _require(self.block in BLOCKS, "block", self.block, f"must be one of {BLOCKS}")
         _require(self.context in ("auto", "on", "off"), "context", self.context, "must be 'auto', 'on' or 'off'")
@@ -119,6 +124,8 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(self.batching in BATCHINGS, "batching", self.batching, f"must be one of {BATCHINGS}")
         _require(self.loss in LOSSES, "loss", self.loss, f"must be one of {LOSSES}")
+        _require(self.loss_precision in LOSS_PRECISIONS, "loss_precision", self.loss_precision,
+                 f"must be one of {LOSS_PRECISIONS}")
         _require(self.protocol == "auto" or self.protocol in PROTOCOLS, "protocol", self.protocol,
                  f"must be 'auto' or one of {PROTOCOLS}")
         _require(bool(self.device.strip()), "device", self.device, "must name a device (auto, cpu, cuda, cuda:1 ...)")
@@ -171,7 +178,7 @@ class TrainConfig:
         """
         return EncoderConfig(n_items, self.d_model, self.n_layers, self.n_heads, self.max_len, self.dropout,
                              action_head=action_head, input_scale=self.input_scale, block=self.block,
-                             context=context)
+                             context=context, attention_dropout=self.attention_dropout)
 
     def negatives_for(self, n_items: int) -> int | None:
         """None for a full softmax over ``n_items``, else the number of sampled negatives per batch.
@@ -183,14 +190,15 @@ class TrainConfig:
             return None
         return self.negatives
 
-    def record(self, *, n_items: int, device: str, action_head: bool) -> dict[str, Any]:
+    def record(self, *, n_items: int, device: str, action_head: bool, loss_precision: str) -> dict[str, Any]:
         """The options as a checkpoint records them: ``train_args`` in metadata.json and report.json.
 
         Values as they were in effect: ``negatives`` None for a full softmax
         over ``n_items``, ``device`` resolved (``"cpu"``, ``"cuda"``, not
-        ``"auto"``), ``action_weight`` 0.0 for a model without a next-action head.
+        ``"auto"``), ``loss_precision`` resolved (``"fp32"`` or ``"bf16"``),
+        ``action_weight`` 0.0 for a model without a next-action head.
         """
-        effective = {"negatives": self.negatives_for(n_items), "device": device,
+        effective = {"negatives": self.negatives_for(n_items), "device": device, "loss_precision": loss_precision,
                      "action_weight": self.action_weight if action_head else 0.0}
         return {name: effective.get(name, getattr(self, name)) for name in _RECORDED}
 
@@ -209,6 +217,7 @@ class TrainConfig:
         inherited = {k: train_args[k] for k in _INHERITED if train_args.get(k) is not None}  # None: a full softmax
         return cls.from_dict({"d_model": encoder.d_model, "n_layers": encoder.n_layers, "n_heads": encoder.n_heads,
                               "max_len": encoder.max_len, "dropout": encoder.dropout,
+                              "attention_dropout": encoder.attention_dropout,
                               "input_scale": encoder.input_scale, "block": encoder.block,
                               "context": "on" if encoder.context else "off", "protocol": protocol,
                               **inherited}, "checkpoint train_args")

@@ -65,10 +65,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     max_len = 200 if args.max_len == "auto" else args.max_len  # auto is resolved once the data is read
     input_scale = math.sqrt(args.d_model) if args.input_scale == "sqrt" else args.input_scale
     return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
-                       dropout=args.dropout, input_scale=input_scale, block=args.block,
+                       dropout=args.dropout, attention_dropout=args.attention_dropout,
+                       input_scale=input_scale, block=args.block,
                        context=args.context_features, history=args.history, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr,
                        weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
+                       loss_precision=args.loss_precision,
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,
                        seed=args.seed, patience=args.patience, eval_every=args.eval_every,
                        max_seconds=args.max_seconds, action_weight=args.action_weight)

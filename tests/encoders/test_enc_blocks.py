@@ -75,6 +75,28 @@ def test_dropout_acts_in_training_only():
         torch.testing.assert_close(model(items, actions, gaps), model(items, actions, gaps))
 
 
+@pytest.mark.parametrize("block", BLOCKS)
+def test_attention_dropout_is_its_own_knob_and_defaults_to_dropout(block):
+    items = torch.tensor([[5, 9, 3, 7]])
+    actions, gaps = torch.full_like(items, 3), torch.tensor([[-1, 1, 1, 1]])
+
+    def varies_in_training(**dropouts) -> bool:
+        torch.manual_seed(2)
+        model = SequenceEncoder(EncoderConfig(n_items=30, d_model=16, n_layers=2, n_heads=1, max_len=12,
+                                              block=block, **dropouts))
+        with torch.no_grad():
+            return not torch.allclose(model(items, actions, gaps), model(items, actions, gaps))
+
+    # With every other dropout off, only the attention weights' can make two passes differ.
+    assert varies_in_training(dropout=0.0, attention_dropout=0.5)
+    assert not varies_in_training(dropout=0.0, attention_dropout=0.0)
+    assert not varies_in_training(dropout=0.0)  # None: the same as dropout
+    assert EncoderConfig(n_items=30, dropout=0.3).attention_dropout_p == 0.3
+    assert EncoderConfig.from_dict({"n_items": 30, "dropout": 0.3}).attention_dropout is None  # an old config.json
+    with pytest.raises(ConfigError, match=r"attention_dropout=1.0 must be in \[0, 1\)"):
+        EncoderConfig(n_items=30, attention_dropout=1.0)
+
+
 def test_the_blocks_have_their_own_weights_and_old_configs_are_gpt2(tmp_path):
     gpt2 = SequenceEncoder(EncoderConfig(n_items=30, d_model=16, n_layers=1, n_heads=1))
     sasrec = SequenceEncoder(EncoderConfig(n_items=30, d_model=16, n_layers=1, n_heads=1, block="sasrec"))

@@ -107,3 +107,21 @@ def test_the_chunked_full_softmax_is_the_plain_cross_entropy_and_its_gradients(c
     torch.testing.assert_close(loss, plain, atol=1e-5, rtol=1e-5)
     for got, expected in zip(grads, want):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_full_softmax_in_bf16_products_stays_within_a_percent_of_fp32() -> None:
+    from encoders.training.loop import full_softmax_loss
+
+    torch.manual_seed(5)
+    hidden = (torch.randn(300, 16) * 2).requires_grad_()
+    table = torch.randn(200, 16).requires_grad_()
+    targets = torch.randint(0, 200, (300,))
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        loss = full_softmax_loss(hidden, table, targets, chunk=64, matmul_dtype=dtype)
+        results.append((loss, *torch.autograd.grad(loss, (hidden, table))))
+    (loss32, *grads32), (loss16, *grads16) = results
+    assert loss16.dtype == grads16[0].dtype == grads16[1].dtype == torch.float32
+    torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
+    for got, expected in zip(grads16, grads32):
+        assert float((got - expected).norm() / expected.norm()) < 0.01

@@ -10,17 +10,19 @@ import pytest
 
 from encoders.config import EncoderConfig
 from encoders.errors import ConfigError
-from encoders.training.config import LOSSES, TrainConfig
+from encoders.training.config import LOSS_PRECISIONS, LOSSES, TrainConfig
 
 
 def test_defaults_are_trains():
     assert TrainConfig().to_dict() == {
-        "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "input_scale": 1.0, "block": "gpt2",
+        "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "attention_dropout": None,
+        "input_scale": 1.0, "block": "gpt2",
         "context": "auto", "epochs": 50,
         "batch_size": 128, "batching": "random", "lr": 1e-3, "weight_decay": 0.0, "loss": "auto", "negatives": 256,
-        "all_windows": False, "refit": False, "protocol": "auto", "history": "auto", "device": "auto", "seed": 0, "patience": 5,
+        "loss_precision": "auto", "all_windows": False, "refit": False, "protocol": "auto", "history": "auto", "device": "auto", "seed": 0, "patience": 5,
         "eval_every": 1, "max_seconds": None, "progress": True, "action_weight": 0.2, "text_fusion": False}
     assert LOSSES == ("auto", "full", "sampled")
+    assert LOSS_PRECISIONS == ("auto", "fp32", "bf16")
 
 
 def test_an_unknown_key_is_an_error_naming_it():
@@ -40,10 +42,12 @@ def test_an_unknown_key_is_an_error_naming_it():
     ("negatives", 0, "must be >= 1"),
     ("eval_every", 0, "must be >= 1"),
     ("loss", "soft", "must be one of ('auto', 'full', 'sampled')"),
+    ("loss_precision", "fp16", "must be one of ('auto', 'fp32', 'bf16')"),
     ("protocol", "random", "must be 'auto' or one of ('leave-one-out', 'session')"),
     ("lr", 0.0, "must be > 0"),
     ("lr", float("nan"), "must be > 0"),
     ("dropout", 1.0, "must be in [0, 1)"),
+    ("attention_dropout", -0.1, "must be in [0, 1) (or None: dropout)"),
     ("action_weight", -1.0, "must be >= 0"),
     ("max_seconds", 0, "must be > 0 (or None: no limit)"),
     ("seed", -1, "must be >= 0"),
@@ -102,14 +106,15 @@ def test_negatives_by_loss_and_catalogue_size():
 
 def test_the_record_is_train_args_as_checkpoints_have_them():
     record = TrainConfig(epochs=3, progress=False, text_fusion=True).record(n_items=100, device="cpu",
-                                                                           action_head=False)
-    # Key order and values as report.json has always had them (the figures in effect).
+                                                                           action_head=False, loss_precision="bf16")
+    # Key order and values as report.json has always had them (the figures in effect), new keys last.
     assert list(record.items()) == [
         ("epochs", 3), ("batch_size", 128), ("batching", "random"), ("lr", 1e-3), ("weight_decay", 0.0),
         ("loss", "auto"), ("negatives", None), ("all_windows", False), ("refit", False), ("seed", 0), ("patience", 5),
         ("eval_every", 1), ("max_seconds", None), ("device", "cpu"), ("action_weight", 0.0),
-        ("history", "auto")]
-    assert TrainConfig(loss="sampled").record(n_items=100, device="cuda", action_head=True)["action_weight"] == 0.2
+        ("history", "auto"), ("loss_precision", "bf16")]
+    assert TrainConfig(loss="sampled").record(n_items=100, device="cuda", action_head=True,
+                                              loss_precision="fp32")["action_weight"] == 0.2
 
 
 def test_from_record_keeps_how_the_parent_learned_not_its_schedule():
@@ -118,7 +123,8 @@ def test_from_record_keeps_how_the_parent_learned_not_its_schedule():
     parent = TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", epochs=7, lr=5e-3,
                          loss="sampled",
                          negatives=32, all_windows=True, weight_decay=0.01, action_weight=0.5, seed=3)
-    record = {**parent.record(n_items=10, device="cuda", action_head=True), "finetuned_from": "abc", "context": 5}
+    record = {**parent.record(n_items=10, device="cuda", action_head=True, loss_precision="bf16"),
+              "finetuned_from": "abc", "context": 5}
     child = TrainConfig.from_record(encoder, record, "leave-one-out")
     assert child == TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", context="off",
                                 loss="sampled",

@@ -113,6 +113,11 @@ def test_train_flags_become_a_train_config():
     assert train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])).refit
     assert not train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x", "--no-refit"])).refit
     assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--max-len", "50"])).max_len == 50
+    assert config.loss_precision == "auto" and config.attention_dropout is None
+    assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--attention-dropout",
+                                               "0"])).encoder_config(10).attention_dropout_p == 0.0
+    assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--loss-precision",
+                                               "fp32"])).loss_precision == "fp32"
 
 
 def test_max_len_auto_covers_99_percent_of_histories_in_tens_up_to_200(caplog):
