@@ -142,9 +142,10 @@ class _FullSoftmaxXent(torch.autograd.Function):
     CPU (README, "Quality on ML-1M"; `bench/loss_bench.py` times chunk sizes).
 
     The three matrix products take their inputs in ``matmul_dtype``; the
-    softmax and every sum stay in float32.  bfloat16 products run 3-5x
-    faster than float32 ones on a CPU with AVX512-BF16 (they accumulate in
-    float32), and move the gradients by ~0.3% (`precision_dtype`).
+    softmax and every sum stay in float32.  With bfloat16 products (which
+    accumulate in float32) the loss runs 1.66x faster on a CPU with
+    AVX512-BF16 (`bench/loss_bench.py`), and the gradients move by ~0.3%
+    (`precision_dtype`).
     """
 
     @staticmethod

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="dropout on embeddings, attention and feed-forward layers [default: 0.1]")
     train.add_argument("--attention-dropout", type=float, default=None,
                        help="dropout on the attention weights, if other than --dropout; 0 lets torch take its "
-                            "fused attention kernel, about 1.3x faster epochs on the CPU [default: --dropout]")
+                            "fused attention kernel: faster epochs on the CPU [default: --dropout]")
     train.add_argument("--input-scale", type=_number_or("sqrt", float, "a number"), default="sqrt",
                        help="multiply each input's item embedding by this before positions are added: a number, "
                             "or sqrt: sqrt(d-model), as SASRec does (8 at d=64) [default: sqrt]")
