@@ -60,9 +60,10 @@ class EncoderConfig:
                 raise ConfigError("values", f"{name}={getattr(self, name)} must be >= 1")
         if self.d_model % self.n_heads:
             raise ConfigError("values", f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        for name in ("dropout", "attention_dropout_p"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError("values", f"{name.removesuffix('_p')}={getattr(self, name)} must be in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("values", f"dropout={self.dropout} must be in [0, 1)")
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ConfigError("values", f"attention_dropout={self.attention_dropout} must be in [0, 1)")
         if not self.input_scale > 0:
             raise ConfigError("values", f"input_scale={self.input_scale} must be > 0")
         if self.block not in BLOCKS:

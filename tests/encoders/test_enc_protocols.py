@@ -124,4 +124,17 @@ def test_the_full_softmax_in_bf16_products_stays_within_a_percent_of_fp32() -> N
     assert loss16.dtype == grads16[0].dtype == grads16[1].dtype == torch.float32
     torch.testing.assert_close(loss16, loss32, rtol=1e-2, atol=0)
     for got, expected in zip(grads16, grads32):
-        assert float((got - expected).norm() / expected.norm()) < 0.01
+        # Close, and not equal: the products did run in bfloat16.
+        assert 0.0 < float((got - expected).norm() / expected.norm()) < 0.01
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [
+    (True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)])
+def test_loss_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected) -> None:
+    from encoders.training.loop import precision_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert precision_dtype("auto", torch.device("cpu")) == expected
+    assert precision_dtype("fp32", torch.device("cpu")) == torch.float32  # an explicit choice is kept
+    assert precision_dtype("bf16", torch.device("cpu")) == torch.bfloat16
