@@ -39,11 +39,12 @@ from ..config import BLOCKS, EncoderConfig
 from ..errors import ConfigError
 from ..protocols import PROTOCOLS
 
-__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "LOSS_PRECISIONS", "TrainConfig"]
+__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "LOSS_PRECISIONS", "LR_SCHEDULES", "TrainConfig"]
 
 LOSSES = ("auto", "full", "sampled")
 LOSS_PRECISIONS = ("auto", "fp32", "bf16")
 BATCHINGS = ("random", "length")
+LR_SCHEDULES = ("constant", "cosine")
 # Above this many items "auto" samples: a full softmax costs N x n_items x d per batch.
 FULL_SOFTMAX_MAX_ITEMS = 50_000
 
@@ -52,7 +53,8 @@ _WHAT = "training config"
 # model's dimensions are in its config.json and the resolved protocol in ``extra["protocol"]``;
 # ``progress`` and ``text_fusion`` change nothing in the weights (the fusion has its own report entry).
 _RECORDED = ("epochs", "batch_size", "batching", "lr", "weight_decay", "loss", "negatives", "all_windows", "refit",
-             "seed", "patience", "eval_every", "max_seconds", "device", "action_weight", "history", "loss_precision")
+             "seed", "patience", "eval_every", "max_seconds", "device", "action_weight", "history", "loss_precision",
+             "lr_schedule")
 # What a fine-tune keeps of its parent's recorded options: how the model learns, not the schedule.
 _INHERITED = ("loss", "negatives", "all_windows", "weight_decay", "action_weight")
 
@@ -85,6 +87,7 @@ class TrainConfig:
     batch_size: int = 128
     batching: str = "random"  # one of BATCHINGS: "random" (SASRec's) or "length" (similar lengths: faster epochs)
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES: "cosine" anneals to 0 by the last epoch or max_seconds
     weight_decay: float = 0.0  # AdamW's
     loss: str = "auto"  # one of LOSSES: "auto" is "full" up to FULL_SOFTMAX_MAX_ITEMS items, else "sampled"
     negatives: int = 256  # sampled negatives per batch when the loss samples
@@ -122,6 +125,7 @@ class TrainConfig:
                  "must be 'auto', 'exclude' or 'keep'")
         _require(self.lr > 0, "lr", self.lr, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"must be one of {LR_SCHEDULES}")
         _require(self.batching in BATCHINGS, "batching", self.batching, f"must be one of {BATCHINGS}")
         _require(self.loss in LOSSES, "loss", self.loss, f"must be one of {LOSSES}")
         _require(self.loss_precision in LOSS_PRECISIONS, "loss_precision", self.loss_precision,

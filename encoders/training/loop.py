@@ -20,6 +20,7 @@ those three steps around a new model and around a loaded one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -55,6 +56,7 @@ class EpochLog:
     seconds: float  # training only
     valid_seconds: float
     valid: dict[str, Any] | None  # the validation metrics, None where the epoch was not validated
+    lr: float | None = None  # the learning rate of the epoch's last step
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,46 @@ def _batches(windows: list[SeqArrays], batch_size: int, rng: np.random.Generator
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+class _LrSchedule:
+    """Sets the learning rate before each step: ``constant``, ``cosine``, or a replay of another run's.
+
+    ``cosine`` goes from ``lr`` down to 0 along a half cosine.  Its progress
+    is the larger of the steps done out of ``total_steps`` and the seconds
+    spent out of ``max_seconds``, so a run cut by its time budget still ends
+    annealed, at whatever epoch the budget allows; early stopping ends a run
+    wherever the curve then is.  ``replay`` (each epoch's last rate, from
+    `EpochLog.lr`) makes a refit follow its selection run's rates epoch by
+    epoch, linearly within an epoch, so that it retrains the epochs it was
+    chosen for the same way rather than annealing over fewer.
+    """
+
+    def __init__(self, kind: str, opt: torch.optim.Optimizer, lr: float, total_steps: int, steps_per_epoch: int,
+                 max_seconds: float | None, start: float, replay: list[float] | None = None) -> None:
+        self.kind, self.opt, self.base, self.replay = kind, opt, lr, replay
+        self.total_steps, self.steps_per_epoch = max(1, total_steps), max(1, steps_per_epoch)
+        self.max_seconds, self.start = max_seconds, start
+        self.steps = 0
+        self.lr = lr
+
+    def before_step(self) -> None:
+        if self.replay:
+            epoch, step = divmod(self.steps, self.steps_per_epoch)
+            before = self.replay[min(epoch, len(self.replay)) - 1] if epoch else self.base
+            after = self.replay[min(epoch, len(self.replay) - 1)]
+            self._set(before + (after - before) * (step + 1) / self.steps_per_epoch)
+        elif self.kind == "cosine":
+            progress = self.steps / self.total_steps
+            if self.max_seconds is not None:
+                progress = max(progress, (time.perf_counter() - self.start) / self.max_seconds)
+            self._set(self.base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+        self.steps += 1
+
+    def _set(self, lr: float) -> None:
+        self.lr = lr
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+
 def _epoch(
     model: SequenceEncoder,
     opt: torch.optim.Optimizer,
@@ -289,12 +331,15 @@ def _epoch(
     negatives: int | None,
     action_weight: float = 0.0,
     matmul_dtype: torch.dtype = torch.float32,
+    schedule: _LrSchedule | None = None,
 ) -> float:
     model.train()
     device = next(model.parameters()).device
     losses = []
     for batch_idx in _batches(windows, batch_size, rng, batching):
         batch = [windows[i] for i in batch_idx]
+        if schedule is not None:
+            schedule.before_step()
         losses.append(_step(model, opt, batch_tensors(batch, device), negatives, action_weight, matmul_dtype))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", **postfix, refresh=False)
@@ -306,7 +351,7 @@ def _snapshot(model: SequenceEncoder) -> dict[str, torch.Tensor]:
 
 
 def fit(model: SequenceEncoder, windows: list[SeqArrays], split: Split | None, config: TrainConfig, *,
-        epochs: int | None = None, desc: str = "fit") -> FitResult:
+        epochs: int | None = None, desc: str = "fit", lr_replay: list[float] | None = None) -> FitResult:
     """Train ``model`` on ``windows`` for up to ``epochs`` (default ``config.epochs``).
 
     With ``split``, validation NDCG@10 every ``config.eval_every`` epochs
@@ -316,6 +361,9 @@ def fit(model: SequenceEncoder, windows: list[SeqArrays], split: Split | None, c
     ``config.max_seconds`` also stops at the first epoch end past that wall
     time.  The model is left with its last weights; load ``best_state``.
     Seeded by ``config.seed`` (the batch order; the weights are the caller's).
+    The learning rate follows ``config.lr_schedule``, or with ``lr_replay``
+    another run's rates epoch by epoch (`EpochLog.lr`: a refit replays its
+    selection run's).
 
     >>> result = fit(model, train_windows(split.train, 200, False), split, TrainConfig(epochs=3))  # doctest: +SKIP
     >>> model.load_state_dict(result.best_state)  # doctest: +SKIP
@@ -331,17 +379,19 @@ def fit(model: SequenceEncoder, windows: list[SeqArrays], split: Split | None, c
     stopper, logs, postfix = _EarlyStopping(config.patience, model), [], {}  # postfix: tqdm's val metrics
     start = time.perf_counter()
     n_batches = -(-len(windows) // config.batch_size)
+    schedule = _LrSchedule(config.lr_schedule, opt, config.lr, epochs * n_batches, n_batches, config.max_seconds,
+                           start, lr_replay)
     with tqdm(total=epochs * n_batches, disable=not config.progress, desc=desc) as bar:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             loss = _epoch(model, opt, windows, config.batch_size, config.batching, rng, bar, postfix, negatives,
-                          config.action_weight, matmul_dtype)
+                          config.action_weight, matmul_dtype, schedule)
             t1 = time.perf_counter()
             out_of_time = config.max_seconds is not None and t1 - start > config.max_seconds
             # Always validate before stopping, so the kept weights are validated ones.
             due = split is not None and (epoch % config.eval_every == 0 or epoch == epochs or out_of_time)
             valid = rank_metrics(model, split.valid, exclude_history=split.exclude_history) if due else None
-            logs.append(EpochLog(epoch, loss, t1 - t0, time.perf_counter() - t1, valid))
+            logs.append(EpochLog(epoch, loss, t1 - t0, time.perf_counter() - t1, valid, schedule.lr))
             if split is None:
                 if out_of_time:
                     break

@@ -116,7 +116,8 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
         model = _new_model(encoder, config.seed, dev, cells)
         fits["refit"] = fit(model, train_windows(full.train, config.max_len, config.all_windows), None,
                             config.replace(max_seconds=_seconds_left(config, wall_start)),
-                            epochs=selected.best_epoch, desc=f"refit {dataset.name} (train + valid)")
+                            epochs=selected.best_epoch, desc=f"refit {dataset.name} (train + valid)",
+                            lr_replay=[log.lr for log in selected.logs[:selected.best_epoch]])
     deadline = None if config.max_seconds is None else wall_start + config.max_seconds
     fusion, fusion_report = (_text_fusion(model, vocab, dataset, split, dev, config.seed, deadline)
                              if config.text_fusion else (None, None))

@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="random: shuffled batches, as SASRec trains; length: batches of similar lengths, less "
                             "padding and faster epochs, but less learnt per epoch [default: random]")
     train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate [default: 0.001]")
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                       help="constant: --lr throughout; cosine: from --lr down to 0 along a half cosine over "
+                            "--epochs or --max-seconds, whichever ends first, so a run cut by its time budget "
+                            "ends annealed (the refit anneals over its own epochs) [default: constant]")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay [default: 0]")
     train.add_argument("--loss", choices=("auto", "full", "sampled"), default="auto",
                        help="softmax over the whole catalogue, or over sampled negatives [default: auto, "

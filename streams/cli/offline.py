@@ -68,7 +68,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        dropout=args.dropout, attention_dropout=args.attention_dropout,
                        input_scale=input_scale, block=args.block,
                        context=args.context_features, history=args.history, epochs=args.epochs,
-                       batch_size=args.batch_size, batching=args.batching, lr=args.lr,
+                       batch_size=args.batch_size, batching=args.batching, lr=args.lr, lr_schedule=args.lr_schedule,
                        weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
                        loss_precision=args.loss_precision,
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,

@@ -164,6 +164,48 @@ def test_refit_sampled_loss_and_training_curve(data: Dataset, tmp_path: Path) ->
     assert read_metadata(out).epochs == len(report["epochs"]) + report["best_epoch"]
 
 
+def test_cosine_anneals_by_the_last_step_or_the_time_budget_and_a_replay_follows_the_given_rates() -> None:
+    import math
+    import time
+
+    import torch
+
+    from encoders.training.loop import _LrSchedule
+
+    def rates(kind: str, total_steps: int, max_seconds: float | None, start: float, replay=None) -> list[float]:
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        schedule = _LrSchedule(kind, opt, 0.1, total_steps, 4, max_seconds, start, replay)
+        seen = []
+        for _ in range(8):  # two epochs of four steps
+            schedule.before_step()
+            seen.append(opt.param_groups[0]["lr"])
+        assert schedule.lr == seen[-1]  # what EpochLog.lr records
+        return seen
+
+    now = time.perf_counter()
+    assert rates("constant", 8, None, now) == [0.1] * 8
+    cosine = rates("cosine", 8, None, now)
+    assert cosine[0] == 0.1 and all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert cosine[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * 7 / 8)))
+    # The time budget spent, the rate is 0 however few of the steps were taken; half spent, half the rate.
+    assert rates("cosine", 1000, 10.0, now - 10.0) == pytest.approx([0.0] * 8, abs=1e-12)
+    assert rates("cosine", 10**6, 1e6, now - 5e5)[0] == pytest.approx(0.05, rel=1e-3)
+    # A replay goes linearly from each epoch's last rate to the next, whatever the schedule's kind.
+    assert rates("cosine", 8, None, now, replay=[0.08, 0.02]) == pytest.approx(
+        [0.095, 0.09, 0.085, 0.08, 0.065, 0.05, 0.035, 0.02])
+
+
+def test_a_refit_replays_the_cosine_rates_of_the_epochs_it_was_chosen_for(data: Dataset, tmp_path: Path) -> None:
+    from encoders.training.train import train
+
+    out = train(data, tmp_path / "cosine", epochs=3, lr=5e-3, patience=3, lr_schedule="cosine", refit=True, **TINY)
+    report = json.loads((out / "report.json").read_text())
+    chosen = [e["lr"] for e in report["epochs"]]
+    assert report["train_args"]["lr_schedule"] == "cosine"
+    assert chosen[0] < 5e-3 and all(a > b for a, b in zip(chosen, chosen[1:])) and chosen[-1] < 1e-4
+    assert [e["lr"] for e in report["refit_epochs"]] == pytest.approx(chosen[:report["best_epoch"]])
+
+
 def test_a_refit_that_would_run_past_max_seconds_is_skipped() -> None:
     import time
 

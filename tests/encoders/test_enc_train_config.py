@@ -18,7 +18,8 @@ def test_defaults_are_trains():
         "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "attention_dropout": None,
         "input_scale": 1.0, "block": "gpt2",
         "context": "auto", "epochs": 50,
-        "batch_size": 128, "batching": "random", "lr": 1e-3, "weight_decay": 0.0, "loss": "auto", "negatives": 256,
+        "batch_size": 128, "batching": "random", "lr": 1e-3, "lr_schedule": "constant", "weight_decay": 0.0,
+        "loss": "auto", "negatives": 256,
         "loss_precision": "auto", "all_windows": False, "refit": False, "protocol": "auto", "history": "auto", "device": "auto", "seed": 0, "patience": 5,
         "eval_every": 1, "max_seconds": None, "progress": True, "action_weight": 0.2, "text_fusion": False}
     assert LOSSES == ("auto", "full", "sampled")
@@ -43,6 +44,7 @@ def test_an_unknown_key_is_an_error_naming_it():
     ("eval_every", 0, "must be >= 1"),
     ("loss", "soft", "must be one of ('auto', 'full', 'sampled')"),
     ("loss_precision", "fp16", "must be one of ('auto', 'fp32', 'bf16')"),
+    ("lr_schedule", "linear", "must be one of ('constant', 'cosine')"),
     ("protocol", "random", "must be 'auto' or one of ('leave-one-out', 'session')"),
     ("lr", 0.0, "must be > 0"),
     ("lr", float("nan"), "must be > 0"),
@@ -112,7 +114,7 @@ def test_the_record_is_train_args_as_checkpoints_have_them():
         ("epochs", 3), ("batch_size", 128), ("batching", "random"), ("lr", 1e-3), ("weight_decay", 0.0),
         ("loss", "auto"), ("negatives", None), ("all_windows", False), ("refit", False), ("seed", 0), ("patience", 5),
         ("eval_every", 1), ("max_seconds", None), ("device", "cpu"), ("action_weight", 0.0),
-        ("history", "auto"), ("loss_precision", "bf16")]
+        ("history", "auto"), ("loss_precision", "bf16"), ("lr_schedule", "constant")]
     assert TrainConfig(loss="sampled").record(n_items=100, device="cuda", action_head=True,
                                               loss_precision="fp32")["action_weight"] == 0.2
 
