@@ -329,17 +329,16 @@ def _epoch(
     bar: tqdm,
     postfix: dict[str, str],
     negatives: int | None,
+    schedule: _LrSchedule,
     action_weight: float = 0.0,
     matmul_dtype: torch.dtype = torch.float32,
-    schedule: _LrSchedule | None = None,
 ) -> float:
     model.train()
     device = next(model.parameters()).device
     losses = []
     for batch_idx in _batches(windows, batch_size, rng, batching):
         batch = [windows[i] for i in batch_idx]
-        if schedule is not None:
-            schedule.before_step()
+        schedule.before_step()
         losses.append(_step(model, opt, batch_tensors(batch, device), negatives, action_weight, matmul_dtype))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", **postfix, refresh=False)
@@ -385,7 +384,7 @@ def fit(model: SequenceEncoder, windows: list[SeqArrays], split: Split | None, c
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             loss = _epoch(model, opt, windows, config.batch_size, config.batching, rng, bar, postfix, negatives,
-                          config.action_weight, matmul_dtype, schedule)
+                          schedule, config.action_weight, matmul_dtype)
             t1 = time.perf_counter()
             out_of_time = config.max_seconds is not None and t1 - start > config.max_seconds
             # Always validate before stopping, so the kept weights are validated ones.

@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
                        help="constant: --lr throughout; cosine: from --lr down to 0 along a half cosine over "
                             "--epochs or --max-seconds, whichever ends first, so a run cut by its time budget "
-                            "ends annealed (the refit anneals over its own epochs) [default: constant]")
+                            "ends annealed; the refit replays the rates of the epochs it retrains [default: constant]")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay [default: 0]")
     train.add_argument("--loss", choices=("auto", "full", "sampled"), default="auto",
                        help="softmax over the whole catalogue, or over sampled negatives [default: auto, "

@@ -195,15 +195,32 @@ def test_cosine_anneals_by_the_last_step_or_the_time_budget_and_a_replay_follows
         [0.095, 0.09, 0.085, 0.08, 0.065, 0.05, 0.035, 0.02])
 
 
-def test_a_refit_replays_the_cosine_rates_of_the_epochs_it_was_chosen_for(data: Dataset, tmp_path: Path) -> None:
-    from encoders.training.train import train
+def test_a_refit_replays_the_cosine_rates_of_the_epochs_it_was_chosen_for(
+    data: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from encoders.training import train as train_module
 
-    out = train(data, tmp_path / "cosine", epochs=3, lr=5e-3, patience=3, lr_schedule="cosine", refit=True, **TINY)
+    real_fit, calls = train_module.fit, []
+
+    def recording_fit(*args, **kwargs):  # the real fit, its arguments kept
+        calls.append((args, kwargs))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", recording_fit)
+    out = train_module.train(data, tmp_path / "cosine", epochs=3, lr=5e-3, patience=3, lr_schedule="cosine",
+                             refit=True, **TINY)
     report = json.loads((out / "report.json").read_text())
     chosen = [e["lr"] for e in report["epochs"]]
     assert report["train_args"]["lr_schedule"] == "cosine"
     assert chosen[0] < 5e-3 and all(a > b for a, b in zip(chosen, chosen[1:])) and chosen[-1] < 1e-4
+    (_, select_kwargs), (refit_args, refit_kwargs) = calls
+    assert select_kwargs.get("lr_replay") is None
+    assert refit_kwargs["lr_replay"] == pytest.approx(chosen[:report["best_epoch"]])
     assert [e["lr"] for e in report["refit_epochs"]] == pytest.approx(chosen[:report["best_epoch"]])
+    # A replay wins over the config's own cosine even where the two would differ (2 epochs, not 3).
+    model, windows, _, config = refit_args
+    replayed = real_fit(model, windows, None, config, epochs=2, lr_replay=[4e-3, 1e-3])
+    assert [log.lr for log in replayed.logs] == pytest.approx([4e-3, 1e-3])
 
 
 def test_a_refit_that_would_run_past_max_seconds_is_skipped() -> None:
