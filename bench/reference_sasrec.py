@@ -59,18 +59,23 @@ def dataset(cls, data: dict[int, list[int]], max_length: int, **attributes):
     return ds
 
 
-def rank_metrics(model, loader, targets: dict[int, int], k: int = 10) -> tuple[float, float]:
+def on_device(batch: dict, device: torch.device) -> dict:
+    """The collated batch's tensors on ``device`` (the other fields as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def rank_metrics(model, loader, targets: dict[int, int], device: torch.device, k: int = 10) -> tuple[float, float]:
     """HR@k and NDCG@k of ``targets`` ranked among all items, history and padding excluded."""
     model.eval()
     hits = ndcg = 0.0
     with torch.no_grad():
-        for batch in loader:
+        for batch in map(lambda b: on_device(b, device), loader):
             logits = model(batch["input_ids"], batch["attention_mask"])
             last = (batch["input_ids"] != 0).sum(dim=1) - 1
             scores = logits[torch.arange(len(last)), last]
             scores[:, 0] = -math.inf
             scores.scatter_(1, batch["full_history"], -math.inf)  # history padded with 0: already excluded
-            target = torch.tensor([targets[int(u)] for u in batch["user_id"]])
+            target = torch.tensor([targets[int(u)] for u in batch["user_id"]], device=device)
             rank = (scores > scores[torch.arange(len(target)), target][:, None]).sum(dim=1)
             hit = rank < k
             hits += float(hit.sum())
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also stop at the first epoch end past this wall time (default: no limit)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     parser.add_argument("--seed", type=int, default=0, help="torch and numpy seed")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(args.reference / "src"))
@@ -120,20 +126,22 @@ def main(argv: list[str] | None = None) -> None:
     test_loader = loader(dataset(CausalLMPredictionDataset, validation_full, args.max_length,
                                  validation_mode=False), batch_size=256, collate_fn=collate)
 
-    model = SASRec(item_num=n_items, maxlen=200, hidden_units=64, num_blocks=2, num_heads=1, dropout_rate=0.1)
+    device = torch.device(args.device)
+    model = SASRec(item_num=n_items, maxlen=200, hidden_units=64, num_blocks=2, num_heads=1,
+                   dropout_rate=0.1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     best, best_epoch, best_state, start = -1.0, 0, None, time.perf_counter()
     for epoch in range(1, args.max_epochs + 1):
         epoch_start = time.perf_counter()
-        for batch in train_loader:
+        for batch in map(lambda b: on_device(b, device), train_loader):
             logits = model(batch["input_ids"], batch["attention_mask"])
             loss = loss_fn(logits.view(-1, logits.size(-1)), batch["labels"].view(-1))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         train_s = time.perf_counter() - epoch_start
-        hr, ndcg = rank_metrics(model, val_loader, val_targets)
+        hr, ndcg = rank_metrics(model, val_loader, val_targets, device)
         if ndcg > best:
             best, best_epoch = ndcg, epoch
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -146,9 +154,9 @@ def main(argv: list[str] | None = None) -> None:
             break
     wall = time.perf_counter() - start
     model.load_state_dict(best_state)
-    hr, ndcg = rank_metrics(model, test_loader, test_targets)
+    hr, ndcg = rank_metrics(model, test_loader, test_targets, device)
     print(f"reference SASRec+: test HR@10 {hr:.4f} NDCG@10 {ndcg:.4f}; best epoch {best_epoch} of {epoch}, "
-          f"val NDCG@10 {best:.4f}, {wall:.0f} s on {args.threads} thread(s)", flush=True)
+          f"val NDCG@10 {best:.4f}, {wall:.0f} s on {args.threads} thread(s), {device}", flush=True)
 
 
 if __name__ == "__main__":
