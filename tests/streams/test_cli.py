@@ -102,7 +102,7 @@ def test_train_flags_become_a_train_config():
                                  "--d-model", "128", "--loss", "sampled", "--refit", "--max-seconds", "60"])
     config = train_config(args)
     assert (config.n_layers, config.n_heads, config.d_model, config.loss) == (3, 4, 128, "sampled")
-    assert config.refit and config.max_seconds == 60.0 and not config.all_windows
+    assert config.refit and config.max_seconds == 60.0
     # The command's own defaults, where they differ from train()'s: SASRec+'s recipe (README, ML-1M).
     assert (config.epochs, config.patience, config.text_fusion) == (200, 10, False)
     assert (config.block, config.dropout, config.batch_size) == ("sasrec", 0.1, 128)
@@ -112,6 +112,10 @@ def test_train_flags_become_a_train_config():
     # Refit is on unless --no-refit: on sparse data it is what beats evaluate's co-occurrence baseline.
     assert train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x"])).refit
     assert not train_config(_parser().parse_args(["train", "--data", "synthetic", "--out", "x", "--no-refit"])).refit
+    # Every window of long histories unless --no-all-windows: +4.4% NDCG@10 on ML-1M at convergence (README).
+    assert config.all_windows
+    newest_only = _parser().parse_args(["train", "--data", "d", "--out", "x", "--no-all-windows"])
+    assert not train_config(newest_only).all_windows
     assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--max-len", "50"])).max_len == 50
     assert config.loss_precision == "auto" and config.attention_dropout is None
     assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--attention-dropout",
