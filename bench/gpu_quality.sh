@@ -7,8 +7,8 @@
 # DATA is the ml-1m folder (../shared/data/ml-1m does not travel: copy it into a
 # carried folder), REFERENCE a checkout of antklen/sasrec-bert4rec-recsys23 (its
 # src/ is imported, not committed here). On this project's 2-core CPU the
-# reference needs about two hours to converge and the encoder stops at its
-# 50-minute cap still rising; on a GPU both run to their own stopping rules:
+# reference needs about two hours to converge and the encoder's 50-minute cap
+# ends it before patience does; on a GPU both run to their own stopping rules:
 #   - the reference, twice (seeds 0 and 1): its protocol, at most 100 epochs,
 #     patience 10 (bench/reference_sasrec.py);
 #   - the encoder with the README's ML-1M flags (SASRec+'s recipe, no refit,

@@ -22,7 +22,7 @@ with this project's torch:
   HR@10 and NDCG@10 over all users (its ``compute_metrics``).
 
     python bench/reference_sasrec.py --reference /path/to/sasrec-bert4rec-recsys23 \\
-        --data ../shared/data/ml-1m/sequences.txt.gz --threads 1
+        --data ../shared/data/ml-1m/sequences.txt.gz --threads 1      # --device cuda on a GPU
 
 Prints one line per epoch and ends with ``reference SASRec+: ...``.
 """
