@@ -9,12 +9,13 @@ from typing import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics", "Health", "serve_http"]
+__all__ = ["Metrics", "Health", "serve_http", "ops_answer", "ops_hint"]
 
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 300)
 _DRIFT_BUCKETS = (0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2)
+_TEXT = "text/plain; charset=utf-8"
 # The read API (`streams.read_api.ReadApi`): (path, Authorization header) -> (status, JSON body, extra headers).
 ReadHandler = Callable[[str, str | None], tuple[int, bytes, Iterable[tuple[str, str]]]]
 
@@ -113,13 +114,29 @@ class Health:
         return time.monotonic() - self.last_beat < self.STALE_SECONDS
 
 
+def ops_answer(path: str, registry: CollectorRegistry, health: Health, hint: str) -> tuple[int, bytes, str]:
+    """(status, body, content type) of ``/metrics``, ``/healthz`` or ``/readyz``; a 404 with ``hint`` otherwise."""
+    if path.startswith("/metrics"):
+        return 200, generate_latest(registry), CONTENT_TYPE_LATEST
+    if path == "/healthz":
+        return (200, b"ok\n", _TEXT) if health.alive else (503, b"event loop stalled\n", _TEXT)
+    if path == "/readyz":
+        return (200, b"ready\n", _TEXT) if health.ready else (503, b"not ready\n", _TEXT)
+    return 404, hint.encode(), _TEXT
+
+
+def ops_hint(read_api: bool) -> str:
+    """What a 404 off the operations endpoints lists."""
+    return "try /metrics, /healthz, /readyz" + (" or /v1/users/USER_ID\n" if read_api else "\n")
+
+
 def serve_http(port: int, registry: CollectorRegistry, health: Health,
                read: ReadHandler | None = None) -> ThreadingHTTPServer:
     """The operations endpoints, on their own thread so a busy event loop cannot starve them.
 
     ``read`` answers every path under ``/v1/`` (the read API, `streams.read_api`).
     """
-    hint = "try /metrics, /healthz, /readyz" + (" or /v1/users/USER_ID\n" if read else "\n")
+    hint = ops_hint(read is not None)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: an API client or a scraper need not connect per request
@@ -138,16 +155,10 @@ def serve_http(port: int, registry: CollectorRegistry, health: Health,
             if read is not None and self.path.startswith("/v1/"):
                 status, body, headers = read(self.path, self.headers.get("Authorization"))
                 self._reply(status, body, "application/json", headers)
-            elif self.path.startswith("/metrics"):
-                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif self.path == "/healthz":
-                self._reply(200 if health.alive else 503, b"ok\n" if health.alive else b"event loop stalled\n")
-            elif self.path == "/readyz":
-                self._reply(200 if health.ready else 503, b"ready\n" if health.ready else b"not ready\n")
             else:
-                self._reply(404, hint.encode())
+                self._reply(*ops_answer(self.path, registry, health, hint))
 
-        def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+        def _reply(self, status: int, body: bytes, content_type: str = _TEXT,
                    headers: Iterable[tuple[str, str]] = ()) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)

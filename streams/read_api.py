@@ -15,8 +15,11 @@ carry it as ``Authorization: Bearer TOKEN``; 404 for a user never refreshed
 or another path; 503 when Redis cannot be reached; 500 for anything else.
 Errors are ``{"error": "..."}``.
 
-The handler runs in the HTTP server's threads, never on the worker's event
-loop: it reads through a synchronous client shared by those threads.
+Two ways to serve it, one set of answers: on the worker's port the API is
+called (``api(path, authorization)``) from the HTTP server's threads, never on
+the worker's event loop, and reads through a synchronous `Reader` shared by
+those threads; ``interest-updater read-api`` awaits ``api.answer(...)`` on an
+event loop of its own (`streams.read_server`) through an `AsyncReader`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from state.errors import LayoutMismatch
 from state.keys import KeySpace
 from state.layout import INTEREST_NAMES
-from state.reader import Reader, UserProfile
+from state.reader import AsyncReader, Reader, UserProfile
 from streams.events import ID_PATTERN
 from streams.refresh import VECTOR_DECIMALS
 
@@ -49,24 +52,42 @@ log = logging.getLogger("interest_updater.read_api")
 USERS_PATH = "/v1/users/"
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _BOOLEANS = {"true": True, "false": False}
+_READ_ERRORS = (RedisError, RedisClusterException, LayoutMismatch)
 
 
 class Reply(NamedTuple):
-    """What `serve_http` sends: a status, a JSON body and any extra headers."""
+    """What the HTTP server sends: a status, a JSON body and any extra headers."""
 
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
 
 
+class _Query(NamedTuple):
+    """A request that passed every check: whose profile to read, and whether with vectors."""
+
+    user_id: str
+    vectors: bool
+
+
 def _error(status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
     return Reply(status, orjson.dumps({"error": reason}), headers)
 
 
-class ReadApi:
-    """Answers ``GET /v1/users/{user_id}``; call it with the request path and its Authorization header."""
+def _read_failed(exc: Exception) -> Reply:
+    if isinstance(exc, LayoutMismatch):
+        return _error(500, str(exc))
+    return _error(503, f"Redis cannot be read now ({type(exc).__name__}); try again")
 
-    def __init__(self, reader: Reader, registry: CollectorRegistry, token: str | None = None) -> None:
+
+class ReadApi:
+    """Answers ``GET /v1/users/{user_id}`` from the request path and its Authorization header.
+
+    With a `Reader`, call it (``api(path, authorization)``); with an
+    `AsyncReader`, await ``api.answer(path, authorization)``.
+    """
+
+    def __init__(self, reader: Reader | AsyncReader, registry: CollectorRegistry, token: str | None = None) -> None:
         self.reader = reader
         self._token = token.encode() if token else None
         self.requests = Counter("iu_api_requests", "Read API requests, by HTTP status.", ["status"],
@@ -75,23 +96,57 @@ class ReadApi:
                                  buckets=_SECONDS_BUCKETS, registry=registry)
 
     @classmethod
-    def from_settings(cls, settings: "Settings", registry: CollectorRegistry) -> "ReadApi":
-        reader = Reader.from_url(settings.redis_url, cluster=settings.redis_cluster,
-                                 keys=KeySpace(settings.key_prefix))
+    def from_settings(cls, settings: "Settings", registry: CollectorRegistry, *, asynchronous: bool = False
+                      ) -> "ReadApi":
+        """The API on the settings' Redis; ``asynchronous`` for `answer` on an event loop."""
+        reader_class = AsyncReader if asynchronous else Reader
+        reader = reader_class.from_url(settings.redis_url, cluster=settings.redis_cluster,
+                                       keys=KeySpace(settings.key_prefix))
         return cls(reader, registry, token=settings.api_token)
 
     def __call__(self, path: str, authorization: str | None) -> Reply:
         started = time.perf_counter()
         try:
-            reply = self._answer(path, authorization)
+            query = self._query(path, authorization)
+            reply = query if isinstance(query, Reply) else self._found(query, self._read_now(query.user_id))
         except Exception:  # noqa: BLE001  (a server thread must answer, and the failure be counted)
-            log.exception("read API: %s failed", path[:200])
-            reply = _error(500, "internal error (logged by the worker)")
+            reply = self._failed(path)
+        return self._counted(reply, started)
+
+    async def answer(self, path: str, authorization: str | None) -> Reply:
+        """`__call__` on an event loop, reading through an `AsyncReader`."""
+        started = time.perf_counter()
+        try:
+            query = self._query(path, authorization)
+            reply = query if isinstance(query, Reply) else self._found(query, await self._read_later(query.user_id))
+        except Exception:  # noqa: BLE001  (the server must answer, and the failure be counted)
+            reply = self._failed(path)
+        return self._counted(reply, started)
+
+    def _read_now(self, user_id: str) -> UserProfile | Exception | None:
+        try:
+            return self.reader.profile(user_id)
+        except _READ_ERRORS as exc:
+            return exc
+
+    async def _read_later(self, user_id: str) -> UserProfile | Exception | None:
+        try:
+            return await self.reader.profile(user_id)
+        except _READ_ERRORS as exc:
+            return exc
+
+    def _counted(self, reply: Reply, started: float) -> Reply:
         self.requests.labels(str(reply.status)).inc()
         self.seconds.observe(time.perf_counter() - started)
         return reply
 
-    def _answer(self, path: str, authorization: str | None) -> Reply:
+    @staticmethod
+    def _failed(path: str) -> Reply:
+        log.exception("read API: %s failed", path[:200])
+        return _error(500, "internal error (logged by the read API)")
+
+    def _query(self, path: str, authorization: str | None) -> _Query | Reply:
+        """The user to read, or the error reply for a request that cannot be answered."""
         refused = self._refusal(authorization)  # before anything else: strangers learn nothing, not even 404s
         if refused:
             return refused
@@ -104,7 +159,7 @@ class ReadApi:
         vectors = _BOOLEANS.get(parse_qs(url.query).get("vectors", ["false"])[-1])
         if vectors is None:
             return _error(400, "vectors must be true or false")
-        return self._user(user_id, vectors)
+        return _Query(user_id, vectors)
 
     def _refusal(self, authorization: str | None) -> Reply | None:
         if self._token is None:
@@ -119,17 +174,14 @@ class ReadApi:
                           (("WWW-Authenticate", 'Bearer realm="interest-updater", error="invalid_token"'),))
         return None
 
-    def _user(self, user_id: str, vectors: bool) -> Reply:
-        try:
-            stored = self.reader.profile(user_id)
-        except (RedisError, RedisClusterException) as exc:
-            return _error(503, f"Redis cannot be read now ({type(exc).__name__}); try again")
-        except LayoutMismatch as exc:
-            return _error(500, str(exc))
+    @staticmethod
+    def _found(query: _Query, stored: UserProfile | Exception | None) -> Reply:
+        if isinstance(stored, Exception):
+            return _read_failed(stored)
         if stored is None:
-            return _error(404, f"no recommendations for user {user_id!r}: the worker has not refreshed this "
+            return _error(404, f"no recommendations for user {query.user_id!r}: the worker has not refreshed this "
                                "user (no event applied yet, or they are under another --key-prefix)")
-        return Reply(200, orjson.dumps(user_answer(stored, vectors=vectors)))
+        return Reply(200, orjson.dumps(user_answer(stored, vectors=query.vectors)))
 
 
 def user_answer(user: UserProfile, *, vectors: bool = False) -> dict[str, Any]:

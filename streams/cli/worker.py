@@ -85,36 +85,45 @@ def worker(settings: Settings) -> int:
 
 
 def read_api(settings: Settings) -> int:
-    """``interest-updater read-api``: the read API alone, until SIGTERM or SIGINT."""
-    import signal
-    import threading
-
-    from prometheus_client import CollectorRegistry
-
-    from streams.metrics import Health, serve_http
-    from streams.read_api import ReadApi
-
+    """``interest-updater read-api``: the read API alone (`streams.read_server`), until SIGTERM or SIGINT."""
     if not settings.metrics_port:
         raise ConfigurationError("--metrics-port 0 (IU_METRICS_PORT): the read API needs a port to serve on")
     _check_redis(settings.redis_url, settings.redis_cluster)
+    return asyncio.run(_serve_reads(settings))
+
+
+async def _serve_reads(settings: Settings) -> int:
+    import signal
+
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import Health
+    from streams.read_api import ReadApi
+    from streams.read_server import ReadServer
+
     registry = CollectorRegistry()
     health = Health()
+    api = ReadApi.from_settings(settings, registry, asynchronous=True)
+    server = ReadServer(api, registry, health)
     try:
-        server = serve_http(settings.metrics_port, registry, health, ReadApi.from_settings(settings, registry))
+        await server.start(settings.metrics_port)
     except OSError as exc:
         raise ConfigurationError(f"--metrics-port {settings.metrics_port} (IU_METRICS_PORT): cannot serve the read "
                                  f"API there: {exc.strerror or exc}") from None
-    stop = threading.Event()
+    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     health.ready = True
     log.info("read API on http://127.0.0.1:%d/v1/users/USER_ID (also /metrics, /healthz, /readyz), redis %s%s",
              settings.metrics_port, redact_url(settings.redis_url),
              ", bearer token required" if settings.api_token else "")
-    while not stop.wait(1.0):
-        health.beat()
+    while not stop.is_set():
+        health.beat()  # from the loop that answers: /healthz fails when it stalls
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
     health.ready = False
-    server.shutdown()
+    await server.close()
+    await api.reader.close()
     log.info("read API stopped")
     return 0
 

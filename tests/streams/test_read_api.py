@@ -1,8 +1,14 @@
 """The read API over HTTP on a real Valkey (a single server and a Cluster): users written by the real
-pipeline and a real trained encoder, read back as their last recommendation event said."""
+pipeline and a real trained encoder, read back as their last recommendation event said. Every test
+runs on both servers: the worker's threads (`serve_http`) and the read-api process's event loop
+(`ReadServer`)."""
 
+import asyncio
+import contextlib
 import http.client
 import json
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,10 +20,11 @@ import pytest
 from prometheus_client import generate_latest
 from redis.asyncio.cluster import RedisCluster
 
-from state.reader import Reader
+from state.reader import AsyncReader, Reader
 from streams.metrics import Health, Metrics, serve_http
 from streams.pipeline import Pipeline, RawRecord
 from streams.read_api import ReadApi
+from streams.read_server import ReadServer
 from streams.refresh import Refresher
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "streams" / "schemas" / "user.schema.json").read_text())
@@ -35,25 +42,54 @@ def pipeline(store, synthetic_checkpoint, keeping_publisher):
     built.close()
 
 
-@pytest.fixture()
+@contextlib.contextmanager
+def threaded_server(url, cluster, keys, registry, token):
+    """The API as the worker serves it: `serve_http`'s threads, a synchronous `Reader`. Yields the port."""
+    reader = Reader.from_url(url, cluster=cluster, keys=keys)
+    server = serve_http(0, registry, Health(), ReadApi(reader, registry, token))
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        reader.close()
+
+
+@contextlib.contextmanager
+def event_loop_server(url, cluster, keys, registry, token):
+    """The API as ``read-api`` serves it: `ReadServer` and an `AsyncReader` on a loop in a thread. Yields the port."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="read-server", daemon=True)
+    thread.start()
+
+    def on_loop(coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=30)
+
+    api = ReadApi(AsyncReader.from_url(url, cluster=cluster, keys=keys), registry, token)
+    server = ReadServer(api, registry, Health())
+    try:
+        yield on_loop(server.start(0, "127.0.0.1"))
+    finally:
+        on_loop(server.close())
+        on_loop(api.reader.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+
+
+@pytest.fixture(params=["threads", "event-loop"])
 def serve(store, request):
     """Start the API over the store's Redis on a free port: ``serve(token)`` -> (base URL, Metrics)."""
     cluster = isinstance(store.client, RedisCluster)
     url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
-    started = []
+    server = threaded_server if request.param == "threads" else event_loop_server
+    with contextlib.ExitStack() as started:
+        def start(token=None):
+            metrics = Metrics()
+            port = started.enter_context(server(url, cluster, store.keys, metrics.registry, token))
+            return f"http://127.0.0.1:{port}", metrics
 
-    def start(token=None):
-        metrics = Metrics()
-        reader = Reader.from_url(url, cluster=cluster, keys=store.keys)
-        server = serve_http(0, metrics.registry, Health(), ReadApi(reader, metrics.registry, token))
-        started.append((server, reader))
-        return f"http://127.0.0.1:{server.server_address[1]}", metrics
-
-    yield start
-    for server, reader in started:
-        server.shutdown()
-        server.server_close()
-        reader.close()
+        yield start
 
 
 def get(url, token=None):
@@ -181,6 +217,16 @@ def test_redis_out_of_reach_is_a_503_not_a_dropped_connection():
     status, body, _ = api("/v1/users/u1", None)
     assert status == 503 and "Redis" in orjson.loads(body)["error"]
 
+    async def on_a_loop():
+        api = ReadApi(AsyncReader.from_url("redis://127.0.0.1:1/0"), Metrics().registry)
+        try:
+            return await api.answer("/v1/users/u1", None)
+        finally:
+            await api.reader.close()
+
+    status, body, _ = asyncio.run(on_a_loop())
+    assert status == 503 and "Redis" in orjson.loads(body)["error"]
+
 
 def test_the_token_setting_is_a_secret_and_an_empty_one_is_refused():
     import argparse
@@ -229,3 +275,83 @@ def test_the_read_api_runs_as_a_process_of_its_own_and_stops_on_sigterm(pipeline
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     assert "read API stopped" in (tmp_path / "read-api.log").read_text()
+
+
+@pytest.fixture()
+def loop_port(redis_url):
+    """The port of a `ReadServer` (the read-api process's server) on the single Valkey."""
+    with event_loop_server(redis_url, False, Reader.from_url(redis_url).keys, Metrics().registry, None) as port:
+        yield port
+
+
+def exchange(port, data, answers):
+    """Send ``data`` on a new connection and end it; the answers read back as (status, headers, body), one
+    for each flag in ``answers`` (True: a HEAD request's, no body), and whether the server then closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        stream = sock.makefile("rb")
+        read = []
+        for head_only in answers:
+            status = int(stream.readline().split()[1])
+            headers = {}
+            while (line := stream.readline().decode("latin-1").strip()):
+                name, _, value = line.partition(":")
+                headers[name.lower()] = value.strip()
+            body = b"" if head_only else stream.read(int(headers["content-length"]))
+            read.append((status, headers, body))
+        closed = stream.read(1) == b""  # blocks until the server closes (or the 10 s timeout fails the test)
+        return read, closed
+
+
+def test_the_event_loop_server_answers_pipelined_requests_in_order(loop_port):
+    requests = (b"GET /v1/users/nobody HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /v1/users/x%20y HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    (missing, head, bad, metrics), closed = exchange(loop_port, requests, (False, True, False, False))
+    assert missing[0] == 404 and "'nobody'" in orjson.loads(missing[2])["error"]
+    assert head[0] == 200 and head[1]["content-length"] == "3" and head[2] == b""  # HEAD: the length, no body
+    assert bad[0] == 400 and "user id must be" in orjson.loads(bad[2])["error"]
+    assert metrics[0] == 200 and b"iu_api_requests_total" in metrics[2] and metrics[1]["connection"] == "close"
+    assert closed and all("date" in headers for _, headers, _ in (missing, head, bad, metrics))
+
+
+def test_http_10_keeps_the_connection_only_when_asked(loop_port):
+    (answer,), closed = exchange(loop_port, b"GET /healthz HTTP/1.0\r\n\r\n", (False,))
+    assert answer[0] == 200 and answer[2] == b"ok\n" and closed
+    asked = b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /readyz HTTP/1.0\r\n\r\n"
+    (first, second), closed = exchange(loop_port, asked, (False, False))
+    assert first[1]["connection"] == "keep-alive" and second[0] == 503 and closed  # not ready: a bare Health
+
+
+@pytest.mark.parametrize("request_bytes, status, reason", [
+    (b"POST /v1/users/u1 HTTP/1.1\r\nHost: t\r\n\r\n", 405, "GET and HEAD"),
+    (b"GET /v1/users/u1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400, "without one"),
+    (b"GET /v1/users/u1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "without one"),
+    (b"hello there\r\n\r\n", 400, "malformed request line"),
+    (b"GET /v1/users/u1 HTTP/2.0\r\n\r\n", 400, "malformed request line"),
+    (b"GET /v1/users/u1 HTTP/1.1\r\nno colon here\r\n\r\n", 400, "malformed header line"),
+    (b"GET /v1/users/u1 HTTP/1.1\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n", 431, "over 16384 bytes"),
+])
+def test_what_the_event_loop_server_does_not_take_gets_a_status_and_the_connection_closed(
+        loop_port, request_bytes, status, reason):
+    (answer,), closed = exchange(loop_port, request_bytes, (False,))
+    assert answer[0] == status and reason in answer[2].decode() and answer[1]["connection"] == "close" and closed
+    if status == 405:
+        assert answer[1]["allow"] == "GET, HEAD"
+
+
+def test_the_read_api_process_names_the_port_it_cannot_serve_on(redis_url):
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "streams", "read-api", "--redis", redis_url,
+                                 "--metrics-port", str(port)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"interest-updater: error: --metrics-port {port} (IU_METRICS_PORT): cannot serve the read API" \
+        in result.stderr
