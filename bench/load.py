@@ -44,7 +44,13 @@ port) for random ones of those users at about N requests/s
 requests/s, p50 and p99 (wrk's and the server's own) beside the step's
 freshness. --read-from process asks an `interest-updater read-api` process
 instead (same Redis, its own port), so reads do not share the worker's
-interpreter.
+interpreter. --worker-nice N lowers the worker's CPU priority (its nice
+value), as an operator sharing cores between the worker and the serving path
+(Redis, the read API) would: the worker then waits for them, not they for it.
+--serving-nice N sets the nice value of the embedded Redis and the read-api
+process instead (below 0 it needs root or CAP_SYS_NICE): the serving path
+first, before the worker, the producer, the broker and wrk, as cores of its
+own would give it.
 """
 
 from __future__ import annotations
@@ -360,6 +366,8 @@ def servers(args) -> Iterator[tuple[str, str]]:
         yield args.broker, args.redis
         return
     with embedded_stack() as stack:
+        if not args.redis:
+            _renice(stack.redis.process.pid, args.serving_nice)
         yield args.broker or stack.broker_url, args.redis or stack.redis_url
 
 
@@ -386,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read-from", choices=("worker", "process"), default="worker",
                         help="with --read-rate: the worker's port, or a read-api process of its own "
                              "[default: worker]")
+    parser.add_argument("--worker-nice", type=int, default=0, choices=range(0, 20), metavar="N",
+                        help="the worker's nice value, 0-19: a lower CPU priority than Redis and the read API "
+                             "[default: 0, as started]")
+    parser.add_argument("--serving-nice", type=int, default=0, choices=range(-20, 20), metavar="N",
+                        help="the nice value of the embedded Redis and the read-api process, -20-19 (below 0: "
+                             "root or CAP_SYS_NICE) [default: 0, as started]")
     parser.add_argument("--read-users", type=int, default=5000,
                         help="with --read-rate: events sent first, whose users are read [default: 5000]")
     parser.add_argument("--batch-max", type=int, default=None, help="worker --batch-max [default: the worker's]")
@@ -400,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rate must be positive (--find-capacity includes a burst)")
     if args.read_rate is not None and (args.rate is None or args.find_capacity or args.read_rate <= 0):
         parser.error("--read-rate takes a positive rate, with --rate (not --find-capacity)")
+    if args.serving_nice and (args.redis or args.read_from != "process"):
+        parser.error("--serving-nice takes the embedded Redis (no --redis) and --read-from process")
+    if args.serving_nice < 0 and not _may_raise_priority():
+        parser.error(f"--serving-nice {args.serving_nice}: a nice value below 0 needs root or CAP_SYS_NICE")
 
     with tempfile.TemporaryDirectory(prefix="iu-load-") as tmp, servers(args) as (broker, redis_url):
         workdir = Path(tmp)
@@ -414,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(broker, [settings.topic_clicks, settings.topic_texts, settings.topic_recs, settings.topic_dead],
                       settings.partitions)
         with worker_process(settings, workdir / "worker.log") as worker:
+            _renice(worker.pid, args.worker_nice)  # before its threads start: they inherit it
             wait_ready(settings.metrics_port, timeout=600)
+            _renice(worker.pid, args.worker_nice)  # and any a thread started before the first call
             run = Run(settings, worker, traffic)
             try:
                 warm = run.step("warm-up", 200, 200)  # models loaded, group joined, first shapes compiled
@@ -429,6 +449,22 @@ def main(argv: list[str] | None = None) -> int:
         "capacity_events_per_s", "p99_ms_at_capacity", "p99_ms_at_150", "burst_events_per_s", "bytes_per_user"))
           + f" users={traffic.users} items={traffic.items}")
     return 0
+
+
+def _may_raise_priority() -> bool:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -1)
+    except PermissionError:
+        return False
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
+    return True
+
+
+def _renice(pid: int, nice: int) -> None:
+    """Set the nice value of every thread of ``pid`` (Linux keeps one a thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
 
 def _traffic_and_model(args, workdir: Path):
@@ -503,23 +539,14 @@ def _step_with_reads(run: Run, args) -> Step:
 @contextlib.contextmanager
 def _read_server(run: Run, args, folder: Path) -> Iterator[str]:
     """The base URL to read from: the worker's port, or a read-api process started for the step."""
+    from read_api_bench import read_api_process
+
     if args.read_from == "worker":
         yield f"http://127.0.0.1:{run.settings.metrics_port}"
         return
-    import signal
-    import subprocess
-
-    port = free_port()
-    argv = [sys.executable, "-m", "streams", "read-api", "--redis", run.settings.redis_url,
-            "--key-prefix", run.settings.key_prefix, "--metrics-port", str(port)]
-    with open(folder / "read-api.log", "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(port, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    with read_api_process(run.settings.redis_url, run.settings.key_prefix, folder / "read-api.log",
+                          nice=args.serving_nice) as base:
+        yield base
 
 
 def _fmt(value) -> str:

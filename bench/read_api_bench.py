@@ -2,24 +2,29 @@
 
 Starts Valkey (`streams.embedded.start_redis`), writes --users profiles
 through the real `state.Store` (the worker's write script: d=64 vectors, 10
-items, categories, next action), serves the API the way a worker does
+items, categories, next action), serves the API and runs wrk (``apt-get
+install wrk``) for --seconds with --connections connections, each request for
+a random one of the users. --server worker serves it the way a worker does
 (`streams.metrics.serve_http` with `streams.read_api.ReadApi`, in this
-process's threads) and runs wrk (``apt-get install wrk``) for --seconds with
---connections connections, each request for a random one of the users. Plain
-wrk cannot hold a fixed rate (wrk2 is not in Debian): the figures are the
-most the server answers at that concurrency, with wrk's latency distribution
-(p50, p99) and the server's own (``iu_api_seconds``, bucket-interpolated).
-Prints one summary line.
+process's threads); --server read-api starts an ``interest-updater read-api``
+process (`streams.read_server`, one event loop); both (the default) runs one
+after the other. Plain wrk cannot hold a fixed rate (wrk2 is not in Debian):
+the figures are the most the server answers at that concurrency, with wrk's
+latency distribution (p50, p99) and the server's own (``iu_api_seconds``,
+bucket-interpolated). Prints one summary line a server.
 
-    python bench/read_api_bench.py                         # 10,000 users, 2 connections, 20 s
-    python bench/read_api_bench.py --connections 8 --vectors
+    python bench/read_api_bench.py                         # 10,000 users, 2 connections, 20 s, both servers
+    python bench/read_api_bench.py --connections 8 --vectors --server read-api
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -27,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -37,8 +43,8 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from state import Profile, Store  # noqa: E402
 from state.layout import id_hash  # noqa: E402
 from state.reader import Reader  # noqa: E402
-from streams.embedded import start_redis  # noqa: E402
-from streams.harness import histogram_quantile, scrape  # noqa: E402
+from streams.embedded import free_port, start_redis  # noqa: E402
+from streams.harness import histogram_quantile, scrape, since, wait_ready  # noqa: E402
 from streams.metrics import Health, serve_http  # noqa: E402
 from streams.read_api import ReadApi  # noqa: E402
 
@@ -73,7 +79,7 @@ function request()
   return wrk.format("GET", "/v1/users/" .. users[math.random(1, #users)] .. query)
 end
 """
-PACED_CONNECTIONS = 16
+PACED_CONNECTIONS = 32
 
 
 def profile(user: int, rng: np.random.Generator) -> Profile:
@@ -98,6 +104,36 @@ async def write_users(url: str, users: int) -> None:
         await store.close()
 
 
+@contextlib.contextmanager
+def worker_server(url: str) -> Iterator[str]:
+    """The base URL of the API served as a worker serves it: `serve_http`'s threads, in this process."""
+    registry = CollectorRegistry()
+    server = serve_http(0, registry, Health(), ReadApi(Reader.from_url(url), registry))
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def read_api_process(url: str, key_prefix: str | None, log_path: Path, nice: int = 0) -> Iterator[str]:
+    """The base URL of an ``interest-updater read-api`` process on ``url`` at nice value ``nice``, stopped
+    (SIGTERM) on leaving."""
+    port = free_port()
+    argv = [sys.executable, "-m", "streams", "read-api", "--redis", url, "--metrics-port", str(port)]
+    argv += ["--key-prefix", key_prefix] if key_prefix else []
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=(lambda: os.setpriority(os.PRIO_PROCESS, 0, nice)) if nice else None)
+    try:
+        wait_ready(port, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
 def run_wrk(base: str, users: int, query: str, connections: int, seconds: int, folder: Path) -> str:
     script = folder / "users.lua"
     script.write_text(WRK_SCRIPT)
@@ -111,14 +147,14 @@ def paced_wrk(base: str, user_ids: list[str], rate: float, seconds: int, folder:
     """wrk asking for random ones of ``user_ids`` at about ``rate`` requests/s, started (read its stdout).
 
     Each of PACED_CONNECTIONS connections waits its share of the interval
-    before each request (wrk's ``delay()``), less a millisecond for the
-    answer: plain wrk has no fixed-rate mode, and an answer slower than the
-    pause lowers the rate rather than queueing (compare the rate it reports).
+    before each request (wrk's ``delay()``), less three milliseconds for the
+    answer: plain wrk has no fixed-rate mode, and an answer slower than that
+    lowers the rate rather than queueing (compare the rate it reports).
     """
     (folder / "users.txt").write_text("\n".join(user_ids) + "\n")
     script = folder / "paced.lua"
     script.write_text(PACED_SCRIPT)
-    pause = max(0, round(PACED_CONNECTIONS * 1000 / rate) - 1)
+    pause = max(0, round(PACED_CONNECTIONS * 1000 / rate) - 3)
     argv = ["wrk", "-t2", f"-c{PACED_CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), base,
             "--", str(folder / "users.txt"), "", str(pause)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -149,33 +185,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=2, help="wrk connections [default: 2]")
     parser.add_argument("--seconds", type=int, default=20, help="wrk duration [default: 20]")
     parser.add_argument("--vectors", action="store_true", help="ask for ?vectors=true (three 64-d vectors more)")
+    parser.add_argument("--server", choices=("worker", "read-api", "both"), default="both",
+                        help="the worker's threaded server, a read-api process, or one after the other "
+                             "[default: both]")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         parser.error("wrk is not installed (apt-get install -y wrk)")
 
+    servers = ("worker", "read-api") if args.server == "both" else (args.server,)
+    query = "?vectors=true" if args.vectors else ""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         redis = start_redis(folder)
         try:
             url = f"redis://127.0.0.1:{redis.port}/0"
             asyncio.run(write_users(url, args.users))
-            registry = CollectorRegistry()
-            server = serve_http(0, registry, Health(), ReadApi(Reader.from_url(url), registry))
-            base = f"http://127.0.0.1:{server.server_address[1]}"
-            query = "?vectors=true" if args.vectors else ""
-            with urllib.request.urlopen(f"{base}/v1/users/u0{query}", timeout=5) as check:  # raises unless 200
-                size = len(check.read())
-            wrk = summary(run_wrk(base, args.users, query, args.connections, args.seconds, folder))
-            served = scrape(f"{base}/metrics")
-            server.shutdown()
+            for name in servers:
+                serving = worker_server(url) if name == "worker" else read_api_process(url, None, folder / "api.log")
+                with serving as base:
+                    print(_measure(name, base, query, args, folder), flush=True)
         finally:
             redis.stop()
-    print(f"read API{' with vectors' if args.vectors else ''}: {args.users} users, {args.connections} connections, "
-          f"{args.seconds} s: {wrk['rps']:.0f} requests/s, p50 {wrk['p50']:.2f} ms, p99 {wrk['p99']:.2f} ms "
-          f"(wrk); server side p50 {1000 * histogram_quantile(served, 'iu_api_seconds', 0.5):.2f} ms, "
-          f"p99 {1000 * histogram_quantile(served, 'iu_api_seconds', 0.99):.2f} ms; {wrk['requests']} requests, "
-          f"{wrk['failed']} failed; {size} bytes an answer")
     return 0
+
+
+def _measure(name: str, base: str, query: str, args, folder: Path) -> str:
+    with urllib.request.urlopen(f"{base}/v1/users/u0{query}", timeout=5) as check:  # raises unless 200
+        size = len(check.read())
+    before = scrape(f"{base}/metrics")
+    wrk = summary(run_wrk(base, args.users, query, args.connections, args.seconds, folder))
+    served = since(scrape(f"{base}/metrics"), before)
+    p50, p99 = (1000 * histogram_quantile(served, "iu_api_seconds", q) for q in (0.5, 0.99))
+    return (f"read API ({name}){' with vectors' if args.vectors else ''}: {args.users} users, "
+            f"{args.connections} connections, {args.seconds} s: {wrk['rps']:.0f} requests/s, p50 {wrk['p50']:.2f} ms, "
+            f"p99 {wrk['p99']:.2f} ms (wrk); server side p50 {p50:.2f} ms, p99 {p99:.2f} ms; {wrk['requests']} "
+            f"requests, {wrk['failed']} failed; {size} bytes an answer")
 
 
 if __name__ == "__main__":
