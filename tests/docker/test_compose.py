@@ -22,7 +22,7 @@ from streams.metrics import Metrics
 from streams.settings import ENV_PREFIX, Settings
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
-SERVICES = {"kafka", "redis", "topics", "worker", "prometheus", "grafana"}
+SERVICES = {"kafka", "redis", "topics", "worker", "read-api", "prometheus", "grafana"}
 
 
 def _load(relative: str):
@@ -34,12 +34,16 @@ def compose() -> dict:
     return _load("compose.yaml")
 
 
-@pytest.fixture(scope="module")
-def worker_env(compose) -> dict[str, str]:
-    env = compose["services"]["worker"].get("environment", {})
+def _env(compose, service: str) -> dict[str, str]:
+    env = compose["services"][service].get("environment", {})
     if isinstance(env, list):  # the "KEY=value" list form
         env = dict(item.split("=", 1) for item in env)
     return {key: str(value) for key, value in env.items()}
+
+
+@pytest.fixture(scope="module")
+def worker_env(compose) -> dict[str, str]:
+    return _env(compose, "worker")
 
 
 def _settings_env_names() -> set[str]:
@@ -98,16 +102,27 @@ def test_checkpoint_mounted_read_only(compose, worker_env):
     assert worker_env["IU_CHECKPOINT"].startswith("/models/")
 
 
-def test_metrics_port_agrees(worker_env):
+def test_metrics_port_agrees(compose, worker_env):
     port = int(worker_env.get("IU_METRICS_PORT", Settings.metrics_port))
     prometheus = _load("prometheus/prometheus.yml")
     dns = [sd for job in prometheus["scrape_configs"] for sd in job.get("dns_sd_configs", [])]
-    assert dns, "prometheus.yml has no dns_sd_configs"
+    assert sorted(name for sd in dns for name in sd["names"]) == ["read-api", "worker"]
     for sd in dns:
-        assert sd["names"] == ["worker"]
+        service_port = int(_env(compose, sd["names"][0]).get("IU_METRICS_PORT", Settings.metrics_port))
         assert sd.get("type", "SRV") == "A"
-        assert int(sd["port"]) == port
+        assert int(sd["port"]) == service_port
     assert re.search(rf"^EXPOSE\s+{port}\b", (DOCKER / "Dockerfile").read_text(), re.M)
+
+
+def test_the_read_api_reads_what_the_workers_write(compose, worker_env):
+    service = compose["services"]["read-api"]
+    env = _env(compose, "read-api")
+    assert service["command"] == ["read-api"] and service["image"] == compose["services"]["worker"]["image"]
+    assert set(env) <= _settings_env_names(), f"not settings: {sorted(set(env) - _settings_env_names())}"
+    for shared in ("IU_REDIS_URL", "IU_KEY_PREFIX", "IU_REDIS_CLUSTER"):
+        assert env.get(shared) == worker_env.get(shared), shared
+    host_port, container_port = service["ports"][0].split(":")
+    assert int(container_port) == int(env["IU_METRICS_PORT"]) and int(host_port) == 8080
 
 
 def test_topics_job_creates_the_worker_topics(compose, worker_env):
