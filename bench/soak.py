@@ -31,6 +31,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders.data import Dataset, load_dataset  # noqa: E402
+from state.layout import decode_texts  # noqa: E402
 from streams.cli.replay import replay_events  # noqa: E402
 from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
@@ -81,7 +82,8 @@ def redis_used_mb(url: str) -> float:
 
 
 def key_memory(url: str, prefix: str) -> dict[str, float]:
-    """MiB held by each kind of per-user key (MEMORY USAGE summed over every user), and texts kept per user."""
+    """MiB held by each kind of per-user key (MEMORY USAGE summed over every user), and the text event ids
+    kept per user (the ring of a ``texts`` value, bounded by --max-texts; `state.layout`)."""
     import redis
 
     client = redis.Redis.from_url(url)
@@ -92,10 +94,7 @@ def key_memory(url: str, prefix: str) -> dict[str, float]:
             pipe.memory_usage(key, samples=0)
         sizes = pipe.execute()
         texts = [k for k in keys if k.endswith(b":texts")]
-        pipe = client.pipeline(transaction=False)
-        for key in texts:
-            pipe.zcard(key)
-        counts = pipe.execute()
+        counts = [decode_texts(blob).ids_kept for blob in (client.mget(texts) if texts else []) if blob]
     finally:
         client.close()
     out = {f"{kind}_mb": 0.0 for kind in KINDS}
@@ -161,17 +160,19 @@ def verdict(rows: list[dict], key: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/ml-latest-small")
-    parser.add_argument("--rate", type=float, default=100.0, help="events per second")
-    parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--every", type=float, default=15.0, help="seconds between samples")
+    parser.add_argument("--data", default="../shared/data/ml-latest-small",
+                        help="event log replayed in laps [default: ../shared/data/ml-latest-small]")
+    parser.add_argument("--rate", type=float, default=100.0, help="events per second [default: 100]")
+    parser.add_argument("--minutes", type=float, default=30.0, help="length of the soak [default: 30]")
+    parser.add_argument("--every", type=float, default=15.0, help="seconds between samples [default: 15]")
     parser.add_argument("--max-history", type=int, default=100,
-                        help="the worker's --max-history; only users with this many clicks are sent")
+                        help="the worker's --max-history; only users with this many clicks are sent [default: 100]")
     parser.add_argument("--max-texts", type=int, default=32,
                         help="the worker's --max-texts: text events kept per user (the data's tags fill it "
-                             "about 1.5 per user a lap, so a small value shows the text lists at their bound)")
-    parser.add_argument("--checkpoint", default=None, help="model to use (default: train a small one)")
-    parser.add_argument("--out", default="runs/soak", help="folder for soak.csv and soak.png")
+                             "about 1.5 per user a lap, so a small value shows the text lists at their bound) "
+                             "[default: 32]")
+    parser.add_argument("--checkpoint", default=None, help="model to use [default: train a small one]")
+    parser.add_argument("--out", default="runs/soak", help="folder for soak.csv and soak.png [default: runs/soak]")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -234,8 +235,9 @@ def main() -> int:
     last = rows[-1]
     print("per user at the end: " + ", ".join(f"{k} {1024 * last[f'{k}_mb'] / users:.1f} KiB" for k in KINDS)
           + f"; {last['texts_per_user']} texts kept per user")
-    print(f"lag: max {max(r['lag'] for r in rows):.0f}; freshness p50 median {median(r['fresh_p50_ms'] for r in rows)} ms, "
-          f"p99 median {median(r['fresh_p99_ms'] for r in rows)} ms; laps {lap}; plot {out / 'soak.png'}")
+    print(f"lag: max {max(r['lag'] for r in rows):.0f}; freshness p50 median "
+          f"{median(r['fresh_p50_ms'] for r in rows)} ms, p99 median {median(r['fresh_p99_ms'] for r in rows)} ms; "
+          f"laps {lap}; plot {out / 'soak.png'}")
     return 0
 
 

@@ -160,6 +160,7 @@ class TextState:
     newest_ts: int
     mean: np.ndarray | None  # float32 [dim], None when no embedding was ever folded in
     folded: int = 0
+    ids_kept: int = 0  # text event ids kept for duplicates (the last --max-texts)
 
 
 def pack_embedding(vector: np.ndarray) -> bytes:
@@ -171,12 +172,12 @@ def decode_texts(blob: bytes | None) -> TextState | None:
     if not blob:
         return None
     _check_layout(blob, "texts")
-    _, dim, count, folded, ts_low, ts_high, _ = _TEXT_HEADER.unpack_from(blob)
+    _, dim, count, folded, ts_low, ts_high, ring = _TEXT_HEADER.unpack_from(blob)
     mean = None
     if dim and folded:
         start = _TEXT_HEADER.size
         mean = np.frombuffer(blob, dtype="<i2", count=dim, offset=start).astype(np.float32) / TEXT_SCALE
-    return TextState(count, ts_low | ts_high << 32, mean, folded)
+    return TextState(count, ts_low | ts_high << 32, mean, folded, ring)
 
 
 @dataclass(frozen=True)

@@ -85,10 +85,12 @@ def test_clicks_and_texts_fence_separately_and_texts_fold_into_a_running_mean(st
     assert result.outcomes == ["applied"] * 3
     (user,) = result.users
     assert len(user.clicks) == 1 and user.texts.count == 2 and user.texts.newest_ts == 1600
+    assert user.texts.ids_kept == 2  # the ids duplicates are found by
     np.testing.assert_allclose(user.texts.mean, vectors[:2].mean(0), atol=1e-4)
     again = run(store.apply([text(1, "t1", 1600), text(2, "t1", 1700), text(3, "t3", 1800), text(4, "t4", 1900)]))
     assert again.outcomes == ["replay", "duplicate", "applied", "applied"]
     np.testing.assert_allclose(again.users[0].texts.mean, vectors[[0, 1, 3, 4]].mean(0), atol=1e-4)
+    assert again.users[0].texts.ids_kept == 4
     assert run(store.meta("u1"))["applied:t"] == 4 and run(store.meta("u1"))["fence:texts:3"] == 4
 
 
