@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import logging
 import time
 from http import HTTPStatus
 from typing import NamedTuple
@@ -31,8 +30,6 @@ from streams.metrics import Health, ops_answer, ops_hint
 from streams.read_api import ReadApi
 
 __all__ = ["ReadServer"]
-
-log = logging.getLogger("interest_updater.read_api")
 
 MAX_HEAD_BYTES = 16 * 1024
 IDLE_SECONDS = 60.0
