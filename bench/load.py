@@ -452,11 +452,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _may_raise_priority() -> bool:
+    """Whether this process may lower a nice value (try it on itself, then put it back)."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, -1)
+        os.setpriority(os.PRIO_PROCESS, 0, current - 1)
     except PermissionError:
         return False
-    os.setpriority(os.PRIO_PROCESS, 0, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, current)
     return True
 
 
