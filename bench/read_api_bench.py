@@ -108,12 +108,14 @@ async def write_users(url: str, users: int) -> None:
 def worker_server(url: str) -> Iterator[str]:
     """The base URL of the API served as a worker serves it: `serve_http`'s threads, in this process."""
     registry = CollectorRegistry()
-    server = serve_http(0, registry, Health(), ReadApi(Reader.from_url(url), registry))
+    reader = Reader.from_url(url)
+    server = serve_http(0, registry, Health(), ReadApi(reader, registry))
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+        reader.close()
 
 
 @contextlib.contextmanager

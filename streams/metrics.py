@@ -9,13 +9,13 @@ from typing import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics", "Health", "serve_http", "ops_answer", "ops_hint"]
+__all__ = ["Metrics", "Health", "serve_http", "ops_answer", "ops_hint", "TEXT_PLAIN"]
 
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _FRESHNESS_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 300)
 _DRIFT_BUCKETS = (0.0001, 0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2)
-_TEXT = "text/plain; charset=utf-8"
+TEXT_PLAIN = "text/plain; charset=utf-8"
 # The read API (`streams.read_api.ReadApi`): (path, Authorization header) -> (status, JSON body, extra headers).
 ReadHandler = Callable[[str, str | None], tuple[int, bytes, Iterable[tuple[str, str]]]]
 
@@ -119,10 +119,10 @@ def ops_answer(path: str, registry: CollectorRegistry, health: Health, hint: str
     if path.startswith("/metrics"):
         return 200, generate_latest(registry), CONTENT_TYPE_LATEST
     if path == "/healthz":
-        return (200, b"ok\n", _TEXT) if health.alive else (503, b"event loop stalled\n", _TEXT)
+        return (200, b"ok\n", TEXT_PLAIN) if health.alive else (503, b"event loop stalled\n", TEXT_PLAIN)
     if path == "/readyz":
-        return (200, b"ready\n", _TEXT) if health.ready else (503, b"not ready\n", _TEXT)
-    return 404, hint.encode(), _TEXT
+        return (200, b"ready\n", TEXT_PLAIN) if health.ready else (503, b"not ready\n", TEXT_PLAIN)
+    return 404, hint.encode(), TEXT_PLAIN
 
 
 def ops_hint(read_api: bool) -> str:
@@ -158,7 +158,7 @@ def serve_http(port: int, registry: CollectorRegistry, health: Health,
             else:
                 self._reply(*ops_answer(self.path, registry, health, hint))
 
-        def _reply(self, status: int, body: bytes, content_type: str = _TEXT,
+        def _reply(self, status: int, body: bytes, content_type: str = TEXT_PLAIN,
                    headers: Iterable[tuple[str, str]] = ()) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)

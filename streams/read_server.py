@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry
 
-from streams.metrics import Health, ops_answer, ops_hint
+from streams.metrics import TEXT_PLAIN, Health, ops_answer, ops_hint
 from streams.read_api import ReadApi
 
 __all__ = ["ReadServer"]
@@ -101,8 +101,7 @@ class ReadServer:
         except _Refused as refused:
             body = (refused.args[0] + "\n").encode()
             headers = (*refused.headers, ("Connection", "close"))
-            writer.write(_head(refused.status, len(body), "text/plain; charset=utf-8", headers, self._http_date())
-                         + body)
+            writer.write(_head(refused.status, len(body), TEXT_PLAIN, headers, self._http_date()) + body)
             await _linger(reader, writer)
         except ConnectionError:
             pass  # the client went away mid-answer

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import generate_latest
 from redis.asyncio.cluster import RedisCluster
 
+from state.keys import KeySpace
 from state.reader import AsyncReader, Reader
 from streams.metrics import Health, Metrics, serve_http
 from streams.pipeline import Pipeline, RawRecord
@@ -280,7 +281,7 @@ def test_the_read_api_runs_as_a_process_of_its_own_and_stops_on_sigterm(pipeline
 @pytest.fixture()
 def loop_port(redis_url):
     """The port of a `ReadServer` (the read-api process's server) on the single Valkey."""
-    with event_loop_server(redis_url, False, Reader.from_url(redis_url).keys, Metrics().registry, None) as port:
+    with event_loop_server(redis_url, False, KeySpace(), Metrics().registry, None) as port:
         yield port
 
 
