@@ -74,7 +74,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
 from streams.harness import (  # noqa: E402
-    histogram_quantile, scrape, since, total, wait_ready, wait_until_applied, wait_until_idle, worker_process)
+    cpu_seconds, histogram_quantile, rss_mib, scrape, since, total, wait_ready, wait_until_applied, wait_until_idle,
+    worker_process)
 from streams.settings import Settings  # noqa: E402
 
 P99_LIMIT_MS = 500.0
@@ -235,7 +236,7 @@ class Run:
     def step(self, label: str, rate: float, n_events: int) -> Step:
         events = self.traffic.events(n_events, self.settings.topic_clicks, self.settings.topic_texts)
         self.users.update(e.key for e in events)
-        before, cpu_before = scrape(self.metrics_url), _cpu_seconds(self.worker.pid)
+        before, cpu_before = scrape(self.metrics_url), cpu_seconds(self.worker.pid)
         started = time.monotonic()
         ends = self.producer.send_all(events, rate=rate)
         sent_at = time.monotonic()
@@ -244,7 +245,7 @@ class Run:
         done = time.monotonic()
         wait_until_idle(self.settings.metrics_port, timeout=60)  # the last batch's recommendations published
         samples = since(scrape(self.metrics_url), before)
-        cpu = (_cpu_seconds(self.worker.pid) - cpu_before) / max(done - started, 1e-9)
+        cpu = (cpu_seconds(self.worker.pid) - cpu_before) / max(done - started, 1e-9)
         applied = total(samples, "iu_events_total", outcome="applied")
         quantile = (lambda q: None if (v := histogram_quantile(samples, "iu_freshness_seconds", q)) is None
                     else 1000 * v)
@@ -252,23 +253,11 @@ class Run:
         texts = total(samples, "iu_text_cache_total")
         hits = total(samples, "iu_text_cache_total", outcome="hit") / texts if texts else None
         return Step(label, len(events) / max(sent_at - started, 1e-9), applied / max(done - started, 1e-9),
-                    quantile(0.5), quantile(0.99), lag, done - sent_at, cpu, _rss_mib(self.worker.pid),
+                    quantile(0.5), quantile(0.99), lag, done - sent_at, cpu, rss_mib(self.worker.pid),
                     memory / 2**20, per_user, hits)
 
     def close(self) -> None:
         self.producer.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def _redis_memory(settings: Settings, sample: int = 200) -> tuple[float, float]:

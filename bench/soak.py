@@ -1,17 +1,19 @@
 """Soak: the real pipeline at a steady rate for a long time; does memory level off?
 
-Starts the embedded stack (Tansu + Valkey) and one worker process, then sends
+Starts the embedded stack (Tansu + Valkey, or Apache Kafka + Valkey with
+--broker kafka) and one worker process, then sends
 a dataset's clicks and texts round and round at --rate events/s for
 --minutes. Each lap re-sends the same users' events with new event ids and
 the current time. Only users with at least --max-history clicks are sent, so
 every history reaches its bound within the first lap and the number of users
 stays fixed: after that, a steady state in which nothing should grow.
 Every --every seconds it records the worker's RSS, Redis's used memory and
-the memory of each kind of per-user key (MEMORY USAGE over every user: click
+the broker's RSS, the memory of each kind of per-user key (MEMORY USAGE over every user: click
 histories, text histories, profiles, meta), the texts kept per user, the
-consumer lag and the freshness p50/p99 of that interval, and at the end
-writes a CSV, a PNG with the four series and a one-line verdict comparing
-the memory of the last third of the run with the middle third.
+consumer lag, the freshness p50/p99 of that interval and the share of a core
+that the worker and the broker used in it, and at the end writes a CSV, a
+PNG with five panels and a one-line verdict comparing the memory of the
+last third of the run with the middle third.
 
     python bench/soak.py --data ../shared/data/ml-latest-small --rate 100 --minutes 30 --out runs/soak
 """
@@ -34,14 +36,15 @@ from encoders.data import Dataset, load_dataset  # noqa: E402
 from state.layout import decode_texts  # noqa: E402
 from streams.cli.replay import replay_events  # noqa: E402
 from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
+from streams.apache_kafka import start_kafka  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
-from streams.harness import histogram_quantile, scrape, since, total  # noqa: E402
+from streams.harness import cpu_seconds, histogram_quantile, rss_mib, scrape, since, total  # noqa: E402
 from streams.harness import wait_ready, wait_until_applied, worker_process  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 KINDS = ("clicks", "texts", "profile", "meta")  # per-user key groups whose memory is accounted
 FIELDS = ("minute", "worker_rss_mb", "redis_used_mb", *(f"{k}_mb" for k in KINDS), "texts_per_user",
-          "lag", "fresh_p50_ms", "fresh_p99_ms", "applied")
+          "lag", "fresh_p50_ms", "fresh_p99_ms", "applied", "worker_cpu_pct", "broker_cpu_pct", "broker_rss_mb")
 
 
 def lap_events(base: list[OutgoingEvent], lap: int) -> list[OutgoingEvent]:
@@ -64,11 +67,18 @@ def stamp_now(events: list[OutgoingEvent]) -> list[OutgoingEvent]:
     return stamped
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+class Cpu:
+    """Share of one core that the worker and the broker each used since the previous sample, in %."""
+
+    def __init__(self, worker_pid: int, broker_pid: int) -> None:
+        self.pids = {"worker_cpu_pct": worker_pid, "broker_cpu_pct": broker_pid}
+        self.at, self.used = time.monotonic(), {k: cpu_seconds(pid) for k, pid in self.pids.items()}
+
+    def shares(self) -> dict[str, float]:
+        at, used = time.monotonic(), {k: cpu_seconds(pid) for k, pid in self.pids.items()}
+        out = {k: round(100 * (used[k] - self.used[k]) / max(at - self.at, 1e-9), 1) for k in self.pids}
+        self.at, self.used = at, used
+        return out
 
 
 def redis_used_mb(url: str) -> float:
@@ -125,20 +135,22 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6), dpi=100, sharex=True)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 6), dpi=100, sharex=True)
     minutes = [r["minute"] for r in rows]
-    panels = (("worker_rss_mb", "worker RSS (MiB)"), ("redis_used_mb", "Redis used memory (MiB)"),
-              ("lag", "consumer lag (messages)"), ("fresh_p99_ms", "freshness (ms)"))
-    for ax, (key, label) in zip(axes.flat, panels):
-        ax.plot(minutes, [r[key] for r in rows], label={"fresh_p99_ms": "p99", "redis_used_mb": "used"}.get(key))
-        if key == "redis_used_mb":
-            for kind in KINDS:
-                ax.plot(minutes, [r[f"{kind}_mb"] for r in rows], label=f"{kind} keys")
+    panels = (  # (y label, [(column, legend)]), placed so that the bottom row keeps the x axis labels
+        ("RSS (MiB)", [("worker_rss_mb", "worker"), ("broker_rss_mb", "broker")]),
+        ("Redis used memory (MiB)", [("redis_used_mb", "used"), *((f"{k}_mb", f"{k} keys") for k in KINDS)]),
+        ("CPU (% of one core)", [("worker_cpu_pct", "worker"), ("broker_cpu_pct", "broker")]),
+        ("consumer lag (messages)", [("lag", None)]),
+        ("freshness (ms)", [("fresh_p99_ms", "p99"), ("fresh_p50_ms", "p50")]),
+    )
+    axes[0][2].axis("off")
+    for ax, (ylabel, lines) in zip((axes[0][0], axes[0][1], *axes[1]), panels):
+        for key, legend in lines:
+            ax.plot(minutes, [r[key] for r in rows], label=legend)
+        if len(lines) > 1:
             ax.legend(fontsize="small")
-        if key == "fresh_p99_ms":
-            ax.plot(minutes, [r["fresh_p50_ms"] for r in rows], label="p50")
-            ax.legend(fontsize="small")
-        ax.set_ylabel(label)
+        ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
     for ax in axes[1]:
         ax.set_xlabel("minutes")
@@ -172,6 +184,9 @@ def main() -> int:
                              "about 1.5 per user a lap, so a small value shows the text lists at their bound) "
                              "[default: 32]")
     parser.add_argument("--checkpoint", default=None, help="model to use [default: train a small one]")
+    parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
+                        help="tansu: the embedded broker; kafka: Apache Kafka from Maven Central (needs java and "
+                             "mvn; see streams/apache_kafka.py) [default: tansu]")
     parser.add_argument("--out", default="runs/soak", help="folder for soak.csv and soak.png [default: runs/soak]")
     args = parser.parse_args()
 
@@ -181,7 +196,8 @@ def main() -> int:
     print(f"{len(dataset.sequences())} users with >= {args.max_history} clicks: "
           f"{len(dataset.clicks) + len(dataset.texts)} events a lap", flush=True)
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="iu-soak-") as tmp, embedded_stack() as stack:
+    broker_starter = start_kafka if args.broker == "kafka" else None
+    with tempfile.TemporaryDirectory(prefix="iu-soak-") as tmp, embedded_stack(broker_starter) as stack:
         checkpoint = args.checkpoint or train_small(dataset, Path(tmp) / "model")
         settings = Settings(broker=stack.broker_url, redis_url=stack.redis_url, checkpoint=checkpoint,
                             metrics_port=free_port(), log_level="warn", max_history=args.max_history,
@@ -197,6 +213,7 @@ def main() -> int:
             slice_size = max(1, int(args.rate * args.every))
             lap, position, events = 0, 0, lap_events(base, 0)
             previous = scrape(url)
+            cpu = Cpu(worker.pid, stack.broker.process.pid)
             ends: dict = {}
             while time.monotonic() - started < args.minutes * 60:
                 chunk = events[position : position + slice_size]
@@ -210,13 +227,15 @@ def main() -> int:
                 previous = now
                 rows.append({
                     "minute": round((time.monotonic() - started) / 60, 2),
-                    "worker_rss_mb": round(rss_mb(worker.pid), 1),
+                    "worker_rss_mb": round(rss_mib(worker.pid), 1),
+                    "broker_rss_mb": round(rss_mib(stack.broker.process.pid), 1),
                     "redis_used_mb": round(redis_used_mb(stack.redis_url), 2),
                     **key_memory(stack.redis_url, settings.key_prefix),
                     "lag": total(now, "iu_consumer_lag"),
                     "fresh_p50_ms": round(1000 * (histogram_quantile(interval, "iu_freshness_seconds", 0.5) or 0)),
                     "fresh_p99_ms": round(1000 * (histogram_quantile(interval, "iu_freshness_seconds", 0.99) or 0)),
                     "applied": total(now, "iu_events_total", outcome="applied"),
+                    **cpu.shares(),
                 })
                 print(" ".join(f"{k}={rows[-1][k]}" for k in FIELDS), flush=True)
             wait_until_applied(settings, ends, worker, timeout=600)
@@ -226,10 +245,11 @@ def main() -> int:
         writer.writeheader()
         writer.writerows(rows)
     title = (f"soak: {dataset.name} at {args.rate:.0f} events/s for {args.minutes:.0f} min, "
-             f"max history {args.max_history}, max texts {args.max_texts}")
+             f"max history {args.max_history}, max texts {args.max_texts}, broker {args.broker}")
     plot(rows, out / "soak.png", title)
     print(title)
-    for key in ("worker_rss_mb", "redis_used_mb", *(f"{k}_mb" for k in KINDS), "texts_per_user"):
+    for key in ("worker_rss_mb", "redis_used_mb", *(f"{k}_mb" for k in KINDS), "texts_per_user", "worker_cpu_pct",
+                "broker_cpu_pct", "broker_rss_mb"):
         print(verdict(rows, key))
     users = len(dataset.sequences())
     last = rows[-1]

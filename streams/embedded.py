@@ -245,10 +245,11 @@ class EmbeddedStack:
         return f"redis://127.0.0.1:{self.redis.port}/0"
 
     @classmethod
-    def start(cls) -> "EmbeddedStack":
+    def start(cls, broker_starter: Callable[[Path], ManagedProcess] | None = None) -> "EmbeddedStack":
+        """Tansu and Valkey; ``broker_starter`` (e.g. `streams.apache_kafka.start_kafka`) replaces Tansu."""
         workdir = tempfile.TemporaryDirectory(prefix="interest-updater-")
         log_dir = Path(workdir.name)
-        broker = start_broker(log_dir)
+        broker = (broker_starter or start_broker)(log_dir)
         try:
             redis_server = start_redis(log_dir)
         except BaseException:
@@ -271,9 +272,9 @@ class EmbeddedStack:
 
 
 @contextlib.contextmanager
-def embedded_stack() -> Iterator[EmbeddedStack]:
-    """Start the embedded stack and stop it on exit, error or Ctrl-C."""
-    stack = EmbeddedStack.start()
+def embedded_stack(broker_starter: Callable[[Path], ManagedProcess] | None = None) -> Iterator[EmbeddedStack]:
+    """Start the embedded stack (see `EmbeddedStack.start`) and stop it on exit, error or Ctrl-C."""
+    stack = EmbeddedStack.start(broker_starter)
     try:
         yield stack
     finally:

@@ -5,7 +5,8 @@ callers synchronise on conditions, never on sleeps: Redis's resume offsets
 (`wait_until_applied`), the worker's own metrics (`wait_until_idle`: every
 batch taken is published; `wait_for_metric`), the readiness endpoint
 (`wait_ready`, `wait_not_ready`) and the test-only fault points of
-`streams.faults` (`wait_for_fault`).  `scrape` reads a worker's /metrics.
+`streams.faults` (`wait_for_fault`).  `scrape` reads a worker's /metrics;
+`cpu_seconds` and `rss_mib` read any process's CPU time and memory.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from streams.settings import Settings, secret_env, settings_argv
 
 __all__ = ["worker_process", "stop_process", "wait_until_applied", "wait_until_idle", "wait_until_nothing_pending",
            "wait_for_metric", "wait_ready", "wait_not_ready", "wait_for_fault", "scrape", "total",
-           "histogram_quantile", "since"]
+           "histogram_quantile", "since", "cpu_seconds", "rss_mib"]
 
 
 def wait_until_applied(settings: Settings, ends: dict[tuple[str, int], int], worker: subprocess.Popen | None = None,
@@ -233,3 +234,17 @@ def since(after: dict, before: dict) -> dict:
         earlier = {key(labels): value for labels, value in before.get(name, [])}
         delta[name] = [(labels, value - earlier.get(key(labels), 0.0)) for labels, value in series]
     return delta
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (user + system, from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory in MiB (from /proc; NaN when /proc has no figure)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -1,8 +1,10 @@
 import argparse
+import os
+import time
 
 import pytest
 
-from streams.harness import histogram_quantile
+from streams.harness import cpu_seconds, histogram_quantile, rss_mib
 from streams.metrics import Metrics
 from streams.settings import Settings, add_arguments, secret_env, settings_argv, settings_from_args
 
@@ -73,6 +75,18 @@ def test_histogram_quantile_interpolates_like_promql():
     median = histogram_quantile(samples, "iu_freshness_seconds", 0.5)
     assert 0.05 < median <= 0.1
     assert histogram_quantile(samples, "iu_freshness_seconds", 1.0) == pytest.approx(0.4)  # 0.4 is a bucket bound
+
+
+def test_process_probes_read_this_process():
+    """The soak's and the load bench's CPU and memory columns: CPU time only grows, with work."""
+    before, deadline = cpu_seconds(os.getpid()), time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    assert cpu_seconds(os.getpid()) > before
+    resident = rss_mib(os.getpid())
+    ballast = b"x" * (64 * 2**20)  # written, so resident
+    assert rss_mib(os.getpid()) - resident >= 60
+    del ballast
 
 
 def test_a_worker_on_its_own_embedded_broker_publishes_plain_without_a_warning(caplog):
