@@ -1,7 +1,7 @@
 """Soak: the real pipeline at a steady rate for a long time; does memory level off?
 
 Starts the embedded stack (Tansu + Valkey, or Apache Kafka + Valkey with
---broker kafka) and one worker process, then sends
+--start-broker kafka) and one worker process, then sends
 a dataset's clicks and texts round and round at --rate events/s for
 --minutes. Each lap re-sends the same users' events with new event ids and
 the current time. Only users with at least --max-history clicks are sent, so
@@ -184,9 +184,9 @@ def main() -> int:
                              "about 1.5 per user a lap, so a small value shows the text lists at their bound) "
                              "[default: 32]")
     parser.add_argument("--checkpoint", default=None, help="model to use [default: train a small one]")
-    parser.add_argument("--broker", choices=("tansu", "kafka"), default="tansu",
-                        help="tansu: the embedded broker; kafka: Apache Kafka from Maven Central (needs java and "
-                             "mvn; see streams/apache_kafka.py) [default: tansu]")
+    parser.add_argument("--start-broker", choices=("tansu", "kafka"), default="tansu",
+                        help="the broker this soak starts: tansu (embedded) or kafka (Apache Kafka from Maven "
+                             "Central; needs java and mvn, see streams/apache_kafka.py) [default: tansu]")
     parser.add_argument("--out", default="runs/soak", help="folder for soak.csv and soak.png [default: runs/soak]")
     args = parser.parse_args()
 
@@ -196,7 +196,7 @@ def main() -> int:
     print(f"{len(dataset.sequences())} users with >= {args.max_history} clicks: "
           f"{len(dataset.clicks) + len(dataset.texts)} events a lap", flush=True)
     rows: list[dict] = []
-    broker_starter = start_kafka if args.broker == "kafka" else None
+    broker_starter = start_kafka if args.start_broker == "kafka" else None
     with tempfile.TemporaryDirectory(prefix="iu-soak-") as tmp, embedded_stack(broker_starter) as stack:
         checkpoint = args.checkpoint or train_small(dataset, Path(tmp) / "model")
         settings = Settings(broker=stack.broker_url, redis_url=stack.redis_url, checkpoint=checkpoint,
@@ -245,7 +245,7 @@ def main() -> int:
         writer.writeheader()
         writer.writerows(rows)
     title = (f"soak: {dataset.name} at {args.rate:.0f} events/s for {args.minutes:.0f} min, "
-             f"max history {args.max_history}, max texts {args.max_texts}, broker {args.broker}")
+             f"max history {args.max_history}, max texts {args.max_texts}, broker {args.start_broker}")
     plot(rows, out / "soak.png", title)
     print(title)
     for key in ("worker_rss_mb", "redis_used_mb", *(f"{k}_mb" for k in KINDS), "texts_per_user", "worker_cpu_pct",
