@@ -1,8 +1,9 @@
 """Capacity of one worker on production-shaped traffic: the rate it sustains in real time.
 
-Drives the real pipeline (embedded Tansu + Valkey by default, or --broker and
---redis for real servers; one worker process) with synthetic traffic of the
-production shape, or with a replay of a dataset:
+Drives the real pipeline (embedded Tansu + Valkey by default; Apache Kafka
+started here in Tansu's place with --start-broker kafka; or --broker and
+--redis for servers of your own; one worker process) with synthetic traffic
+of the production shape, or with a replay of a dataset:
 
 - synthetic (default): --users users with Zipf-distributed activity (a few
   users send most events, most send one or two), --items items with Zipf
@@ -71,6 +72,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from streams.apache_kafka import start_kafka  # noqa: E402
 from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
 from streams.harness import (  # noqa: E402
@@ -204,6 +206,7 @@ class Step:
     lag: float
     drain_s: float
     cpu: float
+    broker_cpu: float | None  # None: a broker of your own (--broker), not watched
     rss_mib: float
     redis_mib: float
     bytes_per_user: float
@@ -218,17 +221,19 @@ class Step:
         p99 = f"{self.p99_ms:.0f}" if self.p99_ms is not None else "-"
         verdict = "keeps up" if self.keeps_up else "falls behind"
         hits = f"{100 * self.text_hits:.0f}%" if self.text_hits is not None else "-"
+        broker = f"{100 * self.broker_cpu:.0f}%" if self.broker_cpu is not None else "-"
         return (f"{self.label:<14} sent {self.rate_sent:>7.0f} ev/s  applied {self.applied_per_s:>7.0f} ev/s  "
                 f"freshness p50 {p50:>5} ms p99 {p99:>5} ms  lag {self.lag:>6.0f}  drain {self.drain_s:>5.1f} s  "
-                f"worker cpu {100 * self.cpu:>4.0f}% rss {self.rss_mib:>5.0f} MiB  redis {self.redis_mib:>6.1f} MiB "
+                f"worker cpu {100 * self.cpu:>4.0f}% rss {self.rss_mib:>5.0f} MiB  broker cpu {broker:>4}  "
+                f"redis {self.redis_mib:>6.1f} MiB "
                 f"({self.bytes_per_user:>6.0f} B/active user)  text cache hits {hits:>4}  {verdict}")
 
 
 class Run:
     """The stack, the worker and the traffic of one benchmark run."""
 
-    def __init__(self, settings: Settings, worker, traffic) -> None:
-        self.settings, self.worker, self.traffic = settings, worker, traffic
+    def __init__(self, settings: Settings, worker, traffic, broker_pid: int | None = None) -> None:
+        self.settings, self.worker, self.traffic, self.broker_pid = settings, worker, traffic, broker_pid
         self.producer = Producer(settings.broker)
         self.metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         self.users: set[str] = set()  # every user sent an event so far
@@ -236,7 +241,7 @@ class Run:
     def step(self, label: str, rate: float, n_events: int) -> Step:
         events = self.traffic.events(n_events, self.settings.topic_clicks, self.settings.topic_texts)
         self.users.update(e.key for e in events)
-        before, cpu_before = scrape(self.metrics_url), cpu_seconds(self.worker.pid)
+        before, cpu_before, broker_before = scrape(self.metrics_url), cpu_seconds(self.worker.pid), self._broker_cpu()
         started = time.monotonic()
         ends = self.producer.send_all(events, rate=rate)
         sent_at = time.monotonic()
@@ -245,16 +250,21 @@ class Run:
         done = time.monotonic()
         wait_until_idle(self.settings.metrics_port, timeout=60)  # the last batch's recommendations published
         samples = since(scrape(self.metrics_url), before)
-        cpu = (cpu_seconds(self.worker.pid) - cpu_before) / max(done - started, 1e-9)
+        elapsed = max(done - started, 1e-9)
+        cpu = (cpu_seconds(self.worker.pid) - cpu_before) / elapsed
+        broker_cpu = None if self.broker_pid is None else (self._broker_cpu() - broker_before) / elapsed
         applied = total(samples, "iu_events_total", outcome="applied")
         quantile = (lambda q: None if (v := histogram_quantile(samples, "iu_freshness_seconds", q)) is None
                     else 1000 * v)
         memory, per_user = asyncio.run(_redis_memory(self.settings))
         texts = total(samples, "iu_text_cache_total")
         hits = total(samples, "iu_text_cache_total", outcome="hit") / texts if texts else None
-        return Step(label, len(events) / max(sent_at - started, 1e-9), applied / max(done - started, 1e-9),
-                    quantile(0.5), quantile(0.99), lag, done - sent_at, cpu, rss_mib(self.worker.pid),
+        return Step(label, len(events) / max(sent_at - started, 1e-9), applied / elapsed,
+                    quantile(0.5), quantile(0.99), lag, done - sent_at, cpu, broker_cpu, rss_mib(self.worker.pid),
                     memory / 2**20, per_user, hits)
+
+    def _broker_cpu(self) -> float:
+        return 0.0 if self.broker_pid is None else cpu_seconds(self.broker_pid)
 
     def close(self) -> None:
         self.producer.close()
@@ -350,14 +360,16 @@ def find_capacity(run: Run, seconds: float, start_rate: float, max_rate: float) 
 
 
 @contextlib.contextmanager
-def servers(args) -> Iterator[tuple[str, str]]:
+def servers(args) -> Iterator[tuple[str, str, int | None]]:
+    """(bootstrap servers, Redis URL, the pid of the broker started here or None)."""
     if args.broker and args.redis:
-        yield args.broker, args.redis
+        yield args.broker, args.redis, None
         return
-    with embedded_stack() as stack:
+    with embedded_stack(start_kafka if args.start_broker == "kafka" else None) as stack:
         if not args.redis:
             _renice(stack.redis.process.pid, args.serving_nice)
-        yield args.broker or stack.broker_url, args.redis or stack.redis_url
+        yield (args.broker or stack.broker_url, args.redis or stack.redis_url,
+               None if args.broker else stack.broker.process.pid)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,8 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="replay this dataset instead of synthetic traffic")
     parser.add_argument("--checkpoint", default=None,
                         help="model for --data [default: a small one trained here on it]")
-    parser.add_argument("--broker", default=None, help="Kafka bootstrap servers [default: embedded Tansu]")
+    parser.add_argument("--broker", default=None,
+                        help="Kafka bootstrap servers of your own [default: start one, see --start-broker]")
     parser.add_argument("--redis", default=None, help="Redis URL [default: embedded Valkey]")
+    parser.add_argument("--start-broker", choices=("tansu", "kafka"), default="tansu",
+                        help="the broker started here when --broker is not given: tansu (embedded) or kafka "
+                             "(Apache Kafka from Maven Central; needs java and mvn) [default: tansu]")
     parser.add_argument("--rate", type=float, default=None, help="hold this many events/s (with --seconds)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each step [default: 10]")
     parser.add_argument("--find-capacity", action="store_true", help="150 ev/s, a burst, then ramp (see above)")
@@ -399,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.find_capacity and args.rate is None:
         parser.error("give --rate R (with --seconds S) or --find-capacity")
+    if args.broker and args.start_broker == "kafka":
+        parser.error("--start-broker kafka starts a broker here; leave it out with --broker")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive (--find-capacity includes a burst)")
     if args.read_rate is not None and (args.rate is None or args.find_capacity or args.read_rate <= 0):
@@ -408,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serving_nice < 0 and not _may_raise_priority():
         parser.error(f"--serving-nice {args.serving_nice}: a nice value below 0 needs root or CAP_SYS_NICE")
 
-    with tempfile.TemporaryDirectory(prefix="iu-load-") as tmp, servers(args) as (broker, redis_url):
+    with tempfile.TemporaryDirectory(prefix="iu-load-") as tmp, servers(args) as (broker, redis_url, broker_pid):
         workdir = Path(tmp)
         traffic, checkpoint = _traffic_and_model(args, workdir)
         name = f"load{os.getpid()}"
@@ -424,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             _renice(worker.pid, args.worker_nice)  # before its threads start: they inherit it
             wait_ready(settings.metrics_port, timeout=600)
             _renice(worker.pid, args.worker_nice)  # and any a thread started before the first call
-            run = Run(settings, worker, traffic)
+            run = Run(settings, worker, traffic, broker_pid)
             try:
                 warm = run.step("warm-up", 200, 200)  # models loaded, group joined, first shapes compiled
                 print(warm.line(), flush=True)
