@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker --batch-within [default: the worker's]")
     parser.add_argument("--fetch-max-wait", type=float, default=None,
                         help="worker --fetch-max-wait [default: the worker's]")
+    parser.add_argument("--fetch-min-bytes", type=int, default=None,
+                        help="worker --fetch-min-bytes [default: the worker's]")
     args = parser.parse_args(argv)
     if not args.find_capacity and args.rate is None:
         parser.error("give --rate R (with --seconds S) or --find-capacity")
@@ -430,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         traffic, checkpoint = _traffic_and_model(args, workdir)
         name = f"load{os.getpid()}"
-        overrides = {name: getattr(args, name) for name in ("batch_max", "batch_within", "fetch_max_wait")
+        overrides = {name: getattr(args, name) for name in ("batch_max", "batch_within", "fetch_max_wait",
+                                                                 "fetch_min_bytes")
                      if getattr(args, name) is not None}
         settings = Settings(broker=broker, redis_url=redis_url, checkpoint=str(checkpoint), app_id=f"{name}-group",
                             topic_clicks=f"{name}-clicks", topic_texts=f"{name}-texts", topic_recs=f"{name}-recs",

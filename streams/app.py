@@ -171,7 +171,7 @@ class Worker:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.broker, client_id=f"{s.app_id}-consumer", group_id=s.app_id,
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=int(s.fetch_max_wait * 1000),
-            max_poll_records=s.batch_max,
+            fetch_min_bytes=s.fetch_min_bytes, max_poll_records=s.batch_max,
             # The embedded broker completes a group join only after about half the session timeout.
             session_timeout_ms=6000, heartbeat_interval_ms=2000, rebalance_timeout_ms=30000, **security)
         self.pipeline = Pipeline(

@@ -72,6 +72,10 @@ class Settings:
     fetch_max_wait: float = _option(0.05, "Seconds a fetch may wait at the broker for new events. Kafka "
                                           "answers as soon as events arrive; the embedded broker only when "
                                           "this expires, so it bounds freshness there (Faust's own is 1.5).")
+    fetch_min_bytes: int = _option(1, "Bytes a fetch waits for at the broker (up to --fetch-max-wait) before "
+                                      "it answers. 1: answer with the first event, so at low rates a micro-batch "
+                                      "holds one event (lowest latency, most CPU per event); 16384 halved "
+                                      "the worker's CPU at 150 events/s on Apache Kafka (bench/load.py).")
     checkpoint: str | None = _option(None, "Sequence-encoder checkpoint directory (from `train` or `finetune`).")
     checkpoint_poll: float = _option(10.0, "Seconds between checks of --checkpoint for a new model "
                                            "(written there by train/finetune); a new one is loaded beside "
@@ -180,7 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def _check(settings: Settings) -> None:
     positive = ("partitions", "batch_max", "top_k", "max_history", "max_texts", "max_text_chars", "torch_threads",
-                "window_hop")
+                "window_hop", "fetch_min_bytes")
     for name in positive:
         if getattr(settings, name) < 1:
             raise ConfigurationError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(settings, name)}")
