@@ -1,21 +1,21 @@
 """Soak: the real pipeline at a steady rate for a long time; does memory level off?
 
 Starts the embedded stack (Tansu + Valkey, or Apache Kafka + Valkey with
---start-broker kafka) and one worker process, then sends
-a dataset's clicks and texts round and round at --rate events/s for
---minutes. Each lap re-sends the same users' events with new event ids and
-the current time. Only users with at least --max-history clicks are sent, so
-every history reaches its bound within the first lap and the number of users
-stays fixed: after that, a steady state in which nothing should grow.
-Every --every seconds it records the worker's RSS, Redis's used memory and
-the broker's RSS, the memory of each kind of per-user key (MEMORY USAGE over every user: click
-histories, text histories, profiles, meta), the texts kept per user, the
-consumer lag, the freshness p50/p99 of that interval and the share of a core
-that the worker and the broker used in it, and at the end writes a CSV, a
-PNG with five panels and a one-line verdict comparing the memory of the
-last third of the run with the middle third.
+--start-broker kafka) and one worker process, then sends a dataset's clicks
+and texts round and round at --rate events/s for --minutes. Each lap
+re-sends the same users' events with new event ids and the current time.
+Only users with at least --max-history clicks are sent, so every history
+reaches its bound within the first lap and the number of users stays fixed:
+after that, a steady state in which nothing should grow. Every --every
+seconds it records the worker's and the broker's RSS, Redis's used memory,
+the memory of each kind of per-user key (MEMORY USAGE over every user:
+click histories, text histories, profiles, meta), the texts kept per user,
+the consumer lag, the freshness p50/p99 of that interval and the share of a
+core that the worker and the broker used in it, and at the end writes a
+CSV, a PNG with five panels and a one-line verdict comparing the memory of
+the last third of the run with the middle third.
 
-    python bench/soak.py --data ../shared/data/ml-latest-small --rate 100 --minutes 30 --out runs/soak
+    python bench/soak.py --data ../shared/data/ml-latest-small --rate 100 --minutes 30 --start-broker kafka
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from encoders.data import Dataset, load_dataset  # noqa: E402
 from state.layout import decode_texts  # noqa: E402
 from streams.cli.replay import replay_events  # noqa: E402
-from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
 from streams.apache_kafka import start_kafka  # noqa: E402
+from streams.clients.kafka import OutgoingEvent, Producer, ensure_topics  # noqa: E402
 from streams.embedded import embedded_stack, free_port  # noqa: E402
 from streams.harness import cpu_seconds, histogram_quantile, rss_mib, scrape, since, total  # noqa: E402
 from streams.harness import wait_ready, wait_until_applied, worker_process  # noqa: E402

@@ -56,7 +56,7 @@ def test_kafka_security_maps_to_both_clients():
                       "sasl_plain_username": "svc", "sasl_plain_password": "pw"}
 
 
-def test_fetch_min_bytes_is_passed_on_and_below_one_is_named():
+def test_fetch_min_bytes_parses_and_below_one_is_named():
     assert parse(["--fetch-min-bytes", "4096"]).fetch_min_bytes == 4096
     with pytest.raises(ValueError, match="--fetch-min-bytes must be at least 1, got 0"):
         parse(["--fetch-min-bytes", "0"])
