@@ -67,8 +67,10 @@ class Settings:
     overlap: bool = _option(True, "Apply micro-batch N+1 to Redis while batch N is encoded and published (each "
                                   "user's refreshes stay in order). A click in batch N+1 is then ranked, for the "
                                   "online metrics, against the list before batch N's. false: one batch at a time.")
-    batch_within: float = _option(0.05, "Seconds to wait for a micro-batch to fill (bench/load.py at 150 events/s: "
-                                         "p99 freshness 385 ms at 0.05, 631 ms at 0.2, with more CPU per event).")
+    batch_within: float = _option(0.05, "Seconds a poll waits when no event has arrived. A micro-batch is what has "
+                                         "arrived by then, up to --batch-max: it does not wait to fill (for fuller "
+                                         "batches see --fetch-min-bytes). bench/load.py at 150 events/s: p99 "
+                                         "freshness 385 ms at 0.05, 631 ms at 0.2.")
     fetch_max_wait: float = _option(0.05, "Seconds a fetch may wait at the broker for new events. Kafka "
                                           "answers as soon as events arrive; the embedded broker only when "
                                           "this expires, so it bounds freshness there (Faust's own is 1.5).")
