@@ -53,6 +53,9 @@ def running_stack(settings: Settings) -> Iterator[Settings]:
             # production broker's refusal deserves.
             log.info("embedded broker: publishing without an idempotent producer (Tansu grants no producer ids)")
             overrides["idempotent_producer"] = "off"
+        if not settings.broker:
+            log.info("embedded broker: for demos and tests; it keeps every message in memory and slows as its "
+                     "log grows (README, Soak), so give --broker an Apache Kafka for long runs")
         yield settings.with_overrides(**overrides)
 
 

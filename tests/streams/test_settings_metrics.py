@@ -102,6 +102,7 @@ def test_a_worker_on_its_own_embedded_broker_publishes_plain_without_a_warning(c
     with caplog.at_level("INFO", logger="interest_updater"), running_stack(Settings()) as settings:
         assert settings.broker and settings.redis_url and settings.idempotent_producer == "off"
     assert "Tansu grants no producer ids" in caplog.text
+    assert "give --broker an Apache Kafka for long runs" in caplog.text
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     with running_stack(Settings(idempotent_producer="on")) as settings:
         assert settings.idempotent_producer == "on"  # asked for: the worker then fails, naming the flag
