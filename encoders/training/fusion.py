@@ -43,6 +43,10 @@ from ..vocab import FIRST_ITEM, ItemVocab, item_text
 __all__ = ["FusionCases", "FusionData", "UserTexts", "build_cases", "catalogue_pairs", "evaluate_fusion",
            "fusion_table", "prepare", "text_vectors", "train_fusion", "user_texts"]
 
+# Stage 1 stops on the validation users' texts when at least this many of them have one, else on a held-out
+# tenth of its (text, item) pairs when there are at least this many pairs.
+MIN_TEXT_CASES = 200
+
 # ---------------------------------------------------------------- texts per user
 @dataclass(frozen=True)
 class UserTexts:
@@ -298,7 +302,11 @@ def train_fusion(
 
     Leave-one-out only: stage 1 fits the projection on (text, item) pairs of
     the training part and the catalogue, early-stopped on the text-only
-    validation NDCG@10; stage 2 fits the gate.  With ``gate_on="train"`` it
+    validation NDCG@10 where at least `MIN_TEXT_CASES` validation users have
+    a text, else (given that many pairs) on the NDCG@10 of a held-out tenth of the pairs (each
+    text's own item; without it, a log where few users write kept an
+    untrained projection, useless to a new item's title); stage 2 fits the
+    gate.  With ``gate_on="train"`` it
     fits the gate (and, with ``finetune_projection``, the projection) on the
     training positions of users with texts, early-stopped on the fused
     validation NDCG@10.
@@ -347,14 +355,24 @@ def train_fusion(
                                 torch.ones_like(valid.has_text), valid.has_text)
             return _ndcg10(fused, table, valid)
 
-    # Stage 1: projection on (text, item) pairs.
+    # Stage 1: projection on (text, item) pairs, stopped on users' texts where enough validation users have one;
+    # else on held-out pairs, which is what a new item's title needs (ml-latest-small's tags: ~60 users).
     rows, items = torch.from_numpy(data.pair_rows), torch.from_numpy(data.pair_items)
-    opt = torch.optim.AdamW(fusion.proj.parameters(), lr=lr, weight_decay=weight_decay)
-    # Without validation cases that have a text, stage 1 runs all its epochs (nothing to stop on).
     has_valid_text = bool(valid.has_text.any())
-    report["stage1"] = _fit(fusion, opt, epochs, patience, len(rows), batch_size,
-                            valid_text if has_valid_text else None, "projection",
+    if int(valid.has_text.sum()) >= MIN_TEXT_CASES or len(rows) < MIN_TEXT_CASES:
+        stage1_on, validate_projection = "users with texts", (valid_text if has_valid_text else None)
+    else:
+        rows, items, held_rows, held_items = _hold_out(rows, items, seed)
+        stage1_on = f"{len(held_rows)} held-out text/item pairs"
+
+        def validate_projection() -> float:
+            with torch.no_grad():
+                return _pairs_ndcg10(fusion.project(data.emb[held_rows]), table, held_items)
+
+    opt = torch.optim.AdamW(fusion.proj.parameters(), lr=lr, weight_decay=weight_decay)
+    report["stage1"] = _fit(fusion, opt, epochs, patience, len(rows), batch_size, validate_projection, "projection",
                             lambda idx: _loss(fusion.project(data.emb[rows[idx]]), table, items[idx]), deadline)
+    report["stage1"]["stopped_on"] = stage1_on
     # Stage 2: gate (and projection) on next-item targets of training positions with texts.
     groups = [{"params": list(fusion.gate.parameters()), "lr": lr}]
     if finetune_projection:
@@ -376,6 +394,22 @@ def train_fusion(
                                 gate_loss, deadline)
     fusion.eval()
     return fusion, report
+
+
+def _hold_out(rows: torch.Tensor, items: torch.Tensor, seed: int,
+              share: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, items) to fit on and (rows, items) held out: a seeded ``share`` of the pairs, at least one."""
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[: max(1, int(share * len(rows)))], order[max(1, int(share * len(rows))):]
+    return rows[kept], items[kept], rows[held], items[held]
+
+
+def _pairs_ndcg10(vectors: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> float:
+    """NDCG@10 of each text's own item among every real item (stage 1's held-out check)."""
+    scores = mask_scores(item_scores(vectors, table).detach().clone(), None)
+    sums = {f"{m}@10": 0.0 for m in ("hr", "ndcg", "mrr")}
+    add_rank_metrics(sums, scores, targets, (10,))
+    return sums["ndcg@10"] / max(len(targets), 1)
 
 
 def _rows(sparse: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ from encoders.checkpoint import (CheckpointMetadata, load_categories, load_check
 from encoders.config import EncoderConfig
 from encoders.data import Catalogue, Dataset, Event
 from encoders.nn.fusion import TextFusion
-from encoders.training.fusion import build_cases, catalogue_pairs, evaluate_fusion, prepare, train_fusion, user_texts
+from encoders.training.fusion import MIN_TEXT_CASES, build_cases, catalogue_pairs, evaluate_fusion, prepare
+from encoders.training.fusion import train_fusion, user_texts
 from encoders.nn.model import SequenceEncoder
 from encoders.vocab import ItemVocab
 
@@ -94,6 +95,35 @@ def test_projection_ranks_the_paired_item_first() -> None:
     logits[:, :2] = float("-inf")
     assert logits.argmax(1).tolist() == items
     assert sorted(items) == sorted(vocab.index(k) for k in dataset.catalogue.titles)
+
+
+class TableEncoder:
+    """Texts that say which item they are about: item k's title embeds as a fixed linear map of its table row."""
+
+    def __init__(self, model, vocab: ItemVocab, titles: dict[str, str]) -> None:
+        table = model.item_table().detach()
+        mix = torch.randn(384, table.shape[1], generator=torch.Generator().manual_seed(0))
+        self.vectors = {f"{title} | cat": (mix @ table[vocab.index(item)]).numpy() for item, title in titles.items()}
+
+    def embed(self, texts, batch_size: int = 64) -> np.ndarray:
+        return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
+
+
+def test_with_few_users_who_write_the_projection_stops_on_held_out_pairs() -> None:
+    """No user texts to validate on (ML-1M, ml-latest-small's tags): the titles still train the projection."""
+    n_items = 2 * MIN_TEXT_CASES
+    titles = {f"i{k}": f"title of item {k}" for k in range(n_items)}
+    clicks = [Event(f"u{u}", f"i{(5 * u + j) % n_items}", (u * 10 + j) * DAY, "buy") for u in range(n_items // 5)
+              for j in range(5)]
+    dataset = Dataset("titles only", clicks, [], Catalogue(titles, {k: ("cat",) for k in titles}))
+    vocab = ItemVocab.from_items(e.item_id for e in dataset.clicks)
+    model = _model(len(vocab))
+    _fusion, report = train_fusion(model, vocab, dataset, TableEncoder(model, vocab, titles), epochs=20,
+                                   patience=20, lr=1e-2, batch_size=32)
+    stage1 = report["stage1"]
+    assert stage1["stopped_on"] == f"{n_items // 10} held-out text/item pairs"
+    # Before: an untrained projection was kept, as these users' validation had no text to improve on.
+    assert stage1["best_epoch"] >= 1 and stage1["valid_ndcg10"] > 2 * stage1["valid_ndcg10_before"]
 
 
 def _review_dataset() -> Dataset:
