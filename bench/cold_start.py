@@ -1,8 +1,9 @@
 """Cold start: can items first seen after training be recommended from their title and categories?
 
 A time split: the model trains on the clicks before the cut (a quantile of
-click times); the items first clicked after it are *new*, unknown to the
-model. Each later click on a new item (a user's first on it) is a case: the
+click times), with `interest-updater train`'s default flags and text fusion
+on, within --max-seconds; the items first clicked after it are *new*,
+unknown to the model. Each later click on a new item (a user's first on it) is a case: the
 user's clicks before it are the input, and the item must be ranked among the
 new items announced by then (first seen at or before the case), the user's
 own excluded: the "new arrivals" shelf. Full ranking over that shelf,
@@ -28,6 +29,7 @@ The checkpoint is trained once into ``--out`` and reused by later runs.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -61,6 +63,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/cold-start", help="where the checkpoint is trained (and reused)")
     parser.add_argument("--max-seconds", type=float, default=900, help="training budget, seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--train-flags", default="",
+                        help="more `interest-updater train` flags for the model, e.g. \"--no-refit\"")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -69,7 +73,7 @@ def main() -> None:
     first_seen = first_seen_times(dataset.clicks)
     checkpoint = Path(args.out)
     if not (checkpoint / "config.json").is_file():
-        train_before(dataset, cut, checkpoint, args.max_seconds)
+        train_before(dataset, cut, checkpoint, args.max_seconds, shlex.split(args.train_flags))
 
     from encoders.inference import InterestEncoder
 
@@ -108,13 +112,21 @@ def described(dataset: Dataset, item: str) -> bool:
     return bool(dataset.catalogue.titles.get(item) or dataset.catalogue.categories.get(item))
 
 
-def train_before(dataset: Dataset, cut: int, out: Path, max_seconds: float) -> None:
+def train_before(dataset: Dataset, cut: int, out: Path, max_seconds: float, more_flags: list[str]) -> None:
+    """The model `interest-updater train` makes with its default flags (text fusion on), from the events before the cut.
+
+    The flags' defaults come from the CLI's own parser, so this bench trains what a user of ``train`` gets;
+    ``more_flags`` are more of its flags (``--no-refit``).
+    """
     from encoders.training.train import train
+    from streams.cli import _parser
+    from streams.cli.offline import auto_max_len, train_config
 
     before = Dataset(dataset.name, [c for c in dataset.clicks if c.ts < cut],
                      [t for t in dataset.texts if t.ts < cut], dataset.catalogue)
-    train(before, out, text_fusion=True, max_seconds=max_seconds, block="sasrec", n_heads=1, dropout=0.1,
-          input_scale=8.0)
+    flags = _parser().parse_args(["train", "--data", dataset.name, "--out", str(out),
+                                  "--max-seconds", str(max_seconds), *more_flags])
+    train(before, out, train_config(flags).replace(text_fusion=True, max_len=auto_max_len(before)))
 
 
 def new_item_cases(dataset: Dataset, new: set[str], first_seen: dict[str, int], cut: int) -> list[Case]:
