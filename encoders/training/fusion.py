@@ -43,9 +43,8 @@ from ..vocab import FIRST_ITEM, ItemVocab, item_text
 __all__ = ["FusionCases", "FusionData", "UserTexts", "build_cases", "catalogue_pairs", "evaluate_fusion",
            "fusion_table", "prepare", "text_vectors", "train_fusion", "user_texts"]
 
-# Stage 1 stops on the validation users' texts when at least this many of them have one, else on a held-out
-# tenth of its (text, item) pairs when there are at least this many pairs.
-MIN_TEXT_CASES = 200
+# Stage 1 falls back to a held-out tenth of its (text, item) pairs only when there are at least this many pairs.
+MIN_HELD_OUT_PAIRS = 200
 
 # ---------------------------------------------------------------- texts per user
 @dataclass(frozen=True)
@@ -301,12 +300,8 @@ def train_fusion(
     """Train a `TextFusion` on top of a trained, frozen ``model``; returns it and a report.
 
     Leave-one-out only: stage 1 fits the projection on (text, item) pairs of
-    the training part and the catalogue, early-stopped on the text-only
-    validation NDCG@10 where at least `MIN_TEXT_CASES` validation users have
-    a text, else (given that many pairs) on the NDCG@10 of a held-out tenth of the pairs (each
-    text's own item; without it, a log where few users write kept an
-    untrained projection, useless to a new item's title); stage 2 fits the
-    gate.  With ``gate_on="train"`` it
+    the training part and the catalogue (`_fit_projection`); stage 2 fits
+    the gate.  With ``gate_on="train"`` it
     fits the gate (and, with ``finetune_projection``, the projection) on the
     training positions of users with texts, early-stopped on the fused
     validation NDCG@10.
@@ -355,24 +350,10 @@ def train_fusion(
                                 torch.ones_like(valid.has_text), valid.has_text)
             return _ndcg10(fused, table, valid)
 
-    # Stage 1: projection on (text, item) pairs, stopped on users' texts where enough validation users have one;
-    # else on held-out pairs, which is what a new item's title needs (ml-latest-small's tags: ~60 users).
-    rows, items = torch.from_numpy(data.pair_rows), torch.from_numpy(data.pair_items)
     has_valid_text = bool(valid.has_text.any())
-    if int(valid.has_text.sum()) >= MIN_TEXT_CASES or len(rows) < MIN_TEXT_CASES:
-        stage1_on, validate_projection = "users with texts", (valid_text if has_valid_text else None)
-    else:
-        rows, items, held_rows, held_items = _hold_out(rows, items, seed)
-        stage1_on = f"{len(held_rows)} held-out text/item pairs"
-
-        def validate_projection() -> float:
-            with torch.no_grad():
-                return _pairs_ndcg10(fusion.project(data.emb[held_rows]), table, held_items)
-
-    opt = torch.optim.AdamW(fusion.proj.parameters(), lr=lr, weight_decay=weight_decay)
-    report["stage1"] = _fit(fusion, opt, epochs, patience, len(rows), batch_size, validate_projection, "projection",
-                            lambda idx: _loss(fusion.project(data.emb[rows[idx]]), table, items[idx]), deadline)
-    report["stage1"]["stopped_on"] = stage1_on
+    report["stage1"] = _fit_projection(fusion, data, table, valid_text if has_valid_text else None,
+                                       epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay,
+                                       batch_size=batch_size, seed=seed, deadline=deadline)
     # Stage 2: gate (and projection) on next-item targets of training positions with texts.
     groups = [{"params": list(fusion.gate.parameters()), "lr": lr}]
     if finetune_projection:
@@ -394,6 +375,45 @@ def train_fusion(
                                 gate_loss, deadline)
     fusion.eval()
     return fusion, report
+
+
+def _fit_projection(fusion: TextFusion, data: FusionData, table: torch.Tensor, valid_text: Callable[[], float] | None,
+                    *, epochs: int, patience: int, lr: float, weight_decay: float, batch_size: int, seed: int,
+                    deadline: float | None) -> dict[str, Any]:
+    """Stage 1: the projection on (text, item) pairs; `_fit`'s report plus what it stopped on.
+
+    It stops on the validation users' texts (``valid_text``).  Where there are none, or they never beat the
+    untrained projection (a log where few users write: ml-latest-small's ~60 taggers score 0.0 throughout), it fits
+    again from the start, stopped on a held-out tenth of the pairs (each text's own item), given
+    `MIN_HELD_OUT_PAIRS`: before, the untrained projection was kept, useless to a new item's title.
+    """
+    rows, items = torch.from_numpy(data.pair_rows), torch.from_numpy(data.pair_items)
+    rng = torch.get_rng_state()
+
+    def fit(rows: torch.Tensor, items: torch.Tensor, validate: Callable[[], float] | None,
+            stopped_on: str) -> dict[str, Any]:
+        opt = torch.optim.AdamW(fusion.proj.parameters(), lr=lr, weight_decay=weight_decay)
+        report = _fit(fusion, opt, epochs, patience, len(rows), batch_size, validate, "projection",
+                      lambda idx: _loss(fusion.project(data.emb[rows[idx]]), table, items[idx]), deadline)
+        return {**report, "stopped_on": stopped_on}
+
+    if valid_text is not None:
+        report = fit(rows, items, valid_text, "users with texts")
+        if report["best_epoch"] > 0 or report["stopped_by_max_seconds"] or len(rows) < MIN_HELD_OUT_PAIRS:
+            return report
+        torch.set_rng_state(rng)  # `_fit` restored the untrained weights; this replays the same batches
+        why = "the validation users' texts never beat the untrained projection"
+    elif len(rows) < MIN_HELD_OUT_PAIRS:
+        return fit(rows, items, None, "nothing: all epochs")
+    else:
+        why = "no validation user has a text"
+    rows, items, held_rows, held_items = _hold_out(rows, items, seed)
+
+    def held_out_pairs() -> float:
+        with torch.no_grad():
+            return _pairs_ndcg10(fusion.project(data.emb[held_rows]), table, held_items)
+
+    return fit(rows, items, held_out_pairs, f"{len(held_rows)} held-out text/item pairs ({why})")
 
 
 def _hold_out(rows: torch.Tensor, items: torch.Tensor, seed: int,

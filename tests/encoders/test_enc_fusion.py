@@ -14,8 +14,8 @@ from encoders.checkpoint import (CheckpointMetadata, load_categories, load_check
 from encoders.config import EncoderConfig
 from encoders.data import Catalogue, Dataset, Event
 from encoders.nn.fusion import TextFusion
-from encoders.training.fusion import MIN_TEXT_CASES, build_cases, catalogue_pairs, evaluate_fusion, prepare
-from encoders.training.fusion import train_fusion, user_texts
+from encoders.training.fusion import MIN_HELD_OUT_PAIRS, build_cases, catalogue_pairs, evaluate_fusion, prepare
+from encoders.training.fusion import _fit_projection, train_fusion, user_texts
 from encoders.nn.model import SequenceEncoder
 from encoders.vocab import ItemVocab
 
@@ -109,20 +109,26 @@ class TableEncoder:
         return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
 
 
-def test_with_few_users_who_write_the_projection_stops_on_held_out_pairs() -> None:
-    """No user texts to validate on (ML-1M, ml-latest-small's tags): the titles still train the projection."""
-    n_items = 2 * MIN_TEXT_CASES
+@pytest.mark.parametrize("users_texts", ["none", "never better than untrained"])
+def test_where_users_texts_cannot_stop_the_projection_held_out_pairs_do(users_texts: str) -> None:
+    """No user texts to validate on (ML-1M), or too few to move (ml-latest-small's ~60 taggers): titles train it."""
+    n_items = 2 * MIN_HELD_OUT_PAIRS
     titles = {f"i{k}": f"title of item {k}" for k in range(n_items)}
     clicks = [Event(f"u{u}", f"i{(5 * u + j) % n_items}", (u * 10 + j) * DAY, "buy") for u in range(n_items // 5)
               for j in range(5)]
     dataset = Dataset("titles only", clicks, [], Catalogue(titles, {k: ("cat",) for k in titles}))
     vocab = ItemVocab.from_items(e.item_id for e in dataset.clicks)
     model = _model(len(vocab))
-    _fusion, report = train_fusion(model, vocab, dataset, TableEncoder(model, vocab, titles), epochs=20,
-                                   patience=20, lr=1e-2, batch_size=32)
-    stage1 = report["stage1"]
-    assert stage1["stopped_on"] == f"{n_items // 10} held-out text/item pairs"
-    # Before: an untrained projection was kept, as these users' validation had no text to improve on.
+    encoder = TableEncoder(model, vocab, titles)
+    if users_texts == "none":
+        _fusion, report = train_fusion(model, vocab, dataset, encoder, epochs=20, patience=20, lr=1e-2, batch_size=32)
+        stage1 = report["stage1"]
+    else:
+        stage1 = _fit_projection(TextFusion(384, model.config.d_model), prepare(dataset, vocab, encoder),
+                                 model.item_table().detach(), lambda: 0.0, epochs=20, patience=20, lr=1e-2,
+                                 weight_decay=1e-4, batch_size=32, seed=0, deadline=None)
+    assert stage1["stopped_on"].startswith(f"{n_items // 10} held-out text/item pairs (")
+    # Before: the untrained projection was kept, as these users' validation had no text to improve on.
     assert stage1["best_epoch"] >= 1 and stage1["valid_ndcg10"] > 2 * stage1["valid_ndcg10_before"]
 
 
