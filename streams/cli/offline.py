@@ -17,7 +17,7 @@ from streams.errors import InterestUpdaterError
 if TYPE_CHECKING:  # the subcommands import encoders (torch) only when they run
     from encoders.training.config import TrainConfig
 
-__all__ = ["train", "evaluate", "finetune", "evaluation_table", "train_config", "use_threads"]
+__all__ = ["train", "evaluate", "finetune", "evaluation_table", "fusion_summary", "train_config", "use_threads"]
 
 log = logging.getLogger("interest_updater.train")
 
@@ -43,14 +43,24 @@ def train(args: argparse.Namespace) -> int:
         from encoders.evaluation.actions import action_table
 
         print(action_table(report["next_action_test"]))
-    fusion = report.get("text_fusion") or {}
+    for line in fusion_summary(report.get("text_fusion") or {}):
+        print(line)
+    return 0
+
+
+def fusion_summary(fusion: dict) -> list[str]:
+    """What `train` says of the text fusion: what its projection stopped on, then its test table (or why none)."""
+    if fusion.get("skipped"):
+        return [f"no text fusion: {fusion['skipped']}"]
+    lines = []
+    if fusion.get("stage1"):
+        stage1 = fusion["stage1"]
+        lines.append(f"text projection: best epoch {stage1['best_epoch']}, stopped on {stage1['stopped_on']}")
     if fusion.get("test"):
         from encoders.training.fusion import fusion_table
 
-        print(fusion_table(fusion["test"]))
-    elif fusion.get("skipped"):
-        print(f"no text fusion: {fusion['skipped']}")
-    return 0
+        lines.append(fusion_table(fusion["test"]))
+    return lines
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

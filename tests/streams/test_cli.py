@@ -165,3 +165,16 @@ def test_threads_below_one_is_refused_naming_the_flag():
     result = cli("train", "--data", "synthetic", "--out", "/tmp/never-written", "--threads", "0")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["interest-updater: error: --threads 0: expected 1 or more"]
+
+
+def test_train_says_what_the_text_projection_stopped_on(synthetic_checkpoint):
+    import orjson
+
+    from streams.cli.offline import fusion_summary
+
+    fusion = orjson.loads((synthetic_checkpoint / "report.json").read_bytes())["text_fusion"]
+    lines = fusion_summary(fusion)
+    # The synthetic log's searches move the projection, so they decide when it stops.
+    assert lines[0] == f"text projection: best epoch {fusion['stage1']['best_epoch']}, stopped on users with texts"
+    assert fusion["stage1"]["best_epoch"] >= 1 and "fused" in lines[1]
+    assert fusion_summary({"skipped": "no texts"}) == ["no text fusion: no texts"]
