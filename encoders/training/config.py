@@ -65,8 +65,11 @@ class TrainConfig:
 
     A bad value raises `encoders.errors.ConfigError` naming the option and
     the value; `from_dict` and `replace` also reject unknown keys.  The
-    defaults are `train`'s (the ``interest-updater train`` command has its
-    own: more epochs, smaller batches).
+    defaults are `train`'s, small and quick (the tests' and benches'); the
+    ``interest-updater train`` command has its own, SASRec+'s recipe: 1 head,
+    dropout 0.1, inputs x sqrt(d_model), the ``sasrec`` block, 200 epochs,
+    patience 10, every window, refit, and max_len from the data
+    (`streams.cli.offline.train_config` builds them from its flags).
 
     >>> TrainConfig(d_model=32, n_heads=4).encoder_config(n_items=10).d_model
     32
