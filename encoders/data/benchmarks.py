@@ -10,6 +10,10 @@
                     as ``user_id:token``; read by `encoders.data.formats`) and
                     the optional ``<name>.item`` catalogue read here (a title
                     field, and ``genre``/``categories`` token sequences).
+``amazon``          Amazon review dumps (read by `encoders.data.formats`) and
+                    the optional ``meta_<name>.jsonl[.gz]`` (or ``.json``)
+                    beside them, read here: each product's title and the last
+                    (finest) of its categories.
 
 Ratings become actions as for every MovieLens source (`rating_action`).
 """
@@ -17,6 +21,8 @@ Ratings become actions as for every MovieLens source (`rating_action`).
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 from pathlib import Path
 
 from ..errors import DataFormatError
@@ -72,7 +78,37 @@ def catalogue_beside(path: Path, fmt: str) -> Catalogue:
         return _u_item(path.with_name("u.item"), _u_genres(path.with_name("u.genre")))
     if fmt == "recbole":
         return _recbole_items(path.with_suffix(".item"))
+    if fmt == "amazon":
+        return _amazon_meta(path)
     return Catalogue({}, {})
+
+
+def _amazon_meta(reviews: Path) -> Catalogue:
+    """Titles and finest categories from the ``meta_`` file beside Amazon reviews (2014, 2018 or 2023 keys)."""
+    stem = reviews.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".json")
+    names = [f"meta_{stem}{ext}" for ext in (".jsonl.gz", ".jsonl", ".json.gz", ".json")]
+    meta = next((reviews.with_name(n) for n in names if reviews.with_name(n).is_file()), None)
+    titles: dict[str, str] = {}
+    categories: dict[str, tuple[str, ...]] = {}
+    if meta is None:
+        return Catalogue(titles, categories)
+    opener = gzip.open if meta.suffix == ".gz" else open
+    with opener(meta, "rt", encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                product = json.loads(line)
+                item = str(product.get("parent_asin") or product["asin"])
+            except (ValueError, KeyError, AttributeError):
+                raise DataFormatError(meta, "expected a JSON object with parent_asin (2023) or asin", line_no) from None
+            if isinstance(product.get("title"), str) and product["title"].strip():
+                titles[item] = product["title"].strip()
+            path = product.get("categories") or product.get("category") or []  # 2023, else 2014/2018
+            finest = path[-1] if isinstance(path, list) and path else product.get("main_category")
+            if isinstance(finest, str) and finest.strip():
+                categories[item] = (finest.strip(),)
+    return Catalogue(titles, categories)
 
 
 def movielens_dat(path: Path) -> list[Event]:

@@ -28,11 +28,21 @@ Formats (``--format``, sniffed from the file when "auto"):
               (``streams/schemas``): clicks have user_id, item_id, ts (ms) and
               action; lines with ``text`` and ``kind`` are text events.
 ``otto``      OTTO sessions: ``{"session": N, "events": [{"aid", "ts", "type"}]}``.
-``amazon``    Amazon review dumps: reviewerID, asin, unixReviewTime, reviewText
-              (each review is a "buy" click plus a "review" text event).
+``amazon``    Amazon review dumps: reviewerID, asin, unixReviewTime, summary,
+              reviewText (2014, 2018) or user_id, parent_asin, timestamp,
+              title, text (2023); each review is a "buy" click plus a
+              "review" text event; titles and categories from the
+              ``meta_<name>.jsonl`` file beside it.
+``checkins``  check-in text files as published, tab-separated without a
+              header: SNAP's Gowalla and Brightkite (user, ISO time, latitude,
+              longitude, place) and TSMC2014's Foursquare NYC and Tokyo
+              (user, venue, category id, category, latitude, longitude,
+              time-zone offset, time like ``Tue Apr 03 18:00:09 +0000 2012``);
+              the place and offset become the click's context.
 
 Timestamps: numbers below 1e11 are seconds (fractions allowed), larger ones
-milliseconds; other strings are read as ISO 8601.  Ratings map to actions as
+milliseconds; other strings are read as ISO 8601 or as TSMC2014's (Twitter's)
+``Tue Apr 03 18:00:09 +0000 2012``.  Ratings map to actions as
 in MovieLens (>= 4 "buy", >= 3 "click", else "view").  A file that does not
 fit its format raises `DataFormatError` naming the file, the line and what
 was expected.
@@ -43,6 +53,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -54,21 +65,24 @@ from typing import IO, Any
 from ..errors import DataFormatError
 from .benchmarks import catalogue_beside, is_recbole_header, movielens_100k, movielens_dat, strip_recbole_type
 from .builtin import load_ml1m, load_movielens_small, rating_action, synthetic
-from .records import Dataset, Event, EventContext
+from .records import Catalogue, Dataset, Event, EventContext
 
 __all__ = ["FORMATS", "Columns", "load_dataset", "parse_ts", "sniff_format"]
 
+log = logging.getLogger("interest_updater.data")
+
 FORMATS = ("auto", "lines", "lines-per-user", "csv", "headerless", "recbole", "sessions", "jsonl", "otto",
-           "amazon", "movielens-dat", "movielens-100k", "ml-1m", "movielens")
+           "amazon", "checkins", "movielens-dat", "movielens-100k", "ml-1m", "movielens")
 FOLDER_FORMATS = ("ml-1m", "movielens")  # these read a folder, never a file
 _SNIFF_LINES = 50
 
 # Column names recognised without flags, compared lower-case with "_", "-" and spaces removed.
 _KNOWN_COLUMNS = {
     "user": ("userid", "user", "uid", "reviewerid", "visitorid", "customerid", "sessionid", "session"),
-    "item": ("itemid", "item", "movieid", "productid", "asin", "aid", "articleid", "iid", "poiid", "stanpoiid",
-             "placeid", "venueid", "locationid"),
-    "time": ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixreviewtime", "utctime", "checkintime"),
+    "item": ("itemid", "item", "movieid", "productid", "parentasin", "asin", "aid", "articleid", "iid", "poiid",
+             "stanpoiid", "placeid", "venueid", "locationid"),
+    "time": ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixreviewtime", "utctime", "utctimestamp",
+             "checkintime"),
     "rating": ("rating", "overall", "score", "stars"),
     "action": ("action", "event", "eventtype", "type"),
 }
@@ -81,6 +95,14 @@ _CONTEXT_COLUMNS = {
     "region": ("region", "country", "city"),
 }
 SECONDS_BELOW = 1e11  # a timestamp under this is seconds (1e11 s is the year 5138), else ms
+_DATE_FORMATS = ("%a %b %d %H:%M:%S %z %Y",)  # besides ISO 8601: TSMC2014's check-in times (Twitter's created_at)
+# Check-in files as published (tab-separated, no header): field indexes from 0, by the number of fields.
+_CHECKIN_LAYOUTS = {
+    5: {"user": 0, "time": 1, "lat": 2, "lon": 3, "item": 4},  # SNAP's Gowalla, Brightkite
+    8: {"user": 0, "item": 1, "category": 3, "lat": 4, "lon": 5, "tz_offset_min": 6, "time": 7},  # TSMC2014
+}
+_CHECKINS_EXPECTED = ("tab-separated 'user, ISO time, latitude, longitude, place' (Gowalla, Brightkite) or 'user, "
+                      "venue, category id, category, latitude, longitude, time-zone offset, time' (TSMC2014)")
 
 
 @dataclass(frozen=True)
@@ -94,17 +116,18 @@ class Columns:
     action: str | None = None
 
 
-def _open(path: Path) -> IO[str]:
+def _open(path: Path, errors: str = "strict") -> IO[str]:
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8", errors=errors, newline="")
+    return path.open("r", encoding="utf-8", errors=errors, newline="")
 
 
 def _first_lines(path: Path, count: int = 1) -> list[str]:
-    """Up to ``count`` non-blank lines from the top of the file, stripped."""
+    """Up to ``count`` non-blank lines from the top of the file, stripped (bytes that are not UTF-8 replaced:
+    the shape is what counts here; the format's reader decides what it accepts)."""
     lines: list[str] = []
     try:
-        with _open(path) as fh:
+        with _open(path, errors="replace") as fh:
             for line in fh:
                 if line.strip():
                     lines.append(line.strip())
@@ -148,7 +171,7 @@ def sniff_format(path: str | Path) -> str:
             raise DataFormatError(path, "first line starts with '{' but is not JSON", 1) from None
         if {"session", "events"} <= keys:
             return "otto"
-        if {"reviewerID", "asin"} <= keys:
+        if {"reviewerID", "asin"} <= keys or {"user_id", "parent_asin"} <= keys:  # 2014/2018 or 2023 reviews
             return "amazon"
         return "jsonl"
     if "::" in line:
@@ -157,6 +180,8 @@ def sniff_format(path: str | Path) -> str:
     fields = re.split(r"[\t,]", line) if delimited else line.split()
     if delimited and is_recbole_header(fields):
         return "recbole"
+    if "\t" in line and _checkin_layout(line.split("\t")) is not None:
+        return "checkins"
     names = {_norm(f) for f in fields}
     known = {alias for aliases in _KNOWN_COLUMNS.values() for alias in aliases}
     if names & {"sessionid"} and not names & {"userid", "user"}:
@@ -181,15 +206,32 @@ def parse_ts(value: Any, path: Path, line: int) -> int:
         try:
             number = float(text)
         except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                raise DataFormatError(path, f"timestamp {text[:40]!r} is neither a number nor ISO 8601",
-                                      line) from None
+            parsed = _parse_date(text)
+            if parsed is None:
+                raise DataFormatError(path, f"timestamp {text[:40]!r} is neither a number, ISO 8601 nor like "
+                                            "'Tue Apr 03 18:00:09 +0000 2012'", line) from None
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
             return int(parsed.timestamp() * 1000)
     return int(round(number * 1000)) if abs(number) < SECONDS_BELOW else int(number)
+
+
+def _parse_date(text: str) -> datetime | None:
+    """An ISO 8601 or `_DATE_FORMATS` date, or None."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        pass
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            pass
+    return None
+
+
+def _is_date(text: str) -> bool:
+    return not _is_number(text) and _parse_date(text.strip()) is not None
 
 
 # ------------------------------------------------------------------ lines
@@ -307,6 +349,10 @@ def _headerless(path: Path, given: Columns) -> list[Event]:
             if width < 2:
                 raise DataFormatError(path, f"expected at least 'user item' fields, got {row}", line_no)
             cols = _positions(path, width, given)
+            if _is_date(row[cols["item"]]):  # e.g. a check-in file read with the default fields
+                raise DataFormatError(path, f"field {cols['item'] + 1} ({row[cols['item']]!r}) is a time, not an "
+                                            "item: choose the fields with --user-col, --item-col and --time-col",
+                                      line_no)
         if len(row) != width:
             raise DataFormatError(path, f"expected {width} fields like the first line, got {len(row)}", line_no)
         user, item = row[cols["user"]], row[cols["item"]]
@@ -371,6 +417,80 @@ def _action(row: list[str], cols: dict[str, int | None], path: Path, line_no: in
         except ValueError:
             raise DataFormatError(path, f"rating {row[cols['rating']]!r} is not a number", line_no) from None
     return "click"
+
+
+# ------------------------------------------------------------------ check-ins
+def _checkin_layout(fields: list[str]) -> dict[str, int] | None:
+    """The `_CHECKIN_LAYOUTS` entry these fields fit (coordinates are numbers, the time a date), or None."""
+    layout = _CHECKIN_LAYOUTS.get(len(fields))
+    if layout is None or not (_is_number(fields[layout["lat"]]) and _is_number(fields[layout["lon"]])):
+        return None
+    return layout if _is_date(fields[layout["time"]]) else None
+
+
+def _checkin_rows(path: Path) -> Iterator[tuple[int, list[str], dict[str, int]]]:
+    """(line number, fields, layout) of each check-in; category names may be Latin-1 (TSMC2014's are)."""
+    layout: dict[str, int] | None = None
+    width = 0
+    with _open(path, errors="replace") as fh:
+        for line_no, line in enumerate(fh, 1):
+            row = line.rstrip("\r\n").split("\t")
+            if row == [""]:
+                continue
+            if layout is None:
+                layout, width = _checkin_layout(row), len(row)
+                if layout is None:
+                    raise DataFormatError(path, f"expected {_CHECKINS_EXPECTED}, got {line.strip()[:80]!r}", line_no)
+            if len(row) != width:
+                raise DataFormatError(path, f"expected {width} tab-separated fields like the first line, got "
+                                            f"{len(row)}", line_no)
+            yield line_no, row, layout
+
+
+def _checkins(path: Path) -> list[Event]:
+    """Every check-in with a user and a place; those without are counted in a warning (Brightkite has some)."""
+    events: list[Event] = []
+    placeless = 0
+    for line_no, row, layout in _checkin_rows(path):
+        user, item = row[layout["user"]].strip(), row[layout["item"]].strip()
+        if not user or not item:
+            placeless += 1
+            continue
+        events.append(Event(user, item, parse_ts(row[layout["time"]], path, line_no), "click",
+                            context=_checkin_context(row, layout)))
+    if placeless:
+        log.warning("%s: skipped %d check-ins without a user or a place id", path, placeless)
+    return events
+
+
+def _checkin_context(row: list[str], layout: dict[str, int]) -> EventContext | None:
+    """The place and offset of a check-in; coordinates out of range or at (0, 0) (Brightkite's "unknown") are none."""
+    found: dict[str, Any] = {}
+    try:
+        lat, lon = float(row[layout["lat"]]), float(row[layout["lon"]])
+        if -90 <= lat <= 90 and -180 <= lon <= 180 and (lat, lon) != (0.0, 0.0):
+            found.update(lat=lat, lon=lon)
+    except ValueError:
+        pass
+    if "tz_offset_min" in layout:
+        try:
+            offset = int(float(row[layout["tz_offset_min"]]))
+            if -840 <= offset <= 840:
+                found["tz_offset_min"] = offset
+        except ValueError:
+            pass
+    return _event_context(found)
+
+
+def _checkin_categories(path: Path) -> Catalogue:
+    """Each venue's category where the layout names one (TSMC2014), else nothing."""
+    categories: dict[str, tuple[str, ...]] = {}
+    for _line_no, row, layout in _checkin_rows(path):
+        if "category" not in layout:
+            break
+        if row[layout["category"]].strip():
+            categories.setdefault(row[layout["item"]], (row[layout["category"]].strip(),))
+    return Catalogue({}, categories)
 
 
 # ------------------------------------------------------------------ JSON lines
@@ -443,16 +563,23 @@ def _otto(path: Path) -> list[Event]:
     return clicks
 
 
+# (user, item, time, texts) keys of Amazon's review dumps, by release (2023's lines are the ones with user_id)
+_AMAZON_KEYS = {"2014/2018": ("reviewerID", "asin", "unixReviewTime", ("summary", "reviewText")),
+                "2023": ("user_id", "parent_asin", "timestamp", ("title", "text"))}
+
+
 def _amazon(path: Path) -> tuple[list[Event], list[Event]]:
     clicks: list[Event] = []
     texts: list[Event] = []
-    expected = "Amazon reviews {reviewerID, asin, unixReviewTime, reviewText, summary}"
+    expected = ("Amazon reviews {reviewerID, asin, unixReviewTime, summary, reviewText} (2014, 2018) or "
+                "{user_id, parent_asin, timestamp, title, text} (2023)")
     for line_no, obj in _json_objects(path):
-        user = str(_field(obj, "reviewerID", path, line_no, expected))
-        item = str(_field(obj, "asin", path, line_no, expected))
-        ts = parse_ts(_field(obj, "unixReviewTime", path, line_no, expected), path, line_no)
+        user_key, item_key, time_key, text_keys = _AMAZON_KEYS["2023" if "user_id" in obj else "2014/2018"]
+        user = str(_field(obj, user_key, path, line_no, expected))
+        item = str(_field(obj, item_key, path, line_no, expected))
+        ts = parse_ts(_field(obj, time_key, path, line_no, expected), path, line_no)
         clicks.append(Event(user, item, ts, "buy"))
-        text = " ".join(str(obj.get(k) or "") for k in ("summary", "reviewText")).strip()
+        text = " ".join(str(obj.get(k) or "") for k in text_keys).strip()
         if text:
             texts.append(Event(user, item, ts, "review", text, "review"))
     return clicks, texts
@@ -479,6 +606,8 @@ def _read(path: Path, fmt: str, columns: Columns) -> tuple[list[Event], list[Eve
         return _otto(path), []
     if fmt == "amazon":
         return _amazon(path)
+    if fmt == "checkins":
+        return _checkins(path), []
     raise DataFormatError(path, f"format {fmt!r} reads a folder; for a file use one of "
                                 f"{', '.join(f for f in FORMATS[1:] if f not in FOLDER_FORMATS)}")
 
@@ -511,7 +640,8 @@ def _folder(folder: Path, fmt: str, columns: Columns, test: Path | None) -> Data
     inters = sorted(folder.glob("*.inter"))
     if len(inters) == 1:
         return _file(inters[0], fmt if fmt != "auto" else "recbole", columns, test, name=folder.name)
-    data_files = [f for f in sorted(folder.iterdir()) if f.is_file() and _DATA_FILE.fullmatch(f.name.lower())]
+    data_files = [f for f in sorted(folder.iterdir()) if f.is_file() and _DATA_FILE.fullmatch(f.name.lower())
+                  and not f.name.startswith("meta_")]  # Amazon's item files lie beside its reviews
     if len(data_files) == 1:  # e.g. foursquare-nyc/checkins.csv.gz beside its README
         return _file(data_files[0], fmt, columns, test, name=folder.name)
     raise DataFormatError(folder, "expected a folder with sequences.txt.gz (ML-1M), ratings.csv[.gz] "
@@ -524,11 +654,16 @@ def _folder(folder: Path, fmt: str, columns: Columns, test: Path | None) -> Data
 def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str | None = None) -> Dataset:
     if fmt == "auto":
         fmt = sniff_format(path)
-    clicks, texts = _read(path, fmt, columns)
+    try:
+        clicks, texts = _read(path, fmt, columns)
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(path, f"not UTF-8 text (byte {exc.object[exc.start]:#04x}: {exc.reason}); "
+                                    "re-encode it as UTF-8") from None
     if not clicks:
         raise DataFormatError(path, f"no click events found (read as {fmt})")
     test_clicks = _read(test, fmt, columns)[0] if test else []
-    return Dataset(name or path.name.split(".")[0], clicks, texts, catalogue_beside(path, fmt), test_clicks)
+    catalogue = _checkin_categories(path) if fmt == "checkins" else catalogue_beside(path, fmt)
+    return Dataset(name or path.name.split(".")[0], clicks, texts, catalogue, test_clicks)
 
 
 def load_dataset(

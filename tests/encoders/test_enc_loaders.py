@@ -133,6 +133,7 @@ def test_timestamp_units() -> None:
     assert parse_ts("1396437466.94", here, 1) == 1_396_437_466_940
     assert parse_ts(1_659_304_800_025, here, 1) == 1_659_304_800_025
     assert parse_ts("1970-01-01T00:00:01Z", here, 1) == 1000
+    assert parse_ts("Thu Jan 01 01:00:01 +0100 1970", here, 1) == 1000  # TSMC2014's (Twitter's) form
 
 
 def test_cli_prints_one_line_for_a_bad_file(tmp_path: Path) -> None:
@@ -208,3 +209,83 @@ def test_recbole_atomic_files(tmp_path: Path) -> None:
     assert [(e.item_id, e.action) for e in log.sequences()["196"]] == [("242", "click"), ("302", "buy")]
     assert log.catalogue.titles["302"] == "L.A. Confidential"
     assert log.catalogue.categories["302"] == ("Crime", "Film-Noir")
+
+
+def test_amazon_2023_reviews_with_their_meta_file_in_a_folder(tmp_path: Path) -> None:
+    """McAuley Lab's 2023 release as published: <Category>.jsonl and meta_<Category>.jsonl side by side."""
+    review = {"rating": 5.0, "title": "Great", "text": "Loved it", "images": [], "asin": "B01X",
+              "parent_asin": "B01", "user_id": "AG1", "timestamp": 1588687728923, "verified_purchase": True}
+    later = {**review, "title": "Fine", "text": "ok", "asin": "B02", "parent_asin": "B02", "timestamp": 1588687729923}
+    _write(tmp_path / "All_Beauty.jsonl", "\n".join(json.dumps(r) for r in (later, review)) + "\n")
+    _write(tmp_path / "meta_All_Beauty.jsonl", "\n".join(json.dumps(m) for m in (
+        {"main_category": "All Beauty", "title": "Leather Conditioner", "categories": [], "parent_asin": "B01"},
+        {"main_category": "All Beauty", "title": "Tomato Mask", "categories": ["Beauty", "Skin Care", "Masks"],
+         "parent_asin": "B02"})) + "\n")
+    assert sniff_format(tmp_path / "All_Beauty.jsonl") == "amazon"
+    log = load_dataset(tmp_path)  # the meta file beside it is not a second data file
+    assert [(e.item_id, e.action, e.ts) for e in log.sequences()["AG1"]] == [
+        ("B01", "buy", 1588687728923), ("B02", "buy", 1588687729923)]  # parent_asin, the benchmark's item
+    assert [(t.item_id, t.kind, t.text) for t in log.texts] == [("B02", "review", "Fine ok"),
+                                                                ("B01", "review", "Great Loved it")]
+    assert log.catalogue.titles == {"B01": "Leather Conditioner", "B02": "Tomato Mask"}
+    assert log.catalogue.categories == {"B01": ("All Beauty",), "B02": ("Masks",)}  # the finest category
+    _write(tmp_path / "meta_All_Beauty.jsonl", '{"title": "no id"}\n')
+    with pytest.raises(DataFormatError, match=r"meta_All_Beauty.jsonl:1: expected a JSON object with parent_asin"):
+        load_dataset(tmp_path)
+    _write(tmp_path / "All_Beauty.jsonl", json.dumps({k: v for k, v in review.items() if k != "timestamp"}))
+    with pytest.raises(DataFormatError, match=r"All_Beauty.jsonl:1: missing 'timestamp': expected Amazon reviews"):
+        load_dataset(tmp_path / "All_Beauty.jsonl")
+
+
+def test_amazon_2023_rating_csvs_name_the_item_parent_asin(tmp_path: Path) -> None:
+    path = _write(tmp_path / "All_Beauty.train.csv", "user_id,parent_asin,rating,timestamp\n"
+                                                     "AG1,B01,5.0,1588687728923\nAG1,B02,2.0,1588687729923\n")
+    assert [(e.item_id, e.action) for e in load_dataset(path).sequences()["AG1"]] == [("B01", "buy"), ("B02", "view")]
+
+
+def test_check_in_files_as_snap_and_tsmc2014_publish_them(tmp_path: Path) -> None:
+    gowalla = _write(tmp_path / "loc-gowalla_totalCheckins.txt.gz",
+                     "0\t2010-10-19T23:55:27Z\t30.2359091167\t-97.7951395833\t22847\n"
+                     "0\t2010-10-18T22:17:43Z\t30.2691029532\t-97.7493953705\t420315\n"
+                     "1\t2010-10-17T23:42:03Z\t0.0\t0.0\t316637\n"  # Brightkite's (0, 0): no place known
+                     "1\t2010-10-17T19:26:05Z\t91.5\t-97.75\t\n")  # no place id: skipped, counted in a warning
+    assert sniff_format(gowalla) == "checkins"
+    log = load_dataset(gowalla)
+    assert [(e.item_id, e.ts, e.action) for e in log.sequences()["0"]] == [
+        ("420315", 1287440263000, "click"), ("22847", 1287532527000, "click")]
+    assert log.sequences()["0"][0].context == EventContext(lat=30.2691029532, lon=-97.7493953705)
+    assert [(e.item_id, e.context) for e in log.sequences()["1"]] == [("316637", None)]
+    tsmc = _write(tmp_path / "dataset_TSMC2014_NYC.txt",
+                  "470\t49bbd6c0f964a520f4531fe3\t4bf58dd8d48988d127951735\tArts & Crafts Store\t40.7198\t-74.0025"
+                  "\t-240\tTue Apr 03 18:00:09 +0000 2012\n"
+                  "470\t4c5cc7b485a1e21e00d35711\t4bf58dd8d48988d103941735\tCaf\xe9\t40.7161\t-73.8830"
+                  "\t-240\tTue Apr 03 18:02:24 +0000 2012\n")
+    tsmc.write_bytes(tsmc.read_text(encoding="utf-8").encode("latin-1"))  # as published: Latin-1
+    log = load_dataset(tsmc)
+    first, second = log.sequences()["470"]
+    assert (first.ts, first.context) == (1333476009000, EventContext(lat=40.7198, lon=-74.0025, tz_offset_min=-240))
+    assert log.catalogue.categories["49bbd6c0f964a520f4531fe3"] == ("Arts & Crafts Store",)
+    assert log.catalogue.categories[second.item_id] == ("Caf\ufffd",)  # an unreadable byte, not a failure
+    _write(tsmc, "470\tvenue\tcat\tCafe\t40.7\t-74.0\t-240\tTue Apr 03 18:00:09 +0000 2012\n470\tvenue\n")
+    with pytest.raises(DataFormatError, match=r"dataset_TSMC2014_NYC.txt:2: expected 8 tab-separated fields like "
+                                              r"the first line, got 2"):
+        load_dataset(tsmc)
+    with pytest.raises(DataFormatError, match=r"u.tsv:1: expected tab-separated 'user, ISO time, latitude"):
+        load_dataset(_write(tmp_path / "u.tsv", "1\t2\t3\n"), fmt="checkins")
+
+
+def test_a_headerless_file_whose_item_field_holds_times_is_refused(tmp_path: Path) -> None:
+    """Read with the default fields (user 1, item 2), a check-in CSV would make every time an item."""
+    path = _write(tmp_path / "visits.csv", "0,2010-10-19T23:55:27Z,30.23,-97.79,22847\n")
+    with pytest.raises(DataFormatError, match=r"visits.csv:1: field 2 \('2010-10-19T23:55:27Z'\) is a time, not an "
+                                              r"item: choose the fields with --user-col, --item-col and --time-col"):
+        load_dataset(path)
+    log = load_dataset(path, columns=Columns(item="5", time="2", rating="3"))
+    assert [e.item_id for e in log.clicks] == ["22847"]
+
+
+def test_a_file_that_is_not_utf8_gets_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("user,item\nu,Caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"latin1.csv: not UTF-8 text \(byte 0xe9: .*\); re-encode it as UTF-8"):
+        load_dataset(path)
