@@ -14,6 +14,9 @@
                     the optional ``meta_<name>.jsonl[.gz]`` (or ``.json``)
                     beside them, read here: each product's title and the last
                     (finest) of its categories.
+``yelp``            Yelp's reviews (read by `encoders.data.formats`) and
+                    ``yelp_academic_dataset_business.json`` beside them, read
+                    here: each business's name and categories.
 
 Ratings become actions as for every MovieLens source (`rating_action`).
 """
@@ -80,6 +83,8 @@ def catalogue_beside(path: Path, fmt: str) -> Catalogue:
         return _recbole_items(path.with_suffix(".item"))
     if fmt == "amazon":
         return _amazon_meta(path)
+    if fmt == "yelp":
+        return _yelp_businesses(path.with_name("yelp_academic_dataset_business.json"))
     return Catalogue({}, {})
 
 
@@ -92,23 +97,47 @@ def _amazon_meta(reviews: Path) -> Catalogue:
     categories: dict[str, tuple[str, ...]] = {}
     if meta is None:
         return Catalogue(titles, categories)
-    opener = gzip.open if meta.suffix == ".gz" else open
-    with opener(meta, "rt", encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                product = json.loads(line)
-                item = str(product.get("parent_asin") or product["asin"])
-            except (ValueError, KeyError, AttributeError):
-                raise DataFormatError(meta, "expected a JSON object with parent_asin (2023) or asin", line_no) from None
-            if isinstance(product.get("title"), str) and product["title"].strip():
-                titles[item] = product["title"].strip()
-            path = product.get("categories") or product.get("category") or []  # 2023, else 2014/2018
-            finest = path[-1] if isinstance(path, list) and path else product.get("main_category")
-            if isinstance(finest, str) and finest.strip():
-                categories[item] = (finest.strip(),)
+    for line_no, product in _json_lines(meta):
+        try:
+            item = str(product.get("parent_asin") or product["asin"])
+        except (KeyError, AttributeError):
+            raise DataFormatError(meta, "expected a JSON object with parent_asin (2023) or asin", line_no) from None
+        if isinstance(product.get("title"), str) and product["title"].strip():
+            titles[item] = product["title"].strip()
+        path = product.get("categories") or product.get("category") or []  # 2023, else 2014/2018
+        finest = path[-1] if isinstance(path, list) and path else product.get("main_category")
+        if isinstance(finest, str) and finest.strip():
+            categories[item] = (finest.strip(),)
     return Catalogue(titles, categories)
+
+
+def _yelp_businesses(path: Path) -> Catalogue:
+    """Names and categories (``"Pizza, Italian"``) of Yelp's businesses; empty when the file is absent."""
+    titles: dict[str, str] = {}
+    categories: dict[str, tuple[str, ...]] = {}
+    if not path.is_file():
+        return Catalogue(titles, categories)
+    for line_no, business in _json_lines(path):
+        item = business.get("business_id") if isinstance(business, dict) else None
+        if not isinstance(item, str) or not item:
+            raise DataFormatError(path, "expected a JSON object with business_id", line_no)
+        if isinstance(business.get("name"), str) and business["name"].strip():
+            titles[item] = business["name"].strip()
+        if isinstance(business.get("categories"), str):
+            categories[item] = tuple(c.strip() for c in business["categories"].split(",") if c.strip())
+    return Catalogue(titles, categories)
+
+
+def _json_lines(path: Path):
+    """(line number, value) of each non-blank line of a JSON-lines file, gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except ValueError:
+                    raise DataFormatError(path, "invalid JSON", line_no) from None
 
 
 def movielens_dat(path: Path) -> list[Event]:

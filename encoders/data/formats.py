@@ -33,6 +33,9 @@ Formats (``--format``, sniffed from the file when "auto"):
               title, text (2023); each review is a "buy" click plus a
               "review" text event; titles and categories from the
               ``meta_<name>.jsonl`` file beside it.
+``yelp``      the Yelp Open Dataset's reviews (``yelp_academic_dataset_review.json``:
+              user_id, business_id, date, text), read like Amazon's; names and
+              categories from ``yelp_academic_dataset_business.json`` beside it.
 ``checkins``  check-in text files as published, tab-separated without a
               header: SNAP's Gowalla and Brightkite (user, ISO time, latitude,
               longitude, place) and TSMC2014's Foursquare NYC and Tokyo
@@ -72,7 +75,7 @@ __all__ = ["FORMATS", "Columns", "load_dataset", "parse_ts", "sniff_format"]
 log = logging.getLogger("interest_updater.data")
 
 FORMATS = ("auto", "lines", "lines-per-user", "csv", "headerless", "recbole", "sessions", "jsonl", "otto",
-           "amazon", "checkins", "movielens-dat", "movielens-100k", "ml-1m", "movielens")
+           "amazon", "yelp", "checkins", "movielens-dat", "movielens-100k", "ml-1m", "movielens")
 FOLDER_FORMATS = ("ml-1m", "movielens")  # these read a folder, never a file
 _SNIFF_LINES = 50
 
@@ -80,7 +83,8 @@ _SNIFF_LINES = 50
 _KNOWN_COLUMNS = {
     "user": ("userid", "user", "uid", "reviewerid", "visitorid", "customerid", "sessionid", "session"),
     "item": ("itemid", "item", "movieid", "productid", "parentasin", "asin", "aid", "articleid", "iid", "poiid",
-             "stanpoiid", "placeid", "venueid", "locationid"),
+             "stanpoiid", "placeid", "venueid", "locationid", "businessid", "bookid", "trackid", "songid", "animeid",
+             "recipeid", "newsid", "videoid", "gameid", "courseid", "artistid"),
     "time": ("timestamp", "time", "ts", "datetime", "date", "eventtime", "unixreviewtime", "utctime", "utctimestamp",
              "checkintime"),
     "rating": ("rating", "overall", "score", "stars"),
@@ -173,6 +177,8 @@ def sniff_format(path: str | Path) -> str:
             return "otto"
         if {"reviewerID", "asin"} <= keys or {"user_id", "parent_asin"} <= keys:  # 2014/2018 or 2023 reviews
             return "amazon"
+        if {"review_id", "user_id", "business_id"} <= keys:
+            return "yelp"
         return "jsonl"
     if "::" in line:
         return "movielens-dat"
@@ -563,18 +569,25 @@ def _otto(path: Path) -> list[Event]:
     return clicks
 
 
-# (user, item, time, texts) keys of Amazon's review dumps, by release (2023's lines are the ones with user_id)
-_AMAZON_KEYS = {"2014/2018": ("reviewerID", "asin", "unixReviewTime", ("summary", "reviewText")),
-                "2023": ("user_id", "parent_asin", "timestamp", ("title", "text"))}
+# (user, item, time, texts) keys of review dumps, by source and release (Amazon 2023's lines have user_id)
+_REVIEW_KEYS = {"amazon 2014/2018": ("reviewerID", "asin", "unixReviewTime", ("summary", "reviewText")),
+                "amazon 2023": ("user_id", "parent_asin", "timestamp", ("title", "text")),
+                "yelp": ("user_id", "business_id", "date", ("text",))}
+_REVIEWS_EXPECTED = {
+    "amazon": ("Amazon reviews {reviewerID, asin, unixReviewTime, summary, reviewText} (2014, 2018) or "
+               "{user_id, parent_asin, timestamp, title, text} (2023)"),
+    "yelp": "Yelp reviews {user_id, business_id, date, text}",
+}
 
 
-def _amazon(path: Path) -> tuple[list[Event], list[Event]]:
+def _reviews(path: Path, fmt: str) -> tuple[list[Event], list[Event]]:
+    """Amazon's or Yelp's reviews: each a "buy" click and a "review" text about the same item."""
     clicks: list[Event] = []
     texts: list[Event] = []
-    expected = ("Amazon reviews {reviewerID, asin, unixReviewTime, summary, reviewText} (2014, 2018) or "
-                "{user_id, parent_asin, timestamp, title, text} (2023)")
+    expected = _REVIEWS_EXPECTED[fmt]
     for line_no, obj in _json_objects(path):
-        user_key, item_key, time_key, text_keys = _AMAZON_KEYS["2023" if "user_id" in obj else "2014/2018"]
+        release = "yelp" if fmt == "yelp" else "amazon 2023" if "user_id" in obj else "amazon 2014/2018"
+        user_key, item_key, time_key, text_keys = _REVIEW_KEYS[release]
         user = str(_field(obj, user_key, path, line_no, expected))
         item = str(_field(obj, item_key, path, line_no, expected))
         ts = parse_ts(_field(obj, time_key, path, line_no, expected), path, line_no)
@@ -604,8 +617,8 @@ def _read(path: Path, fmt: str, columns: Columns) -> tuple[list[Event], list[Eve
         return _product_events(path)
     if fmt == "otto":
         return _otto(path), []
-    if fmt == "amazon":
-        return _amazon(path)
+    if fmt in ("amazon", "yelp"):
+        return _reviews(path, fmt)
     if fmt == "checkins":
         return _checkins(path), []
     raise DataFormatError(path, f"format {fmt!r} reads a folder; for a file use one of "

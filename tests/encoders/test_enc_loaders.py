@@ -289,3 +289,31 @@ def test_a_file_that_is_not_utf8_gets_one_line(tmp_path: Path) -> None:
     path.write_bytes("user,item\nu,Caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataFormatError, match=r"latin1.csv: not UTF-8 text \(byte 0xe9: .*\); re-encode it as UTF-8"):
         load_dataset(path)
+
+
+def test_yelp_reviews_with_the_business_file_beside_them(tmp_path: Path) -> None:
+    reviews = [{"review_id": "r1", "user_id": "U1", "business_id": "B2", "stars": 4.0, "text": "Good pizza",
+                "date": "2018-07-07 22:09:11"},
+               {"review_id": "r2", "user_id": "U1", "business_id": "B1", "stars": 2.0, "text": "Slow",
+                "date": "2016-01-01 10:00:00"}]
+    path = _write(tmp_path / "yelp_academic_dataset_review.json", "\n".join(json.dumps(r) for r in reviews) + "\n")
+    _write(tmp_path / "yelp_academic_dataset_business.json",
+           json.dumps({"business_id": "B2", "name": "Luigi's", "categories": "Pizza, Italian"}) + "\n"
+           + json.dumps({"business_id": "B1", "name": "Quick Stop", "categories": None}) + "\n")
+    assert sniff_format(path) == "yelp"
+    log = load_dataset(path)
+    assert [(e.item_id, e.action, e.ts) for e in log.sequences()["U1"]] == [("B1", "buy", 1451642400000),
+                                                                            ("B2", "buy", 1531001351000)]
+    assert sorted((t.item_id, t.text) for t in log.texts) == [("B1", "Slow"), ("B2", "Good pizza")]
+    assert log.catalogue.titles == {"B2": "Luigi's", "B1": "Quick Stop"}
+    assert log.catalogue.categories == {"B2": ("Pizza", "Italian")}
+    _write(path, json.dumps({k: v for k, v in reviews[0].items() if k != "date"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"review.json:1: missing 'date': expected Yelp reviews"):
+        load_dataset(path)
+
+
+@pytest.mark.parametrize("item_column", ["book_id", "business_id", "anime_id", "track_id"])
+def test_common_item_column_names_need_no_flag(tmp_path: Path, item_column: str) -> None:
+    """Goodreads', Yelp's, the anime and music sets' CSVs as published."""
+    path = _write(tmp_path / "interactions.csv", f"user_id,{item_column},rating\nu,i1,5\nu,i2,1\n")
+    assert [(e.item_id, e.action) for e in load_dataset(path).sequences()["u"]] == [("i1", "buy"), ("i2", "view")]
