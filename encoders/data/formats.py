@@ -664,17 +664,22 @@ def _folder(folder: Path, fmt: str, columns: Columns, test: Path | None) -> Data
                                   f"file (found {len(data_files)}); or give a file")
 
 
-def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str | None = None) -> Dataset:
-    if fmt == "auto":
-        fmt = sniff_format(path)
+def _read_utf8(path: Path, fmt: str, columns: Columns) -> tuple[list[Event], list[Event]]:
+    """`_read`, with a file that is not UTF-8 named in one line rather than a traceback."""
     try:
-        clicks, texts = _read(path, fmt, columns)
+        return _read(path, fmt, columns)
     except UnicodeDecodeError as exc:
         raise DataFormatError(path, f"not UTF-8 text (byte {exc.object[exc.start]:#04x}: {exc.reason}); "
                                     "re-encode it as UTF-8") from None
+
+
+def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str | None = None) -> Dataset:
+    if fmt == "auto":
+        fmt = sniff_format(path)
+    clicks, texts = _read_utf8(path, fmt, columns)
     if not clicks:
         raise DataFormatError(path, f"no click events found (read as {fmt})")
-    test_clicks = _read(test, fmt, columns)[0] if test else []
+    test_clicks = _read_utf8(test, fmt, columns)[0] if test else []
     catalogue = _checkin_categories(path) if fmt == "checkins" else catalogue_beside(path, fmt)
     return Dataset(name or path.name.split(".")[0], clicks, texts, catalogue, test_clicks)
 

@@ -289,6 +289,9 @@ def test_a_file_that_is_not_utf8_gets_one_line(tmp_path: Path) -> None:
     path.write_bytes("user,item\nu,Caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataFormatError, match=r"latin1.csv: not UTF-8 text \(byte 0xe9: .*\); re-encode it as UTF-8"):
         load_dataset(path)
+    good = _write(tmp_path / "train.csv", "user,item\nu,cafe\n")
+    with pytest.raises(DataFormatError, match=r"latin1.csv: not UTF-8 text"):  # a held-out test file too
+        load_dataset(good, test=path)
 
 
 def test_yelp_reviews_with_the_business_file_beside_them(tmp_path: Path) -> None:
