@@ -90,6 +90,9 @@ _KNOWN_COLUMNS = {
     "rating": ("rating", "overall", "score", "stars"),
     "action": ("action", "event", "eventtype", "type"),
 }
+# An optional column naming each item's categories ("|" between several), recognised by name only.
+_CATEGORY_COLUMNS = ("category", "categories", "categoryname", "genre", "genres", "venuecategory",
+                     "venuecategoryname", "maincategory")
 # Optional context columns, recognised by name only (the event's `EventContext`).
 _CONTEXT_COLUMNS = {
     "lat": ("latitude", "lat"),
@@ -387,6 +390,23 @@ def _delimited(path: Path, given: Columns) -> list[Event]:
     return events
 
 
+def _csv_categories(path: Path, given: Columns) -> Catalogue:
+    """Each item's categories from the CSV's category column (`_CATEGORY_COLUMNS`), its first non-empty value."""
+    categories: dict[str, tuple[str, ...]] = {}
+    item = category = None
+    for _line_no, header, row in _rows(path):
+        if category is None:
+            by_norm = {_norm(h): i for i, h in enumerate(header)}
+            category = next((by_norm[a] for a in _CATEGORY_COLUMNS if a in by_norm), None)
+            if category is None:
+                break
+            item = header.index(_resolve_columns(path, header, given)["item"])
+        names = tuple(c.strip() for c in row[category].split("|") if c.strip())
+        if names:
+            categories.setdefault(row[item], names)
+    return Catalogue({}, categories)
+
+
 def _row_context(row: list[str], cols: dict[str, int | None], path: Path, line_no: int) -> EventContext | None:
     """The event's context from the optional context columns; None when the file has none or the row is empty."""
     found: dict[str, Any] = {}
@@ -680,8 +700,16 @@ def _file(path: Path, fmt: str, columns: Columns, test: Path | None, name: str |
     if not clicks:
         raise DataFormatError(path, f"no click events found (read as {fmt})")
     test_clicks = _read_utf8(test, fmt, columns)[0] if test else []
-    catalogue = _checkin_categories(path) if fmt == "checkins" else catalogue_beside(path, fmt)
-    return Dataset(name or path.name.split(".")[0], clicks, texts, catalogue, test_clicks)
+    return Dataset(name or path.name.split(".")[0], clicks, texts, _catalogue(path, fmt, columns), test_clicks)
+
+
+def _catalogue(path: Path, fmt: str, columns: Columns) -> Catalogue:
+    """Items' titles and categories: from the events file itself (check-ins, a CSV's category column) or beside it."""
+    if fmt == "checkins":
+        return _checkin_categories(path)
+    if fmt == "csv":
+        return _csv_categories(path, columns)
+    return catalogue_beside(path, fmt)
 
 
 def load_dataset(

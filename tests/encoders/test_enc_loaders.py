@@ -320,3 +320,15 @@ def test_common_item_column_names_need_no_flag(tmp_path: Path, item_column: str)
     """Goodreads', Yelp's, the anime and music sets' CSVs as published."""
     path = _write(tmp_path / "interactions.csv", f"user_id,{item_column},rating\nu,i1,5\nu,i2,1\n")
     assert [(e.item_id, e.action) for e in load_dataset(path).sequences()["u"]] == [("i1", "buy"), ("i2", "view")]
+
+
+def test_a_csv_category_column_gives_the_items_categories(tmp_path: Path) -> None:
+    """TSMC2014's Kaggle CSV names each venue's category in every row; genres may be '|'-separated."""
+    path = _write(tmp_path / "tsmc.csv", "userId,venueId,venueCategory,latitude,longitude,utcTimestamp\n"
+                                         "470,v1,Arts & Crafts Store,40.7,-74.0,Tue Apr 03 18:00:09 +0000 2012\n"
+                                         "470,v2,,40.6,-74.0,Tue Apr 03 18:00:25 +0000 2012\n")
+    log = load_dataset(path)
+    assert [e.ts for e in log.sequences()["470"]] == [1333476009000, 1333476025000]  # utcTimestamp is a time
+    assert log.catalogue.categories == {"v1": ("Arts & Crafts Store",)}
+    films = load_dataset(_write(tmp_path / "films.csv", "user,item,genres\nu,a,Comedy|Drama\nu,b,\n"))
+    assert films.catalogue.categories == {"a": ("Comedy", "Drama")}
