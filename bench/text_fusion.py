@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{dataset.name}: encoder {meta.model_version}, {report['pairs']} text/item pairs, "
           f"{report['gate_cases']} gate cases, {time.perf_counter() - started:.0f}s")
     s1, s2 = report["stage1"], report.get("stage2")
-    print(f"stage 1 (projection): valid text-only NDCG@10 {s1['valid_ndcg10']:.4f} (best epoch {s1['best_epoch']})")
+    # Its NDCG@10 is on what it stopped on: the validation users' texts, or held-out (text, item) pairs.
+    print(f"stage 1 (projection, stopped on {s1['stopped_on']}): NDCG@10 {s1['valid_ndcg10']:.4f} "
+          f"(best epoch {s1['best_epoch']})")
     if s2:
         print(f"stage 2 (gate on {args.gate_on}): valid fused NDCG@10 {s2['valid_ndcg10_before']:.4f} (initial gate) "
               f"-> {s2['valid_ndcg10']:.4f} (best epoch {s2['best_epoch']})")
