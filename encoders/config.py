@@ -9,7 +9,7 @@ from .errors import ConfigError
 
 __all__ = ["BLOCKS", "EncoderConfig"]
 
-BLOCKS = ("gpt2", "sasrec")
+BLOCKS = ("gpt2", "sasrec", "gated")
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,16 @@ class EncoderConfig:
     input_scale: float = 1.0
     # The Transformer block, one of BLOCKS: "gpt2" (pre-norm, 4d GELU feed-forward;
     # every config.json written before the choice existed) or "sasrec" (SASRec's
-    # block: the residual runs from the normalised query, d-wide ReLU feed-forward).
+    # block: the residual runs from the normalised query, d-wide ReLU feed-forward) or
+    # "gated" (pre-norm, sigmoid-gated residuals, 4d SwiGLU feed-forward: eSASRec's).
     block: str = "gpt2"
     # Context features of each event (encoders.features.CONTEXT_FEATURES: local hour of
     # the week, device, region, place cell, distance from the previous place) and each
     # item's own place cell.  False in every config.json written before them.
     context: bool = False
+    # Which of those features a model with context reads, in CONTEXT_FEATURES' order; the
+    # others stay "unknown".  None is all of them (every config.json written before the choice).
+    context_features: tuple[str, ...] | None = None
     # Dropout on the attention weights in training; None is ``dropout`` (every config.json
     # written before the option).  On the CPU torch's fused attention kernel takes none.
     attention_dropout: float | None = None
@@ -68,6 +72,11 @@ class EncoderConfig:
             raise ConfigError("values", f"input_scale={self.input_scale} must be > 0")
         if self.block not in BLOCKS:
             raise ConfigError("values", f"block={self.block!r} must be one of {BLOCKS}")
+        if self.context_features is not None:
+            object.__setattr__(self, "context_features", tuple(self.context_features))  # a JSON list
+            if not (self.context and self.context_features):
+                raise ConfigError("values", f"context_features={list(self.context_features)} needs context=True "
+                                            "and at least one feature")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

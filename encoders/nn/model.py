@@ -1,7 +1,7 @@
 """SASRec-style causal Transformer over a user's recent events.
 
 Each position's input is item + action + time-gap embeddings plus a learned
-position embedding, run through causal self-attention blocks of one of two
+position embedding, run through causal self-attention blocks of one of three
 kinds (`EncoderConfig.block`):
 
 - ``gpt2``: GPT-2's pre-norm block from `transformers` (`GPT2Model`): the
@@ -12,6 +12,10 @@ kinds (`EncoderConfig.block`):
   normalised, keys and values are not, the residual runs from the normalised
   query, and the feed-forward layer is d wide with ReLU.  On ML-1M it learns
   more per epoch than GPT-2's block at the same size (README).
+- ``gated``: a gated pre-norm block with a SwiGLU feed-forward layer
+  (`GatedBlock`), LinkedIn's LiGR layer as eSASRec (Tikhonovich et al. 2025)
+  uses it: each sub-layer's output joins the residual stream through a
+  sigmoid gate read from that stream.
 
 The item embedding table is tied: it embeds inputs and scores every
 catalogue item against a hidden state.
@@ -45,9 +49,10 @@ from torch import nn
 from transformers import GPT2Config, GPT2Model
 
 from ..config import EncoderConfig
+from ..errors import ConfigError
 from ..features import CONTEXT_FEATURES, CONTEXT_SIZES
 
-__all__ = ["SASRecBlock", "SequenceEncoder", "resolve_device", "time_buckets"]
+__all__ = ["GatedBlock", "SASRecBlock", "SequenceEncoder", "resolve_device", "time_buckets"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -132,6 +137,50 @@ class SASRecBlock(nn.Module):
         return x + self.dropout(self.ffn_out(F.relu(self.dropout(self.ffn_in(x)))))
 
 
+class GatedBlock(nn.Module):
+    """A gated pre-norm block: LiGR (Borisyuk et al. 2025) as eSASRec trains it.
+
+    ``h = LN(x); x = x + sigmoid(G1 x) * Attention(h, h, h);
+    h = LN(x); x + sigmoid(G2 x) * SwiGLU(h)``, with dropout on both
+    sub-layers' outputs and on the attention weights (``attend``).  The
+    SwiGLU layer is ``FFN_WIDTH`` x d wide, without biases (RecTools'
+    `LiGRLayer` defaults).  Pre-norm keeps the residual stream unnormalised,
+    so deeper stacks stay trainable; the gates let a position keep its input
+    where attending would not help.  Initialised as `SASRecBlock`: attention
+    projections Xavier-uniform, the other weights N(0, 0.02); the gates start
+    at sigmoid(0) = 0.5.
+    """
+
+    FFN_WIDTH = 4
+
+    def __init__(self, d_model: int, dropout: float) -> None:
+        super().__init__()
+        inner = self.FFN_WIDTH * d_model
+        self.ln_attention = nn.LayerNorm(d_model, eps=1e-8)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.gate_attention = nn.Linear(d_model, d_model)
+        self.ln_ffn = nn.LayerNorm(d_model, eps=1e-8)
+        self.ffn_gate_up = nn.Linear(d_model, 2 * inner, bias=False)
+        self.ffn_down = nn.Linear(inner, d_model, bias=False)
+        self.gate_ffn = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.uniform_(self.qkv.weight, -math.sqrt(6.0 / (4 * d_model)), math.sqrt(6.0 / (4 * d_model)))
+        for layer in (self.out, self.gate_attention, self.ffn_gate_up, self.ffn_down, self.gate_ffn):
+            nn.init.normal_(layer.weight, std=0.02)
+        for layer in (self.qkv, self.out, self.gate_attention, self.gate_ffn):
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+        attended = self.out(attend(*self.qkv(self.ln_attention(x)).chunk(3, dim=-1)))
+        x = x + torch.sigmoid(self.gate_attention(x)) * self.dropout(attended)
+        gate, up = self.ffn_gate_up(self.ln_ffn(x)).chunk(2, dim=-1)
+        return x + torch.sigmoid(self.gate_ffn(x)) * self.dropout(self.ffn_down(F.silu(gate) * up))
+
+
+_BLOCK_CLASSES = {"sasrec": SASRecBlock, "gated": GatedBlock}
+
+
 def _gpt2_block(block, x: torch.Tensor, attend: Attend) -> torch.Tensor:
     """GPT-2's block (a `transformers` GPT2Block's weights) in eval mode: no dropout."""
     d = x.shape[-1]
@@ -164,7 +213,8 @@ class SequenceEncoder(nn.Module):
         else:
             self.pos_emb = nn.Embedding(config.max_len, d)
             self.emb_dropout = nn.Dropout(config.dropout)
-            self.blocks = nn.ModuleList(SASRecBlock(d, config.dropout) for _ in range(config.n_layers))
+            block = _BLOCK_CLASSES[config.block]
+            self.blocks = nn.ModuleList(block(d, config.dropout) for _ in range(config.n_layers))
             self.ln_final = nn.LayerNorm(d, eps=1e-8)
             nn.init.normal_(self.pos_emb.weight, std=0.02)
         for emb in (self.item_emb, self.action_emb, self.time_emb):
@@ -178,7 +228,13 @@ class SequenceEncoder(nn.Module):
         if config.context:  # after the head, for the same reason
             # Row 0 of each is "unknown": learned, not zero, so that a model with context
             # serves events without it (the worker, until it stores context) as trained to.
+            # One table per feature, read or not, so the weights' names never depend on the choice.
             self.context_emb = nn.ModuleList(nn.Embedding(CONTEXT_SIZES[name], d) for name in CONTEXT_FEATURES)
+            used = config.context_features or CONTEXT_FEATURES
+            unknown = sorted(set(used) - set(CONTEXT_FEATURES))
+            if unknown:
+                raise ConfigError("values", f"context_features: unknown {unknown}; expected some of {CONTEXT_FEATURES}")
+            self.context_used = [i for i, name in enumerate(CONTEXT_FEATURES) if name in used]
             for emb in self.context_emb:
                 nn.init.normal_(emb.weight, std=0.02)
             # Each item's place cell (0: none); its embedding joins the item's row of the table.
@@ -229,7 +285,7 @@ class SequenceEncoder(nn.Module):
         With context, each item's row adds the embedding of its place cell, the
         one its events' cells have: scores can then prefer places near the user.
         """
-        if not self.config.context:
+        if not self.config.context or _CELL not in self.context_used:
             return self.item_emb.weight
         return self.item_emb.weight + self.context_emb[_CELL](self.item_cells)
 
@@ -265,7 +321,7 @@ class SequenceEncoder(nn.Module):
             context = items.new_zeros((*items.shape, len(CONTEXT_FEATURES)))
         elif self.training:  # some events without context, as the worker will see them
             context = context.masked_fill(torch.rand(context.shape, device=context.device) < CONTEXT_DROPOUT, 0)
-        return sum(emb(context[..., i]) for i, emb in enumerate(self.context_emb))
+        return sum(self.context_emb[i](context[..., i]) for i in self.context_used)
 
     def _positions(self, items: torch.Tensor) -> torch.Tensor:
         b, length = items.shape

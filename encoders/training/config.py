@@ -37,14 +37,17 @@ from typing import Any
 
 from ..config import BLOCKS, EncoderConfig
 from ..errors import ConfigError
+from ..features import CONTEXT_FEATURES
 from ..protocols import PROTOCOLS
 
-__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "LOSS_PRECISIONS", "LR_SCHEDULES", "TrainConfig"]
+__all__ = ["BATCHINGS", "CONTEXT_CHOICES", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "LOSS_PRECISIONS", "LR_SCHEDULES",
+           "TrainConfig"]
 
 LOSSES = ("auto", "full", "sampled")
 LOSS_PRECISIONS = ("auto", "fp32", "bf16")
 BATCHINGS = ("random", "length")
 LR_SCHEDULES = ("constant", "cosine")
+CONTEXT_CHOICES = ("auto", "on", "off")  # or feature names: TrainConfig.context
 # Above this many items "auto" samples: a full softmax costs N x n_items x d per batch.
 FULL_SOFTMAX_MAX_ITEMS = 50_000
 
@@ -84,7 +87,9 @@ class TrainConfig:
     attention_dropout: float | None = None  # on the attention weights; None: ``dropout``
     input_scale: float = 1.0  # item embeddings of the inputs times this (SASRec: sqrt(d_model))
     block: str = "gpt2"  # the Transformer block, one of encoders.config.BLOCKS
-    context: str = "auto"  # context features (and item place cells): "on", "off", "auto" (when the clicks have any)
+    # Context features (and item place cells): "on", "off", "auto" (when the clicks have any), or some of
+    # CONTEXT_FEATURES by name, comma-separated ("hour_of_week,cell"): those on, the others left unknown.
+    context: str = "auto"
     # The optimisation.
     epochs: int = 50  # most epochs; validation stops earlier
     batch_size: int = 128
@@ -123,7 +128,8 @@ class TrainConfig:
                  self.attention_dropout, "must be in [0, 1) (or None: dropout)")
         _require(self.input_scale > 0, "input_scale", self.input_scale, "must be > 0")
         _require(self.block in BLOCKS, "block", self.block, f"must be one of {BLOCKS}")
-        _require(self.context in ("auto", "on", "off"), "context", self.context, "must be 'auto', 'on' or 'off'")
+        _require(self.context in CONTEXT_CHOICES or self.context_features is not None, "context", self.context,
+                 f"must be 'auto', 'on', 'off' or some of {', '.join(CONTEXT_FEATURES)}, comma-separated")
         _require(self.history in ("auto", "exclude", "keep"), "history", self.history,
                  "must be 'auto', 'exclude' or 'keep'")
         _require(self.lr > 0, "lr", self.lr, "must be > 0")
@@ -178,6 +184,18 @@ class TrainConfig:
         """Every option, as plain JSON-able values (`from_dict` reads it back)."""
         return asdict(self)
 
+    @property
+    def context_features(self) -> tuple[str, ...] | None:
+        """The features ``context`` names, in CONTEXT_FEATURES' order; None for auto, on, off or a bad list.
+
+        >>> TrainConfig(context="cell, hour_of_week").context_features
+        ('hour_of_week', 'cell')
+        """
+        names = {name.strip() for name in self.context.split(",")}
+        if self.context in CONTEXT_CHOICES or not names <= set(CONTEXT_FEATURES):
+            return None
+        return tuple(name for name in CONTEXT_FEATURES if name in names)
+
     def encoder_config(self, n_items: int, *, action_head: bool = False, context: bool = False) -> EncoderConfig:
         """The model's shape: these dimensions over a vocabulary of ``n_items`` (padding and unknown included).
 
@@ -185,7 +203,8 @@ class TrainConfig:
         """
         return EncoderConfig(n_items, self.d_model, self.n_layers, self.n_heads, self.max_len, self.dropout,
                              action_head=action_head, input_scale=self.input_scale, block=self.block,
-                             context=context, attention_dropout=self.attention_dropout)
+                             context=context, context_features=self.context_features if context else None,
+                             attention_dropout=self.attention_dropout)
 
     def negatives_for(self, n_items: int) -> int | None:
         """None for a full softmax over ``n_items``, else the number of sampled negatives per batch.
@@ -226,8 +245,15 @@ class TrainConfig:
                               "max_len": encoder.max_len, "dropout": encoder.dropout,
                               "attention_dropout": encoder.attention_dropout,
                               "input_scale": encoder.input_scale, "block": encoder.block,
-                              "context": "on" if encoder.context else "off", "protocol": protocol,
+                              "context": _context_option(encoder), "protocol": protocol,
                               **inherited}, "checkpoint train_args")
+
+
+def _context_option(encoder: EncoderConfig) -> str:
+    """The ``context`` option that trains ``encoder``'s context features again."""
+    if not encoder.context:
+        return "off"
+    return ",".join(encoder.context_features) if encoder.context_features else "on"
 
 
 def _require(ok: bool, name: str, value: Any, requirement: str) -> None:

@@ -98,7 +98,7 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
     # A head needs something to choose between: one action (ML-1M) keeps the plain model.
     counts = training_action_counts(split.train, config.max_len, config.all_windows)
     head = config.action_weight > 0 and len(action_classes(counts)) >= 2
-    context = config.context == "on" or (config.context == "auto" and any(e.context for e in dataset.clicks))
+    context = config.context != "off" and (config.context != "auto" or any(e.context for e in dataset.clicks))
     encoder = config.encoder_config(len(vocab), action_head=head, context=context)
     cells = _item_cells(dataset, vocab) if context else None
     model = _new_model(encoder, config.seed, dev, cells)

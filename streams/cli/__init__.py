@@ -16,7 +16,9 @@ import sys
 import traceback
 from typing import Sequence
 
+from encoders.config import BLOCKS
 from encoders.errors import EncoderError
+from encoders.features import CONTEXT_FEATURES
 from state.errors import StateError
 from streams.cli.args import DATA_HELP, add_data_arguments
 from streams.errors import InterestUpdaterError
@@ -88,20 +90,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--input-scale", type=_number_or("sqrt", float, "a number"), default="sqrt",
                        help="multiply each input's item embedding by this before positions are added: a number, "
                             "or sqrt: sqrt(d-model), as SASRec does (8 at d=64) [default: sqrt]")
-    train.add_argument("--block", choices=("gpt2", "sasrec"), default="sasrec",
-                       help="Transformer block: gpt2 (GPT-2's pre-norm block, 4x-wide GELU feed-forward) or sasrec "
+    train.add_argument("--block", choices=BLOCKS, default="sasrec",
+                       help="Transformer block: gpt2 (GPT-2's pre-norm block, 4x-wide GELU feed-forward), sasrec "
                             "(SASRec's: residual from the normalised query, d-wide ReLU feed-forward, as SASRec+ "
-                            "trains it) [default: sasrec]")
+                            "trains it) or gated (pre-norm, sigmoid-gated residuals, 4x-wide SwiGLU feed-forward, "
+                            "as eSASRec trains it) [default: sasrec]")
     train.add_argument("--batch-size", type=int, default=128, help="users per training step [default: 128]")
     train.add_argument("--history", choices=("auto", "exclude", "keep"), default="auto",
                        help="rank items the user already has when validating and testing? keep for data where "
                             "people return (places, repeat purchases) [default: auto: excluded for leave-one-out, "
                             "kept within sessions]")
-    train.add_argument("--context-features", choices=("auto", "on", "off"), default="auto",
+    train.add_argument("--context-features", type=_context_features, default="auto", metavar="auto|on|off|NAMES",
                        help="embed each event's context (local hour of the week, device, region, place cell, "
                             "distance from the previous place) and each item's place cell; a model with context "
-                            "still serves events without it [default: auto: when the log's clicks have context "
-                            "columns such as latitude/longitude, timezone_offset, device, region]")
+                            "still serves events without it. NAMES turns on only those, comma-separated, of "
+                            f"{','.join(CONTEXT_FEATURES)} (cell includes the items' cells) [default: auto: all "
+                            "of them when the log's clicks have context columns such as latitude/longitude, "
+                            "timezone_offset, device, region]")
     train.add_argument("--batching", choices=("random", "length"), default="random",
                        help="random: shuffled batches, as SASRec trains; length: batches of similar lengths, less "
                             "padding and faster epochs, but less learnt per epoch [default: random]")
@@ -251,6 +256,15 @@ def _run(args: argparse.Namespace) -> int:
         return tail(args, settings)
     from streams.cli.demo import demo
     return demo(args, settings)
+
+
+def _context_features(value: str) -> str:
+    """An argparse type: auto, on, off, or context feature names, comma-separated."""
+    names = {name.strip() for name in value.split(",")}
+    if value in ("auto", "on", "off") or (names and names <= set(CONTEXT_FEATURES)):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, on, off or some of {','.join(CONTEXT_FEATURES)}, "
+                                     f"comma-separated; got {value!r}")
 
 
 def _number_or(word: str, kind: type, what: str):

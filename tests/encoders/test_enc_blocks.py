@@ -1,4 +1,4 @@
-"""The two Transformer blocks: SASRec's against the reference's formula, both independent of padding."""
+"""The Transformer blocks: SASRec's and the gated one against their references' formulas, all independent of padding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from encoders.config import BLOCKS, EncoderConfig
 from encoders.errors import ConfigError
-from encoders.nn.model import SASRecBlock, SequenceEncoder
+from encoders.nn.model import GatedBlock, SASRecBlock, SequenceEncoder
 
 
 def _reference_block(block: SASRecBlock, x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -43,6 +43,45 @@ def test_the_sasrec_block_is_the_references(n_heads):
             q, k, v, is_causal=True), keep_cache=False)
         block = model.blocks[0]
         want = _reference_block(block, x, n_heads)
+        want = nn.functional.layer_norm(want, (16,), model.ln_final.weight, model.ln_final.bias, 1e-8)
+    torch.testing.assert_close(ours, want, atol=1e-5, rtol=1e-5)
+
+
+def _reference_gated_block(block: GatedBlock, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The LiGR layer as RecTools' `LiGRLayer` (eSASRec) computes it, in eval mode, given our block's weights:
+    `nn.MultiheadAttention` on the normalised input, sigmoid gates read from the residual stream, SwiGLU."""
+    d = x.shape[-1]
+    mha = nn.MultiheadAttention(d, n_heads, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(block.qkv.weight)
+        mha.in_proj_bias.copy_(block.qkv.bias)
+        mha.out_proj.weight.copy_(block.out.weight)
+        mha.out_proj.bias.copy_(block.out.bias)
+    length = x.shape[1]
+    mask = ~torch.tril(torch.ones((length, length), dtype=torch.bool))
+    h = block.ln_attention(x)
+    attended, _ = mha(h, h, h, attn_mask=mask, need_weights=False)
+    x = x + torch.sigmoid(block.gate_attention(x)) * attended
+    gate_weight, up_weight = block.ffn_gate_up.weight.chunk(2, dim=0)
+    h = block.ln_ffn(x)
+    swiglu = (nn.functional.silu(h @ gate_weight.T) * (h @ up_weight.T)) @ block.ffn_down.weight.T
+    return x + torch.sigmoid(block.gate_ffn(x)) * swiglu
+
+
+@pytest.mark.parametrize("n_heads", [1, 2])
+def test_the_gated_block_is_ligrs(n_heads):
+    torch.manual_seed(0)
+    model = SequenceEncoder(EncoderConfig(n_items=20, d_model=16, n_layers=1, n_heads=n_heads, max_len=10,
+                                          block="gated")).eval()
+    with torch.no_grad():  # gates away from their start, so that a wrong input to them shows
+        for gate in (model.blocks[0].gate_attention, model.blocks[0].gate_ffn):
+            gate.weight.normal_(std=0.5)
+            gate.bias.normal_(std=0.5)
+    x = torch.randn(3, 7, 16)
+    with torch.no_grad():
+        ours, _ = model._run_blocks(x, lambda layer, q, k, v: nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True), keep_cache=False)
+        want = _reference_gated_block(model.blocks[0], x, n_heads)
         want = nn.functional.layer_norm(want, (16,), model.ln_final.weight, model.ln_final.bias, 1e-8)
     torch.testing.assert_close(ours, want, atol=1e-5, rtol=1e-5)
 
@@ -100,8 +139,10 @@ def test_attention_dropout_is_its_own_knob_and_defaults_to_dropout(block):
 def test_the_blocks_have_their_own_weights_and_old_configs_are_gpt2(tmp_path):
     gpt2 = SequenceEncoder(EncoderConfig(n_items=30, d_model=16, n_layers=1, n_heads=1))
     sasrec = SequenceEncoder(EncoderConfig(n_items=30, d_model=16, n_layers=1, n_heads=1, block="sasrec"))
+    gated = SequenceEncoder(EncoderConfig(n_items=30, d_model=16, n_layers=1, n_heads=1, block="gated"))
     assert any(name.startswith("gpt.h.0.") for name in gpt2.state_dict())
     assert any(name.startswith("blocks.0.") for name in sasrec.state_dict())
+    assert "blocks.0.gate_ffn.weight" in gated.state_dict() and "blocks.0.gate_ffn.weight" not in sasrec.state_dict()
     # A config.json written before the choice existed has no "block": it is GPT-2's.
     old = json.loads(json.dumps({"n_items": 30, "d_model": 16}))
     assert EncoderConfig.from_dict(old).block == "gpt2"

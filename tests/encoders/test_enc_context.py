@@ -82,6 +82,30 @@ def test_an_items_place_cell_joins_its_row_of_the_table(model):
         SequenceEncoder(EncoderConfig(n_items=12, d_model=16)).set_item_cells(cells)
 
 
+def test_a_model_reads_only_the_features_it_was_given():
+    torch.manual_seed(0)
+    hour_only = SequenceEncoder(EncoderConfig(n_items=12, d_model=16, n_layers=1, n_heads=1, max_len=8, block="sasrec",
+                                              context=True, context_features=["hour_of_week"])).eval()
+    assert hour_only.config.context_features == ("hour_of_week",)  # a JSON list becomes a tuple
+    items, actions, gaps = torch.tensor([[2, 3, 4]]), torch.full((1, 3), 3), torch.tensor([[-1, 10, 10]])
+    known = torch.from_numpy(context_columns([_ms(2024, 1, 1, 12)] * 3, [NYC] * 3))[None]
+    other_places = known.clone()
+    other_places[..., [DEVICE, REGION, CELL, DISTANCE]] = 0
+    other_hours = known.clone()
+    other_hours[..., HOUR] = 0
+    with torch.no_grad():
+        vector = hour_only(items, actions, gaps, known)
+        torch.testing.assert_close(vector, hour_only(items, actions, gaps, other_places))
+        assert not torch.allclose(vector, hour_only(items, actions, gaps, other_hours), atol=1e-4)
+        before = hour_only.item_table().clone()
+        hour_only.set_item_cells(torch.full((12,), 7))
+        torch.testing.assert_close(hour_only.item_table(), before)  # no cell feature: items' cells unread
+    with pytest.raises(ValueError, match=r"context_features: unknown \['hour'\]"):
+        SequenceEncoder(EncoderConfig(n_items=12, context=True, context_features=("hour",)))
+    with pytest.raises(ValueError, match="needs context=True"):
+        EncoderConfig(n_items=12, context_features=("cell",))
+
+
 PLACES = {f"p{n}": (40.70 + 0.05 * (n % 2) + 0.001 * n, -74.00 + 0.001 * n) for n in range(10)}
 
 
@@ -103,6 +127,7 @@ def _checkins(n_users: int = 40, seed: int = 0) -> Dataset:
 def test_train_uses_context_when_the_clicks_have_it_and_the_worker_serves_the_model_without_it(tmp_path: Path):
     from encoders.evaluation.evaluate import baseline_metrics
     from encoders.inference import InterestEncoder
+    from encoders.training.config import TrainConfig
     from encoders.training.train import train
 
     data = _checkins()
@@ -113,6 +138,12 @@ def test_train_uses_context_when_the_clicks_have_it_and_the_worker_serves_the_mo
     assert worker.model.item_cells[worker.vocab.index("p3")] == cell_of(*PLACES["p3"]) > 0
     vectors = worker.encode([[(e.item_id, e.action, e.ts) for e in data.sequences()["u0"][:10]]])
     assert vectors.shape == (1, 16) and np.isfinite(vectors).all()
+    some = train(data, tmp_path / "some", epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=30, progress=False,
+                 refit=False, context="cell,hour_of_week")
+    assert json.loads((some / "config.json").read_text())["context_features"] == ["hour_of_week", "cell"]
+    some_model = InterestEncoder.from_checkpoint(some, device="cpu").model
+    assert some_model.config.context_features == ("hour_of_week", "cell")
+    assert TrainConfig.from_record(some_model.config, {}).context == "hour_of_week,cell"  # what a fine-tune trains
     off = train(data, tmp_path / "off", epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=30, progress=False,
                 refit=False, context="off", history="keep")
     assert json.loads((off / "config.json").read_text())["context"] is False

@@ -46,6 +46,8 @@ def test_an_unknown_key_is_an_error_naming_it():
     ("loss_precision", "fp16", "must be one of ('auto', 'fp32', 'bf16')"),
     ("lr_schedule", "linear", "must be one of ('constant', 'cosine')"),
     ("protocol", "random", "must be 'auto' or one of ('leave-one-out', 'session')"),
+    ("context", "hour,cell",
+     "must be 'auto', 'on', 'off' or some of hour_of_week, device, region, cell, distance, comma-separated"),
     ("lr", 0.0, "must be > 0"),
     ("lr", float("nan"), "must be > 0"),
     ("dropout", 1.0, "must be in [0, 1)"),
@@ -96,7 +98,7 @@ def test_model_dimensions_go_to_the_encoder_config():
     config = TrainConfig(d_model=32, n_layers=1, n_heads=4, max_len=50, dropout=0.1, block="sasrec")
     assert config.encoder_config(10, action_head=True) == EncoderConfig(
         10, d_model=32, n_layers=1, n_heads=4, max_len=50, dropout=0.1, action_head=True, block="sasrec")
-    with pytest.raises(ConfigError, match=r"block='bert' must be one of \('gpt2', 'sasrec'\)"):
+    with pytest.raises(ConfigError, match=r"block='bert' must be one of \('gpt2', 'sasrec', 'gated'\)"):
         TrainConfig(block="bert")
 
 

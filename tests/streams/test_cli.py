@@ -145,6 +145,18 @@ def test_a_bad_max_len_names_the_flag():
     assert "argument --max-len: expected a number of events or auto, got 'long'" in result.stderr
 
 
+def test_context_features_are_chosen_by_name_and_a_bad_name_names_the_flag():
+    from streams.cli import _parser
+    from streams.cli.offline import train_config
+
+    args = _parser().parse_args(["train", "--data", "d", "--out", "x", "--context-features", "cell,hour_of_week"])
+    assert train_config(args).context_features == ("hour_of_week", "cell")
+    result = cli("train", "--data", "synthetic", "--out", "/tmp/never-written", "--context-features", "hour")
+    assert result.returncode == 2
+    assert ("argument --context-features: expected auto, on, off or some of "
+            "hour_of_week,device,region,cell,distance, comma-separated; got 'hour'") in result.stderr
+
+
 def test_a_bad_train_flag_fails_before_the_data_is_read():
     result = cli("train", "--data", "/no/such/folder", "--out", "/tmp/none", "--epochs", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
