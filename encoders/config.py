@@ -35,9 +35,9 @@ class EncoderConfig:
     # uses sqrt(d_model). 1.0 is the value of every config.json written before it.
     input_scale: float = 1.0
     # The Transformer block, one of BLOCKS: "gpt2" (pre-norm, 4d GELU feed-forward;
-    # every config.json written before the choice existed) or "sasrec" (SASRec's
-    # block: the residual runs from the normalised query, d-wide ReLU feed-forward) or
-    # "gated" (pre-norm, sigmoid-gated residuals, 4d SwiGLU feed-forward: eSASRec's).
+    # every config.json written before the choice existed), "sasrec" (SASRec's block:
+    # the residual runs from the normalised query, d-wide ReLU feed-forward) or "gated"
+    # (pre-norm, sigmoid-gated residuals, 4d SwiGLU feed-forward: eSASRec's).
     block: str = "gpt2"
     # Context features of each event (encoders.features.CONTEXT_FEATURES: local hour of
     # the week, device, region, place cell, distance from the previous place) and each

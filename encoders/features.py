@@ -22,9 +22,9 @@ from .vocab import ItemVocab, action_index
 if TYPE_CHECKING:  # a type only: the worker's imports never reach the data package
     from .data.records import Event
 
-__all__ = ["CONTEXT_FEATURES", "CONTEXT_SIZES", "Batch", "SeqArrays", "cell_of", "context_columns", "context_word",
+__all__ = ["CONTEXT_FEATURES", "CONTEXT_SIZES", "CONTEXT_SWITCHES", "Batch", "SeqArrays", "cell_of", "context_columns", "context_word",
            "columns_of_words", "from_arrays", "from_events", "from_tuples", "haversine_km", "item_places", "pad_batch",
-           "split_input"]
+           "named_context_features", "split_input"]
 
 NO_PREVIOUS = -1  # gap value of a user's first known event
 
@@ -37,6 +37,23 @@ CONTEXT_SIZES = {
     "cell": 4096,  # hashed 0.01-degree grid cells (about 1 km)
     "distance": 1 + 16,  # log2-bucketed km from the previous event's place
 }
+CONTEXT_SWITCHES = ("auto", "on", "off")  # the other values of a "context features" option: all or none
+
+
+def named_context_features(option: str) -> tuple[str, ...] | None:
+    """The features a "context features" option names, comma-separated, in CONTEXT_FEATURES' order.
+
+    None where it is one of CONTEXT_SWITCHES or names something else.
+
+    >>> named_context_features("cell, hour_of_week"), named_context_features("on"), named_context_features("hour")
+    (('hour_of_week', 'cell'), None, None)
+    """
+    names = {name.strip() for name in option.split(",")}
+    if option in CONTEXT_SWITCHES or not names <= set(CONTEXT_FEATURES):
+        return None
+    return tuple(name for name in CONTEXT_FEATURES if name in names)
+
+
 CELL_DEGREES = 0.01
 _EARTH_KM = 6371.0
 

@@ -37,17 +37,15 @@ from typing import Any
 
 from ..config import BLOCKS, EncoderConfig
 from ..errors import ConfigError
-from ..features import CONTEXT_FEATURES
+from ..features import CONTEXT_FEATURES, CONTEXT_SWITCHES, named_context_features
 from ..protocols import PROTOCOLS
 
-__all__ = ["BATCHINGS", "CONTEXT_CHOICES", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "LOSS_PRECISIONS", "LR_SCHEDULES",
-           "TrainConfig"]
+__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "LOSS_PRECISIONS", "LR_SCHEDULES", "TrainConfig"]
 
 LOSSES = ("auto", "full", "sampled")
 LOSS_PRECISIONS = ("auto", "fp32", "bf16")
 BATCHINGS = ("random", "length")
 LR_SCHEDULES = ("constant", "cosine")
-CONTEXT_CHOICES = ("auto", "on", "off")  # or feature names: TrainConfig.context
 # Above this many items "auto" samples: a full softmax costs N x n_items x d per batch.
 FULL_SOFTMAX_MAX_ITEMS = 50_000
 
@@ -128,7 +126,7 @@ class TrainConfig:
                  self.attention_dropout, "must be in [0, 1) (or None: dropout)")
         _require(self.input_scale > 0, "input_scale", self.input_scale, "must be > 0")
         _require(self.block in BLOCKS, "block", self.block, f"must be one of {BLOCKS}")
-        _require(self.context in CONTEXT_CHOICES or self.context_features is not None, "context", self.context,
+        _require(self.context in CONTEXT_SWITCHES or self.context_features is not None, "context", self.context,
                  f"must be 'auto', 'on', 'off' or some of {', '.join(CONTEXT_FEATURES)}, comma-separated")
         _require(self.history in ("auto", "exclude", "keep"), "history", self.history,
                  "must be 'auto', 'exclude' or 'keep'")
@@ -186,15 +184,8 @@ class TrainConfig:
 
     @property
     def context_features(self) -> tuple[str, ...] | None:
-        """The features ``context`` names, in CONTEXT_FEATURES' order; None for auto, on, off or a bad list.
-
-        >>> TrainConfig(context="cell, hour_of_week").context_features
-        ('hour_of_week', 'cell')
-        """
-        names = {name.strip() for name in self.context.split(",")}
-        if self.context in CONTEXT_CHOICES or not names <= set(CONTEXT_FEATURES):
-            return None
-        return tuple(name for name in CONTEXT_FEATURES if name in names)
+        """The features ``context`` names (`encoders.features.named_context_features`); None for auto, on, off."""
+        return named_context_features(self.context)
 
     def encoder_config(self, n_items: int, *, action_head: bool = False, context: bool = False) -> EncoderConfig:
         """The model's shape: these dimensions over a vocabulary of ``n_items`` (padding and unknown included).

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from encoders.config import BLOCKS
 from encoders.errors import EncoderError
-from encoders.features import CONTEXT_FEATURES
+from encoders.features import CONTEXT_FEATURES, CONTEXT_SWITCHES, named_context_features
 from state.errors import StateError
 from streams.cli.args import DATA_HELP, add_data_arguments
 from streams.errors import InterestUpdaterError
@@ -260,8 +260,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _context_features(value: str) -> str:
     """An argparse type: auto, on, off, or context feature names, comma-separated."""
-    names = {name.strip() for name in value.split(",")}
-    if value in ("auto", "on", "off") or (names and names <= set(CONTEXT_FEATURES)):
+    if value in CONTEXT_SWITCHES or named_context_features(value):
         return value
     raise argparse.ArgumentTypeError(f"expected auto, on, off or some of {','.join(CONTEXT_FEATURES)}, "
                                      f"comma-separated; got {value!r}")
