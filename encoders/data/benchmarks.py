@@ -26,14 +26,16 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataFormatError
 from .builtin import rating_action
 from .records import Catalogue, Event
 
-__all__ = ["RECBOLE_TYPES", "catalogue_beside", "is_recbole_header", "movielens_100k", "movielens_dat",
-           "strip_recbole_type"]
+__all__ = ["RECBOLE_TYPES", "catalogue_beside", "is_recbole_header", "json_objects", "movielens_100k",
+           "movielens_dat", "strip_recbole_type"]
 
 RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 
@@ -97,10 +99,10 @@ def _amazon_meta(reviews: Path) -> Catalogue:
     categories: dict[str, tuple[str, ...]] = {}
     if meta is None:
         return Catalogue(titles, categories)
-    for line_no, product in _json_lines(meta):
+    for line_no, product in json_objects(meta):
         try:
             item = str(product.get("parent_asin") or product["asin"])
-        except (KeyError, AttributeError):
+        except KeyError:
             raise DataFormatError(meta, "expected a JSON object with parent_asin (2023) or asin", line_no) from None
         if isinstance(product.get("title"), str) and product["title"].strip():
             titles[item] = product["title"].strip()
@@ -117,8 +119,8 @@ def _yelp_businesses(path: Path) -> Catalogue:
     categories: dict[str, tuple[str, ...]] = {}
     if not path.is_file():
         return Catalogue(titles, categories)
-    for line_no, business in _json_lines(path):
-        item = business.get("business_id") if isinstance(business, dict) else None
+    for line_no, business in json_objects(path):
+        item = business.get("business_id")
         if not isinstance(item, str) or not item:
             raise DataFormatError(path, "expected a JSON object with business_id", line_no)
         if isinstance(business.get("name"), str) and business["name"].strip():
@@ -128,16 +130,20 @@ def _yelp_businesses(path: Path) -> Catalogue:
     return Catalogue(titles, categories)
 
 
-def _json_lines(path: Path):
-    """(line number, value) of each non-blank line of a JSON-lines file, gzipped or not."""
+def json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSON-lines file, gzipped or not; anything else is refused."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
         for line_no, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield line_no, json.loads(line)
-                except ValueError:
-                    raise DataFormatError(path, "invalid JSON", line_no) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise DataFormatError(path, f"invalid JSON ({exc.args[0][:60]})", line_no) from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", line_no)
+            yield line_no, obj
 
 
 def movielens_dat(path: Path) -> list[Event]:

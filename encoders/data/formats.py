@@ -66,7 +66,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import DataFormatError
-from .benchmarks import catalogue_beside, is_recbole_header, movielens_100k, movielens_dat, strip_recbole_type
+from .benchmarks import (
+    catalogue_beside,
+    is_recbole_header,
+    json_objects,
+    movielens_100k,
+    movielens_dat,
+    strip_recbole_type,
+)
 from .builtin import load_ml1m, load_movielens_small, rating_action, synthetic
 from .records import Catalogue, Dataset, Event, EventContext
 
@@ -520,20 +527,6 @@ def _checkin_categories(path: Path) -> Catalogue:
 
 
 # ------------------------------------------------------------------ JSON lines
-def _json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with _open(path) as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise DataFormatError(path, f"invalid JSON ({exc.args[0][:60]})", line_no) from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", line_no)
-            yield line_no, obj
-
-
 def _field(obj: dict[str, Any], key: str, path: Path, line_no: int, expected: str) -> Any:
     if key not in obj or obj[key] in (None, ""):
         raise DataFormatError(path, f"missing {key!r}: expected {expected}", line_no)
@@ -561,7 +554,7 @@ def _product_events(path: Path) -> tuple[list[Event], list[Event]]:
     clicks: list[Event] = []
     texts: list[Event] = []
     expected = "click events {user_id, item_id, action, ts} or text events {user_id, kind, text, ts}"
-    for line_no, obj in _json_objects(path):
+    for line_no, obj in json_objects(path):
         user = str(_field(obj, "user_id", path, line_no, expected))
         ts = parse_ts(_field(obj, "ts", path, line_no, expected), path, line_no)
         if "text" in obj and "kind" in obj:
@@ -577,7 +570,7 @@ def _product_events(path: Path) -> tuple[list[Event], list[Event]]:
 def _otto(path: Path) -> list[Event]:
     clicks: list[Event] = []
     expected = '{"session": N, "events": [{"aid": item, "ts": ms, "type": ...}]}'
-    for line_no, obj in _json_objects(path):
+    for line_no, obj in json_objects(path):
         session = str(_field(obj, "session", path, line_no, expected))
         events = _field(obj, "events", path, line_no, expected)
         if not isinstance(events, list):
@@ -605,7 +598,7 @@ def _reviews(path: Path, fmt: str) -> tuple[list[Event], list[Event]]:
     clicks: list[Event] = []
     texts: list[Event] = []
     expected = _REVIEWS_EXPECTED[fmt]
-    for line_no, obj in _json_objects(path):
+    for line_no, obj in json_objects(path):
         release = "yelp" if fmt == "yelp" else "amazon 2023" if "user_id" in obj else "amazon 2014/2018"
         user_key, item_key, time_key, text_keys = _REVIEW_KEYS[release]
         user = str(_field(obj, user_key, path, line_no, expected))
