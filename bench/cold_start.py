@@ -120,13 +120,13 @@ def train_before(dataset: Dataset, cut: int, out: Path, max_seconds: float, more
     """
     from encoders.training.train import train
     from streams.cli import _parser
-    from streams.cli.offline import auto_max_len, train_config
+    from streams.cli.offline import train_config, with_data_defaults
 
     before = Dataset(dataset.name, [c for c in dataset.clicks if c.ts < cut],
                      [t for t in dataset.texts if t.ts < cut], dataset.catalogue)
     flags = _parser().parse_args(["train", "--data", dataset.name, "--out", str(out),
                                   "--max-seconds", str(max_seconds), *more_flags])
-    train(before, out, train_config(flags).replace(text_fusion=True, max_len=auto_max_len(before)))
+    train(before, out, with_data_defaults(train_config(flags).replace(text_fusion=True), flags, before))
 
 
 def new_item_cases(dataset: Dataset, new: set[str], first_seen: dict[str, int], cut: int) -> list[Case]:

@@ -82,8 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="most recent events per user the model reads: a number, or auto: enough for 99%% of "
                             "the histories whole, rounded up to 10, at most 200 (logged; ML-1M gets 200, "
                             "short sessions 20) [default: auto]")
-    train.add_argument("--dropout", type=float, default=0.1,
-                       help="dropout on embeddings, attention and feed-forward layers [default: 0.1]")
+    train.add_argument("--dropout", type=_number_or("auto", float, "a rate"), default="auto",
+                       help="dropout on embeddings, attention and feed-forward layers: a rate, or auto: 0.5 where "
+                            "the median history is shorter than 20 events (sparse data: reviews, sessions), "
+                            "else 0.1, SASRec+'s (logged) [default: auto]")
     train.add_argument("--attention-dropout", type=float, default=None,
                        help="dropout on the attention weights, if other than --dropout; 0 lets torch take its "
                             "fused attention kernel: faster epochs on the CPU [default: --dropout]")

@@ -17,7 +17,8 @@ from streams.errors import InterestUpdaterError
 if TYPE_CHECKING:  # the subcommands import encoders (torch) only when they run
     from encoders.training.config import TrainConfig
 
-__all__ = ["train", "evaluate", "finetune", "evaluation_table", "fusion_summary", "train_config", "use_threads"]
+__all__ = ["train", "evaluate", "finetune", "evaluation_table", "fusion_summary", "train_config", "use_threads",
+           "with_data_defaults"]
 
 log = logging.getLogger("interest_updater.train")
 
@@ -28,9 +29,8 @@ def train(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     config = train_config(args)  # before the data: a bad flag fails now, not after minutes of loading
     dataset = dataset_from_args(args.data, args)
-    config = config.replace(text_fusion=_wants_text_fusion(args.text_fusion, dataset))
-    if args.max_len == "auto":
-        config = config.replace(max_len=auto_max_len(dataset))
+    config = with_data_defaults(config.replace(text_fusion=_wants_text_fusion(args.text_fusion, dataset)), args,
+                                dataset)
     started = time.monotonic()
     out = train_encoder(dataset, args.out, config)
     report = orjson.loads((out / "report.json").read_bytes())
@@ -72,10 +72,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """
     from encoders.training.config import TrainConfig
 
-    max_len = 200 if args.max_len == "auto" else args.max_len  # auto is resolved once the data is read
+    max_len = 200 if args.max_len == "auto" else args.max_len  # each auto is resolved once the data is read
+    dropout = DENSE_DROPOUT if args.dropout == "auto" else args.dropout
     input_scale = math.sqrt(args.d_model) if args.input_scale == "sqrt" else args.input_scale
     return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
-                       dropout=args.dropout, attention_dropout=args.attention_dropout,
+                       dropout=dropout, attention_dropout=args.attention_dropout,
                        input_scale=input_scale, block=args.block,
                        context=args.context_features, history=args.history, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr, lr_schedule=args.lr_schedule,
@@ -84,6 +85,15 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,
                        seed=args.seed, patience=args.patience, eval_every=args.eval_every,
                        max_seconds=args.max_seconds, action_weight=args.action_weight)
+
+
+def with_data_defaults(config: TrainConfig, args: argparse.Namespace, dataset) -> TrainConfig:
+    """``config`` with the flags left at ``auto`` that depend on the data chosen from it: --max-len, --dropout."""
+    if args.max_len == "auto":
+        config = config.replace(max_len=auto_max_len(dataset))
+    if args.dropout == "auto":
+        config = config.replace(dropout=auto_dropout(dataset))
+    return config
 
 
 def auto_max_len(dataset, cap: int = 200) -> int:
@@ -97,6 +107,30 @@ def auto_max_len(dataset, cap: int = 200) -> int:
     chosen = min(cap, max(10, 10 * math.ceil(float(np.percentile(lengths, 99)) / 10))) if lengths else cap
     log.info("--max-len auto: %d (99%% of %d histories have at most %d events)", chosen, len(lengths),
              int(np.percentile(lengths, 99)) if lengths else 0)
+    return chosen
+
+
+# --dropout auto (README, "Default flags on other data"): SASRec's rule (0.5 on its sparse sets), and SASRec+'s
+# 0.1 on dense ones.
+# Measured here over three and four seeds, 0.5 against 0.1: +3.2% test NDCG@10 on Amazon Musical Instruments
+# (median history 6 events), +1.0% MRR@20 on YOOCHOOSE sessions (3); ML-1M (96) is SASRec+'s 0.1.
+DENSE_DROPOUT, SPARSE_DROPOUT, SPARSE_BELOW = 0.1, 0.5, 20
+
+
+def auto_dropout(dataset) -> float:
+    """--dropout auto: 0.5 when the median history is shorter than 20 events, else 0.1.
+
+    Short histories give each user few transitions to learn from, and the
+    model overfits them sooner: on Amazon the best epoch is about 16 at 0.1
+    and about 30 at 0.5, which ends higher.
+    """
+    import numpy as np
+
+    lengths = [len(events) for events in dataset.sequences().values()]
+    median = float(np.median(lengths)) if lengths else 0.0
+    chosen = SPARSE_DROPOUT if median < SPARSE_BELOW else DENSE_DROPOUT
+    log.info("--dropout auto: %g (the median history has %g events; below %d gets %g)", chosen, median,
+             SPARSE_BELOW, SPARSE_DROPOUT)
     return chosen
 
 

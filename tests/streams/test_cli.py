@@ -105,7 +105,8 @@ def test_train_flags_become_a_train_config():
     assert config.refit and config.max_seconds == 60.0
     # The command's own defaults, where they differ from train()'s: SASRec+'s recipe (README, ML-1M).
     assert (config.epochs, config.patience, config.text_fusion) == (200, 10, False)
-    assert (config.block, config.dropout, config.batch_size) == ("sasrec", 0.1, 128)
+    assert (config.block, config.dropout, config.batch_size) == ("sasrec", 0.1, 128)  # --dropout auto until read
+    assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--dropout", "0.3"])).dropout == 0.3
     assert config.input_scale == pytest.approx(128 ** 0.5)  # --input-scale sqrt follows --d-model
     fixed = _parser().parse_args(["train", "--data", "d", "--out", "x", "--input-scale", "1", "--heads", "2"])
     assert (train_config(fixed).input_scale, train_config(fixed).n_heads) == (1.0, 2)
@@ -137,6 +138,28 @@ def test_max_len_auto_covers_99_percent_of_histories_in_tens_up_to_200(caplog):
     assert "--max-len auto: 10 (99% of 100 histories have at most" in caplog.text
     assert auto_max_len(log_of([23] * 50)) == 30
     assert auto_max_len(log_of([250] * 10)) == 200
+
+
+def test_dropout_auto_is_half_where_the_median_history_is_short(caplog):
+    from encoders.data.records import Catalogue, Dataset, Event
+    from streams.cli.offline import auto_dropout
+
+    def log_of(lengths):
+        clicks = [Event(f"u{u}", f"i{n}", n * 1000) for u, length in enumerate(lengths) for n in range(length)]
+        return Dataset("d", clicks, [], Catalogue({}, {}))
+
+    with caplog.at_level("INFO", logger="interest_updater.train"):
+        assert auto_dropout(log_of([6] * 60 + [300] * 40)) == 0.5  # reviews: long outliers do not set it
+    assert "--dropout auto: 0.5 (the median history has 6 events; below 20 gets 0.5)" in caplog.text
+    assert auto_dropout(log_of([19] * 5)) == 0.5
+    assert auto_dropout(log_of([20] * 5)) == 0.1  # ML-1M's median is 96: SASRec+'s rate
+    assert auto_dropout(log_of([2] * 40 + [96] * 60)) == 0.1
+
+
+def test_a_bad_dropout_names_the_flag():
+    result = cli("train", "--data", "synthetic", "--out", "/tmp/never-written", "--dropout", "high")
+    assert result.returncode == 2
+    assert "argument --dropout: expected a rate or auto, got 'high'" in result.stderr
 
 
 def test_a_bad_max_len_names_the_flag():
