@@ -125,13 +125,16 @@ def test_train_flags_become_a_train_config():
                                                "fp32"])).loss_precision == "fp32"
 
 
-def test_max_len_auto_covers_99_percent_of_histories_in_tens_up_to_200(caplog):
+def log_of(lengths: list[int]):
+    """A log of one user per length, each with that many clicks."""
     from encoders.data.records import Catalogue, Dataset, Event
-    from streams.cli.offline import auto_max_len
 
-    def log_of(lengths):
-        clicks = [Event(f"u{u}", f"i{n}", n * 1000) for u, length in enumerate(lengths) for n in range(length)]
-        return Dataset("d", clicks, [], Catalogue({}, {}))
+    clicks = [Event(f"u{u}", f"i{n}", n * 1000) for u, length in enumerate(lengths) for n in range(length)]
+    return Dataset("d", clicks, [], Catalogue({}, {}))
+
+
+def test_max_len_auto_covers_99_percent_of_histories_in_tens_up_to_200(caplog):
+    from streams.cli.offline import auto_max_len
 
     with caplog.at_level("INFO", logger="interest_updater.train"):
         assert auto_max_len(log_of([3] * 99 + [300])) == 10  # one long outlier does not set it
@@ -141,12 +144,7 @@ def test_max_len_auto_covers_99_percent_of_histories_in_tens_up_to_200(caplog):
 
 
 def test_dropout_auto_is_half_where_the_median_history_is_short(caplog):
-    from encoders.data.records import Catalogue, Dataset, Event
     from streams.cli.offline import auto_dropout
-
-    def log_of(lengths):
-        clicks = [Event(f"u{u}", f"i{n}", n * 1000) for u, length in enumerate(lengths) for n in range(length)]
-        return Dataset("d", clicks, [], Catalogue({}, {}))
 
     with caplog.at_level("INFO", logger="interest_updater.train"):
         assert auto_dropout(log_of([6] * 60 + [300] * 40)) == 0.5  # reviews: long outliers do not set it
@@ -154,6 +152,19 @@ def test_dropout_auto_is_half_where_the_median_history_is_short(caplog):
     assert auto_dropout(log_of([19] * 5)) == 0.5
     assert auto_dropout(log_of([20] * 5)) == 0.1  # ML-1M's median is 96: SASRec+'s rate
     assert auto_dropout(log_of([2] * 40 + [96] * 60)) == 0.1
+
+
+def test_train_resolves_the_auto_flags_from_the_data_and_keeps_the_given_ones():
+    from streams.cli import _parser
+    from streams.cli.offline import train_config, with_data_defaults
+
+    sessions = log_of([3] * 50)
+    auto = _parser().parse_args(["train", "--data", "d", "--out", "x"])
+    assert (with_data_defaults(train_config(auto), auto, sessions).dropout,
+            with_data_defaults(train_config(auto), auto, sessions).max_len) == (0.5, 10)
+    given = _parser().parse_args(["train", "--data", "d", "--out", "x", "--dropout", "0.2", "--max-len", "50"])
+    resolved = with_data_defaults(train_config(given), given, sessions)
+    assert (resolved.dropout, resolved.max_len) == (0.2, 50)
 
 
 def test_a_bad_dropout_names_the_flag():
