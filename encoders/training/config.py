@@ -55,9 +55,9 @@ _WHAT = "training config"
 # ``progress`` and ``text_fusion`` change nothing in the weights (the fusion has its own report entry).
 _RECORDED = ("epochs", "batch_size", "batching", "lr", "weight_decay", "loss", "negatives", "all_windows", "refit",
              "seed", "patience", "eval_every", "max_seconds", "device", "action_weight", "history", "loss_precision",
-             "lr_schedule")
+             "lr_schedule", "ema_epochs")
 # What a fine-tune keeps of its parent's recorded options: how the model learns, not the schedule.
-_INHERITED = ("loss", "negatives", "all_windows", "weight_decay", "action_weight")
+_INHERITED = ("loss", "negatives", "all_windows", "weight_decay", "action_weight", "ema_epochs")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,9 @@ class TrainConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"  # one of LR_SCHEDULES: "cosine" anneals to 0 by the last epoch or max_seconds
     weight_decay: float = 0.0  # AdamW's
+    # The weights that validation, early stopping and the checkpoint read: a moving average of the trained ones
+    # over about this many epochs (encoders.training.loop._WeightAverage); 0: the trained weights themselves.
+    ema_epochs: float = 0.0
     loss: str = "auto"  # one of LOSSES: "auto" is "full" up to FULL_SOFTMAX_MAX_ITEMS items, else "sampled"
     negatives: int = 256  # sampled negatives per batch when the loss samples
     loss_precision: str = "auto"  # the full softmax's matrix products: LOSS_PRECISIONS ("auto": bf16 where native)
@@ -132,6 +135,7 @@ class TrainConfig:
                  "must be 'auto', 'exclude' or 'keep'")
         _require(self.lr > 0, "lr", self.lr, "must be > 0")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _require(self.ema_epochs >= 0, "ema_epochs", self.ema_epochs, "must be >= 0 (0: no average)")
         _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"must be one of {LR_SCHEDULES}")
         _require(self.batching in BATCHINGS, "batching", self.batching, f"must be one of {BATCHINGS}")
         _require(self.loss in LOSSES, "loss", self.loss, f"must be one of {LOSSES}")

@@ -19,6 +19,7 @@ those three steps around a new model and around a loaded one.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -67,6 +68,31 @@ class FitResult:
     best_epoch: int
     best_state: dict[str, torch.Tensor]
     seconds: float
+
+
+class _WeightAverage:
+    """A moving average of the trained weights: what validation, early stopping and the checkpoint read.
+
+    The mean of every step's weights until ``epochs`` epochs of steps have
+    run, then an exponential moving average with that time constant (so the
+    first epochs are not pulled toward the random start).  Training steps
+    the trained weights; the average only follows them.  Averaging smooths
+    the step-to-step noise of the last epochs: on ML-1M the average over 3
+    epochs stayed about 1.5% above the trained weights' validation NDCG@10
+    from epoch 30 on, in the same run (README, "Quality on ML-1M").
+    """
+
+    def __init__(self, model: SequenceEncoder, epochs: float, steps_per_epoch: int) -> None:
+        self.model = copy.deepcopy(model)
+        self.span = max(1.0, epochs * steps_per_epoch)  # steps
+        self.steps = 0
+
+    def update(self, trained: SequenceEncoder) -> None:
+        self.steps += 1
+        rate = 1.0 / min(self.steps, self.span)
+        with torch.no_grad():
+            for mean, weight in zip(self.model.parameters(), trained.parameters()):
+                mean.lerp_(weight, rate)
 
 
 class _EarlyStopping:
@@ -332,6 +358,7 @@ def _epoch(
     schedule: _LrSchedule,
     action_weight: float = 0.0,
     matmul_dtype: torch.dtype = torch.float32,
+    average: _WeightAverage | None = None,
 ) -> float:
     model.train()
     device = next(model.parameters()).device
@@ -340,6 +367,8 @@ def _epoch(
         batch = [windows[i] for i in batch_idx]
         schedule.before_step()
         losses.append(_step(model, opt, batch_tensors(batch, device), negatives, action_weight, matmul_dtype))
+        if average is not None:
+            average.update(model)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", **postfix, refresh=False)
     return float(np.mean(losses))
@@ -356,7 +385,9 @@ def fit(model: SequenceEncoder, windows: list[SeqArrays], split: Split | None, c
     With ``split``, validation NDCG@10 every ``config.eval_every`` epochs
     (and at the last) keeps the best weights and stops after
     ``config.patience`` evaluations without improvement.  Without a split (a
-    refit) every epoch runs and the last weights are kept.  Either way
+    refit) every epoch runs and the last weights are kept.  With
+    ``config.ema_epochs`` the weights validated and kept are the moving
+    average of the trained ones (`_WeightAverage`).  Either way
     ``config.max_seconds`` also stops at the first epoch end past that wall
     time.  The model is left with its last weights; load ``best_state``.
     Seeded by ``config.seed`` (the batch order; the weights are the caller's).
@@ -375,21 +406,23 @@ def fit(model: SequenceEncoder, windows: list[SeqArrays], split: Split | None, c
     # clipped at 1, it reached each validation NDCG@10 on ML-1M about a quarter fewer epochs sooner
     # (README, "Toward SASRec+").
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    stopper, logs, postfix = _EarlyStopping(config.patience, model), [], {}  # postfix: tqdm's val metrics
-    start = time.perf_counter()
     n_batches = -(-len(windows) // config.batch_size)
+    average = _WeightAverage(model, config.ema_epochs, n_batches) if config.ema_epochs > 0 else None
+    kept = model if average is None else average.model  # the weights validated, stopped on and returned
+    stopper, logs, postfix = _EarlyStopping(config.patience, kept), [], {}  # postfix: tqdm's val metrics
+    start = time.perf_counter()
     schedule = _LrSchedule(config.lr_schedule, opt, config.lr, epochs * n_batches, n_batches, config.max_seconds,
                            start, lr_replay)
     with tqdm(total=epochs * n_batches, disable=not config.progress, desc=desc) as bar:
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             loss = _epoch(model, opt, windows, config.batch_size, config.batching, rng, bar, postfix, negatives,
-                          schedule, config.action_weight, matmul_dtype)
+                          schedule, config.action_weight, matmul_dtype, average)
             t1 = time.perf_counter()
             out_of_time = config.max_seconds is not None and t1 - start > config.max_seconds
             # Always validate before stopping, so the kept weights are validated ones.
             due = split is not None and (epoch % config.eval_every == 0 or epoch == epochs or out_of_time)
-            valid = rank_metrics(model, split.valid, exclude_history=split.exclude_history) if due else None
+            valid = rank_metrics(kept, split.valid, exclude_history=split.exclude_history) if due else None
             logs.append(EpochLog(epoch, loss, t1 - t0, time.perf_counter() - t1, valid, schedule.lr))
             if split is None:
                 if out_of_time:
@@ -398,10 +431,10 @@ def fit(model: SequenceEncoder, windows: list[SeqArrays], split: Split | None, c
             if valid is None:
                 continue
             postfix.update(val_ndcg10=f"{valid['ndcg@10']:.4f}", val_hr10=f"{valid['hr@10']:.4f}")
-            if stopper.update(epoch, valid["ndcg@10"], model) or out_of_time:
+            if stopper.update(epoch, valid["ndcg@10"], kept) or out_of_time:
                 break
     if split is None:
-        return FitResult(logs, len(logs), _snapshot(model), time.perf_counter() - start)
+        return FitResult(logs, len(logs), _snapshot(kept), time.perf_counter() - start)
     return FitResult(logs, stopper.best_epoch, stopper.best_state, time.perf_counter() - start)
 
 

@@ -118,6 +118,7 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
                             config.replace(max_seconds=_seconds_left(config, wall_start)),
                             epochs=selected.best_epoch, desc=f"refit {dataset.name} (train + valid)",
                             lr_replay=[log.lr for log in selected.logs[:selected.best_epoch]])
+        model.load_state_dict(fits["refit"].best_state)  # its last weights, or their average (--ema-epochs)
     deadline = None if config.max_seconds is None else wall_start + config.max_seconds
     fusion, fusion_report = (_text_fusion(model, vocab, dataset, split, dev, config.seed, deadline)
                              if config.text_fusion else (None, None))

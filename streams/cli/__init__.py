@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
                             "--epochs or --max-seconds, whichever ends first, so a run cut by its time budget "
                             "ends annealed; the refit replays the rates of the epochs it retrains [default: constant]")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay [default: 0]")
+    train.add_argument("--ema-epochs", type=float, default=3.0,
+                       help="validate, stop on and save a moving average of the trained weights over about this "
+                            "many epochs, not the trained weights themselves: it smooths the last epochs' noise "
+                            "(0: no average) [default: 3]")
     train.add_argument("--loss", choices=("auto", "full", "sampled"), default="auto",
                        help="softmax over the whole catalogue, or over sampled negatives [default: auto, "
                             "full up to 50,000 items]")

@@ -80,8 +80,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
                        input_scale=input_scale, block=args.block,
                        context=args.context_features, history=args.history, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr, lr_schedule=args.lr_schedule,
-                       weight_decay=args.weight_decay, loss=args.loss, negatives=args.negatives,
-                       loss_precision=args.loss_precision,
+                       weight_decay=args.weight_decay, ema_epochs=args.ema_epochs, loss=args.loss,
+                       negatives=args.negatives, loss_precision=args.loss_precision,
                        all_windows=args.all_windows, refit=args.refit, protocol=args.protocol, device=args.device,
                        seed=args.seed, patience=args.patience, eval_every=args.eval_every,
                        max_seconds=args.max_seconds, action_weight=args.action_weight)

@@ -223,6 +223,50 @@ def test_a_refit_replays_the_cosine_rates_of_the_epochs_it_was_chosen_for(
     assert [log.lr for log in replayed.logs] == pytest.approx([4e-3, 1e-3])
 
 
+def test_the_weight_average_is_the_plain_mean_then_a_moving_one() -> None:
+    import torch
+
+    from encoders.nn.model import EncoderConfig, SequenceEncoder
+    from encoders.training.loop import _WeightAverage
+
+    trained = SequenceEncoder(EncoderConfig(6, d_model=8, n_layers=1, n_heads=1, max_len=4, block="sasrec"))
+    average = _WeightAverage(trained, epochs=1.0, steps_per_epoch=2)  # a span of two steps
+    with torch.no_grad():
+        for value in (1.0, 2.0, 3.0):
+            for weight in trained.parameters():
+                weight.fill_(value)
+            average.update(trained)
+    # Steps 1 and 2 are averaged plainly (1.5, not pulled toward the start); step 3 moves halfway: 2.25.
+    assert all(torch.all(mean == 2.25) for mean in average.model.parameters())
+    assert all(torch.all(weight == 3.0) for weight in trained.parameters())  # the trained weights untouched
+
+
+def test_fit_keeps_the_averaged_weights_and_trains_the_same_path(data: Dataset) -> None:
+    import torch
+
+    from encoders.protocols import make_split
+    from encoders.training.config import TrainConfig
+    from encoders.training.loop import fit, train_windows
+    from encoders.training.train import _new_model
+    from encoders.vocab import ItemVocab
+
+    vocab = ItemVocab.from_items(e.item_id for e in data.clicks)
+    split = make_split(data, vocab)
+    config = TrainConfig(epochs=2, **TINY)
+    windows = train_windows(split.train, config.max_len, config.all_windows)
+    runs = {}
+    for ema_epochs in (0.0, 1.0):
+        model = _new_model(config.encoder_config(len(vocab)), 0, torch.device("cpu"))
+        runs[ema_epochs] = model, fit(model, windows, None, config.replace(ema_epochs=ema_epochs))
+    (plain_model, plain), (averaged_model, averaged) = runs[0.0], runs[1.0]
+    # Averaging only follows training: the trained weights end the same either way.
+    for name, weight in plain_model.state_dict().items():
+        assert torch.equal(weight, averaged_model.state_dict()[name]), name
+    assert all(torch.equal(plain.best_state[k], v) for k, v in plain_model.state_dict().items())
+    # What fit keeps is the average, which differs from the last weights.
+    assert any(not torch.equal(averaged.best_state[k], v) for k, v in averaged_model.state_dict().items())
+
+
 def test_a_refit_that_would_run_past_max_seconds_is_skipped() -> None:
     import time
 

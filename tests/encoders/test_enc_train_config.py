@@ -19,6 +19,7 @@ def test_defaults_are_trains():
         "input_scale": 1.0, "block": "gpt2",
         "context": "auto", "epochs": 50,
         "batch_size": 128, "batching": "random", "lr": 1e-3, "lr_schedule": "constant", "weight_decay": 0.0,
+            "ema_epochs": 0.0,
         "loss": "auto", "negatives": 256,
         "loss_precision": "auto", "all_windows": False, "refit": False, "protocol": "auto", "history": "auto", "device": "auto", "seed": 0, "patience": 5,
         "eval_every": 1, "max_seconds": None, "progress": True, "action_weight": 0.2, "text_fusion": False}
@@ -51,6 +52,7 @@ def test_an_unknown_key_is_an_error_naming_it():
     ("lr", 0.0, "must be > 0"),
     ("lr", float("nan"), "must be > 0"),
     ("dropout", 1.0, "must be in [0, 1)"),
+    ("ema_epochs", -1.0, "must be >= 0 (0: no average)"),
     ("attention_dropout", -0.1, "must be in [0, 1) (or None: dropout)"),
     ("action_weight", -1.0, "must be >= 0"),
     ("max_seconds", 0, "must be > 0 (or None: no limit)"),
@@ -116,7 +118,8 @@ def test_the_record_is_train_args_as_checkpoints_have_them():
         ("epochs", 3), ("batch_size", 128), ("batching", "random"), ("lr", 1e-3), ("weight_decay", 0.0),
         ("loss", "auto"), ("negatives", None), ("all_windows", False), ("refit", False), ("seed", 0), ("patience", 5),
         ("eval_every", 1), ("max_seconds", None), ("device", "cpu"), ("action_weight", 0.0),
-        ("history", "auto"), ("loss_precision", "bf16"), ("lr_schedule", "constant")]
+        ("history", "auto"), ("loss_precision", "bf16"), ("lr_schedule", "constant"),
+        ("ema_epochs", 0.0)]
     assert TrainConfig(loss="sampled").record(n_items=100, device="cuda", action_head=True,
                                               loss_precision="fp32")["action_weight"] == 0.2
 
@@ -126,14 +129,16 @@ def test_from_record_keeps_how_the_parent_learned_not_its_schedule():
                             block="sasrec")
     parent = TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", epochs=7, lr=5e-3,
                          loss="sampled",
-                         negatives=32, all_windows=True, weight_decay=0.01, action_weight=0.5, seed=3)
+                         negatives=32, all_windows=True, weight_decay=0.01, action_weight=0.5, seed=3,
+                         ema_epochs=3.0)
     record = {**parent.record(n_items=10, device="cuda", action_head=True, loss_precision="bf16"),
               "finetuned_from": "abc", "context": 5}
     child = TrainConfig.from_record(encoder, record, "leave-one-out")
     assert child == TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", context="off",
                                 loss="sampled",
                                 negatives=32,
-                                all_windows=True, weight_decay=0.01, action_weight=0.5, protocol="leave-one-out")
+                                all_windows=True, weight_decay=0.01, action_weight=0.5, protocol="leave-one-out",
+                                ema_epochs=3.0)
     # A full softmax records no count (None), and an old checkpoint may record nothing: the defaults.
     assert TrainConfig.from_record(encoder, {"negatives": None}).negatives == 256
     assert TrainConfig.from_record(encoder, {}).replace(d_model=64) == TrainConfig(
