@@ -267,6 +267,29 @@ def test_fit_keeps_the_averaged_weights_and_trains_the_same_path(data: Dataset) 
     assert any(not torch.equal(averaged.best_state[k], v) for k, v in averaged_model.state_dict().items())
 
 
+
+def test_validation_reads_the_averaged_weights(data: Dataset) -> None:
+    import torch
+
+    from encoders.evaluation.evaluate import rank_metrics
+    from encoders.protocols import make_split
+    from encoders.training.config import TrainConfig
+    from encoders.training.loop import fit, train_windows
+    from encoders.training.train import _new_model
+    from encoders.vocab import ItemVocab
+
+    vocab = ItemVocab.from_items(e.item_id for e in data.clicks)
+    split = make_split(data, vocab)
+    config = TrainConfig(epochs=1, ema_epochs=3.0, **TINY)  # one epoch: its weights are the best
+    model = _new_model(config.encoder_config(len(vocab)), 0, torch.device("cpu"))
+    result = fit(model, train_windows(split.train, config.max_len, config.all_windows), split, config)
+    logged = result.logs[0].valid["ndcg@10"]
+    trained = rank_metrics(model, split.valid, exclude_history=split.exclude_history)["ndcg@10"]
+    model.load_state_dict(result.best_state)
+    averaged = rank_metrics(model, split.valid, exclude_history=split.exclude_history)["ndcg@10"]
+    assert logged == averaged != trained
+
+
 def test_a_refit_that_would_run_past_max_seconds_is_skipped() -> None:
     import time
 

@@ -119,6 +119,9 @@ def test_train_flags_become_a_train_config():
     assert not train_config(newest_only).all_windows
     assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--max-len", "50"])).max_len == 50
     assert config.loss_precision == "auto" and config.attention_dropout is None
+    assert config.ema_epochs == 3.0  # the average is validated and saved (README, "Training")
+    assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--ema-epochs",
+                                               "0"])).ema_epochs == 0.0
     assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--attention-dropout",
                                                "0"])).encoder_config(10).attention_dropout_p == 0.0
     assert train_config(_parser().parse_args(["train", "--data", "d", "--out", "x", "--loss-precision",
