@@ -40,12 +40,14 @@ from ..errors import ConfigError
 from ..features import CONTEXT_FEATURES, CONTEXT_SWITCHES, named_context_features
 from ..protocols import PROTOCOLS
 
-__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "LOSSES", "LOSS_PRECISIONS", "LR_SCHEDULES", "TrainConfig"]
+__all__ = ["BATCHINGS", "FULL_SOFTMAX_MAX_ITEMS", "ITEM_INITS", "LOSSES", "LOSS_PRECISIONS", "LR_SCHEDULES",
+           "TrainConfig"]
 
 LOSSES = ("auto", "full", "sampled")
 LOSS_PRECISIONS = ("auto", "fp32", "bf16")
 BATCHINGS = ("random", "length")
 LR_SCHEDULES = ("constant", "cosine")
+ITEM_INITS = ("random", "text")  # how the item table starts (encoders.training.text_init)
 # Above this many items "auto" samples: a full softmax costs N x n_items x d per batch.
 FULL_SOFTMAX_MAX_ITEMS = 50_000
 
@@ -55,7 +57,7 @@ _WHAT = "training config"
 # ``progress`` and ``text_fusion`` change nothing in the weights (the fusion has its own report entry).
 _RECORDED = ("epochs", "batch_size", "batching", "lr", "weight_decay", "loss", "negatives", "all_windows", "refit",
              "seed", "patience", "eval_every", "max_seconds", "device", "action_weight", "history", "loss_precision",
-             "lr_schedule", "ema_epochs")
+             "lr_schedule", "ema_epochs", "item_init")
 # What a fine-tune keeps of its parent's recorded options: how the model learns, not the schedule.
 _INHERITED = ("loss", "negatives", "all_windows", "weight_decay", "action_weight", "ema_epochs")
 
@@ -85,6 +87,9 @@ class TrainConfig:
     attention_dropout: float | None = None  # on the attention weights; None: ``dropout``
     input_scale: float = 1.0  # item embeddings of the inputs times this (SASRec: sqrt(d_model))
     block: str = "gpt2"  # the Transformer block, one of encoders.config.BLOCKS
+    # How the item table starts: "random", or "text": from the items' embedded texts (encoders.training.text_init;
+    # leave-one-out data whose items have titles or text events).
+    item_init: str = "random"
     # Context features (and item place cells): "on", "off", "auto" (when the clicks have any), or some of
     # CONTEXT_FEATURES by name, comma-separated ("hour_of_week,cell"): those on, the others left unknown.
     context: str = "auto"
@@ -137,6 +142,7 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         _require(self.ema_epochs >= 0, "ema_epochs", self.ema_epochs, "must be >= 0 (0: no average)")
         _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"must be one of {LR_SCHEDULES}")
+        _require(self.item_init in ITEM_INITS, "item_init", self.item_init, f"must be one of {ITEM_INITS}")
         _require(self.batching in BATCHINGS, "batching", self.batching, f"must be one of {BATCHINGS}")
         _require(self.loss in LOSSES, "loss", self.loss, f"must be one of {LOSSES}")
         _require(self.loss_precision in LOSS_PRECISIONS, "loss_precision", self.loss_precision,

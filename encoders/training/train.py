@@ -39,6 +39,7 @@ import torch
 
 from ..config import EncoderConfig
 from ..data.records import Dataset
+from ..errors import ConfigError
 from ..evaluation.evaluate import rank_metrics
 from ..features import cell_of, item_places
 from ..nn.model import SequenceEncoder, resolve_device
@@ -46,6 +47,7 @@ from ..protocols import Split, make_split
 from ..vocab import ItemVocab
 from .config import LOSSES, TrainConfig
 from .loop import action_classes, finish, fit, train_windows, training_action_counts
+from .text_init import item_text_rows
 
 # train and its options (LOSSES and TrainConfig live in .config; importable from here as before).
 __all__ = ["LOSSES", "TrainConfig", "train"]
@@ -101,7 +103,10 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
     context = config.context != "off" and (config.context != "auto" or any(e.context for e in dataset.clicks))
     encoder = config.encoder_config(len(vocab), action_head=head, context=context)
     cells = _item_cells(dataset, vocab) if context else None
-    model = _new_model(encoder, config.seed, dev, cells)
+    # Embedded before the model only when they start it; for the fusion alone, after the encoder as before.
+    texts, text_rows = (_text_start(dataset, vocab, split, dev, encoder.d_model) if config.item_init == "text"
+                        else (None, None))
+    model = _new_model(encoder, config.seed, dev, cells, text_rows)
     selected = fit(model, train_windows(split.train, config.max_len, config.all_windows), split, config,
                    desc=f"train {dataset.name}")
     model.load_state_dict(selected.best_state)
@@ -113,14 +118,14 @@ def train(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = No
         # The strict figure (never trained on validation targets), kept for comparison.
         selected_test = rank_metrics(model, split.test, exclude_history=split.exclude_history)
         full = _with_history(make_split(dataset, vocab, config.protocol, through_valid=True), config.history)
-        model = _new_model(encoder, config.seed, dev, cells)
+        model = _new_model(encoder, config.seed, dev, cells, text_rows)
         fits["refit"] = fit(model, train_windows(full.train, config.max_len, config.all_windows), None,
                             config.replace(max_seconds=_seconds_left(config, wall_start)),
                             epochs=selected.best_epoch, desc=f"refit {dataset.name} (train + valid)",
                             lr_replay=[log.lr for log in selected.logs[:selected.best_epoch]])
         model.load_state_dict(fits["refit"].best_state)  # its last weights, or their average (--ema-epochs)
     deadline = None if config.max_seconds is None else wall_start + config.max_seconds
-    fusion, fusion_report = (_text_fusion(model, vocab, dataset, split, dev, config.seed, deadline)
+    fusion, fusion_report = (_text_fusion(model, vocab, dataset, split, texts, dev, config.seed, deadline)
                              if config.text_fusion else (None, None))
     return finish(dataset, out_dir, model, vocab, split, fits, config, wall_start=wall_start,
                   earlier={"test_before_refit": selected_test, "refit_skipped": refit_skipped}, fusion=fusion, fusion_report=fusion_report,
@@ -156,12 +161,17 @@ def _with_history(split: Split, history: str) -> Split:
     return split if history == "auto" else replace(split, exclude_history=history == "exclude")
 
 
-def _new_model(config: EncoderConfig, seed: int, dev: torch.device,
-               item_cells: torch.Tensor | None = None) -> SequenceEncoder:
+def _new_model(config: EncoderConfig, seed: int, dev: torch.device, item_cells: torch.Tensor | None = None,
+               text_rows: tuple[torch.Tensor, torch.Tensor] | None = None) -> SequenceEncoder:
+    """A freshly initialised model; ``text_rows`` (item indices, rows) replace those items' random start."""
     torch.manual_seed(seed)
     model = SequenceEncoder(config).to(dev)
     if item_cells is not None:
         model.set_item_cells(item_cells)
+    if text_rows is not None:
+        items, rows = text_rows
+        with torch.no_grad():
+            model.item_emb.weight[items.to(dev)] = rows.to(dev)
     return model
 
 
@@ -171,15 +181,43 @@ def _item_cells(dataset: Dataset, vocab: ItemVocab) -> torch.Tensor:
                          for lat, lon in item_places(dataset.clicks, vocab)], dtype=torch.long)
 
 
-def _text_fusion(model: SequenceEncoder, vocab: ItemVocab, dataset: Dataset, split: Split, dev: torch.device,
-                 seed: int, deadline: float | None) -> tuple[Any, dict[str, Any] | None]:
-    """A `TextFusion` trained on the frozen encoder, and its report with the test figures."""
-    from .fusion import evaluate_fusion, prepare, train_fusion
+def _embedded_texts(dataset: Dataset, vocab: ItemVocab, dev: torch.device) -> Any:
+    """Every text and catalogue string embedded once (`fusion.FusionData`: for the text start and the fusion)."""
     from ..nn.text import TextEncoder
+    from .fusion import prepare
+
+    return prepare(dataset, vocab, TextEncoder(device=str(dev)))
+
+
+def _text_start(dataset: Dataset, vocab: ItemVocab, split: Split, dev: torch.device,
+                d_model: int) -> tuple[Any, tuple[torch.Tensor, torch.Tensor]]:
+    """--item-init text: the embedded texts, and the items that have some with their starting rows.
+
+    The (text, item) pairs keep the training part's texts by leaving out each
+    user's last two clicks, so only a leave-one-out split can use them.
+    """
+    if split.protocol != "leave-one-out":
+        raise ConfigError("values", f"item_init='text' needs a leave-one-out split, not {split.protocol}",
+                          what="training config")
+    texts = _embedded_texts(dataset, vocab, dev)
+    items, rows = item_text_rows(texts.emb, texts.pair_rows, texts.pair_items, d_model)
+    if len(items) == 0:
+        raise ConfigError("values", "item_init='text' needs items with titles or text events about them in the "
+                                    "training part; this data has none", what="training config")
+    return texts, (items, rows)
+
+
+def _text_fusion(model: SequenceEncoder, vocab: ItemVocab, dataset: Dataset, split: Split, data: Any,
+                 dev: torch.device, seed: int, deadline: float | None) -> tuple[Any, dict[str, Any] | None]:
+    """A `TextFusion` trained on the frozen encoder, and its report with the test figures.
+
+    ``data``: the texts already embedded for --item-init text, or None (embedded here).
+    """
+    from .fusion import evaluate_fusion, train_fusion
 
     if split.protocol != "leave-one-out":
         return None, {"skipped": f"text fusion is trained on leave-one-out splits, not {split.protocol}"}
-    data = prepare(dataset, vocab, TextEncoder(device=str(dev)))
+    data = _embedded_texts(dataset, vocab, dev) if data is None else data
     if len(data.pair_rows) == 0:
         return None, {"skipped": "no text events about items and no catalogue titles to pair texts with"}
     model = model.eval().to("cpu")

@@ -16,7 +16,7 @@ from encoders.training.config import LOSS_PRECISIONS, LOSSES, TrainConfig
 def test_defaults_are_trains():
     assert TrainConfig().to_dict() == {
         "d_model": 64, "n_layers": 2, "n_heads": 2, "max_len": 200, "dropout": 0.2, "attention_dropout": None,
-        "input_scale": 1.0, "block": "gpt2",
+        "input_scale": 1.0, "block": "gpt2", "item_init": "random",
         "context": "auto", "epochs": 50,
         "batch_size": 128, "batching": "random", "lr": 1e-3, "lr_schedule": "constant", "weight_decay": 0.0,
             "ema_epochs": 0.0,
@@ -53,6 +53,7 @@ def test_an_unknown_key_is_an_error_naming_it():
     ("lr", float("nan"), "must be > 0"),
     ("dropout", 1.0, "must be in [0, 1)"),
     ("ema_epochs", -1.0, "must be >= 0 (0: no average)"),
+    ("item_init", "words", "must be one of ('random', 'text')"),
     ("attention_dropout", -0.1, "must be in [0, 1) (or None: dropout)"),
     ("action_weight", -1.0, "must be >= 0"),
     ("max_seconds", 0, "must be > 0 (or None: no limit)"),
@@ -119,7 +120,7 @@ def test_the_record_is_train_args_as_checkpoints_have_them():
         ("loss", "auto"), ("negatives", None), ("all_windows", False), ("refit", False), ("seed", 0), ("patience", 5),
         ("eval_every", 1), ("max_seconds", None), ("device", "cpu"), ("action_weight", 0.0),
         ("history", "auto"), ("loss_precision", "bf16"), ("lr_schedule", "constant"),
-        ("ema_epochs", 0.0)]
+        ("ema_epochs", 0.0), ("item_init", "random")]
     assert TrainConfig(loss="sampled").record(n_items=100, device="cuda", action_head=True,
                                               loss_precision="fp32")["action_weight"] == 0.2
 
@@ -130,7 +131,7 @@ def test_from_record_keeps_how_the_parent_learned_not_its_schedule():
     parent = TrainConfig(d_model=32, n_layers=1, max_len=50, dropout=0.1, block="sasrec", epochs=7, lr=5e-3,
                          loss="sampled",
                          negatives=32, all_windows=True, weight_decay=0.01, action_weight=0.5, seed=3,
-                         ema_epochs=3.0)
+                         ema_epochs=3.0, item_init="text")  # a fine-tune starts from weights, not from texts
     record = {**parent.record(n_items=10, device="cuda", action_head=True, loss_precision="bf16"),
               "finetuned_from": "abc", "context": 5}
     child = TrainConfig.from_record(encoder, record, "leave-one-out")
