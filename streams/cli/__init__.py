@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
                             "(SASRec's: residual from the normalised query, d-wide ReLU feed-forward, as SASRec+ "
                             "trains it) or gated (pre-norm, sigmoid-gated residuals, 4x-wide SwiGLU feed-forward, "
                             "as eSASRec trains it) [default: sasrec]")
+    train.add_argument("--item-init", choices=("auto", "text", "random"), default="auto",
+                       help="how the item embeddings start: text: from the items' titles and the text events about "
+                            "them in the training part (all-MiniLM-L6-v2, reduced by PCA), so that items that read "
+                            "alike start alike; random: at random. Needs a leave-one-out split; embedding many "
+                            "texts takes minutes and is not cut by --max-seconds [default: auto: text where at "
+                            "least half of the items have a title or a text about them, logged]")
     train.add_argument("--batch-size", type=int, default=128, help="users per training step [default: 128]")
     train.add_argument("--history", choices=("auto", "exclude", "keep"), default="auto",
                        help="rank items the user already has when validating and testing? keep for data where "

@@ -75,9 +75,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     max_len = 200 if args.max_len == "auto" else args.max_len  # each auto is resolved once the data is read
     dropout = DENSE_DROPOUT if args.dropout == "auto" else args.dropout
     input_scale = math.sqrt(args.d_model) if args.input_scale == "sqrt" else args.input_scale
+    item_init = "random" if args.item_init == "auto" else args.item_init
     return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
                        dropout=dropout, attention_dropout=args.attention_dropout,
-                       input_scale=input_scale, block=args.block,
+                       input_scale=input_scale, block=args.block, item_init=item_init,
                        context=args.context_features, history=args.history, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr, lr_schedule=args.lr_schedule,
                        weight_decay=args.weight_decay, ema_epochs=args.ema_epochs, loss=args.loss,
@@ -88,11 +89,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def with_data_defaults(config: TrainConfig, args: argparse.Namespace, dataset) -> TrainConfig:
-    """``config`` with the flags left at ``auto`` that depend on the data chosen from it: --max-len, --dropout."""
+    """``config`` with the flags left at ``auto`` that depend on the data chosen from it.
+
+    --max-len, --dropout and --item-init.
+    """
     if args.max_len == "auto":
         config = config.replace(max_len=auto_max_len(dataset))
     if args.dropout == "auto":
         config = config.replace(dropout=auto_dropout(dataset))
+    if args.item_init == "auto":
+        config = config.replace(item_init=auto_item_init(dataset, config.protocol))
     return config
 
 
@@ -130,6 +136,28 @@ def auto_dropout(dataset) -> float:
     chosen = SPARSE_DROPOUT if median < SPARSE_BELOW else DENSE_DROPOUT
     log.info("--dropout auto: %g (the median history has %g events; below %d gets %g)", chosen, median,
              SPARSE_BELOW, SPARSE_DROPOUT)
+    return chosen
+
+
+def auto_item_init(dataset, protocol: str) -> str:
+    """--item-init auto: text where at least half of the items have a title or a text about them, else random.
+
+    A leave-one-out split only (the text start reads the training part's
+    texts by leaving out each user's last two clicks).  Measured on Amazon
+    Musical Instruments, reviews as the items' texts: +9.7% test NDCG@10 over
+    four seeds (README, "Default flags on other data").
+    """
+    from encoders.protocols import default_protocol
+    from encoders.training.text_init import items_with_texts
+
+    resolved = default_protocol(dataset) if protocol == "auto" else protocol
+    described, items = items_with_texts(dataset)
+    if resolved != "leave-one-out":
+        chosen, why = "random", f"the split is {resolved}; text needs leave-one-out"
+    else:
+        chosen = "text" if items and 2 * described >= items else "random"
+        why = f"{described} of {items} items have a title or a text about them; text needs half"
+    log.info("--item-init auto: %s (%s)", chosen, why)
     return chosen
 
 

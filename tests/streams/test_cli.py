@@ -170,6 +170,44 @@ def test_train_resolves_the_auto_flags_from_the_data_and_keeps_the_given_ones():
     assert (resolved.dropout, resolved.max_len) == (0.2, 50)
 
 
+def described_log(titled: int, texts: int, items: int = 10, test_sessions: bool = False):
+    """One user clicking ``items`` items; the first ``titled`` have a title, the next ``texts`` a review."""
+    from encoders.data.records import Catalogue, Dataset, Event
+
+    clicks = [Event("u", f"i{n}", n * 1000) for n in range(items)]
+    reviews = [Event("u", f"i{n}", n * 1000 + 1, text="warm tone", kind="review")
+               for n in range(titled, titled + texts)]
+    catalogue = Catalogue({f"i{n}": f"Item {n}" for n in range(titled)}, {f"i{n}": ("Strings",) for n in range(items)})
+    test = [Event("v", "i0", 0), Event("v", "i1", 1)] if test_sessions else []
+    return Dataset("d", clicks, reviews, catalogue, test_clicks=test)
+
+
+def test_item_init_auto_starts_from_texts_where_half_the_items_have_some(caplog):
+    from streams.cli.offline import auto_item_init
+
+    with caplog.at_level("INFO", logger="interest_updater.train"):
+        assert auto_item_init(described_log(titled=0, texts=5), "auto") == "text"  # reviews (Amazon)
+    assert "--item-init auto: text (5 of 10 items have a title or a text about them; text needs half)" in caplog.text
+    assert auto_item_init(described_log(titled=10, texts=0), "auto") == "text"  # titles (MovieLens)
+    assert auto_item_init(described_log(titled=2, texts=2), "auto") == "random"
+    assert auto_item_init(described_log(titled=0, texts=0), "auto") == "random"  # categories alone (Foursquare)
+    with caplog.at_level("INFO", logger="interest_updater.train"):
+        assert auto_item_init(described_log(titled=10, texts=0, test_sessions=True), "auto") == "random"
+    assert "--item-init auto: random (the split is session; text needs leave-one-out)" in caplog.text
+    assert auto_item_init(described_log(titled=10, texts=0, test_sessions=True), "leave-one-out") == "text"
+
+
+def test_item_init_is_resolved_from_the_data_unless_given():
+    from streams.cli import _parser
+    from streams.cli.offline import train_config, with_data_defaults
+
+    auto = _parser().parse_args(["train", "--data", "d", "--out", "x"])
+    assert train_config(auto).item_init == "random"  # until the data is read
+    assert with_data_defaults(train_config(auto), auto, described_log(titled=10, texts=0)).item_init == "text"
+    given = _parser().parse_args(["train", "--data", "d", "--out", "x", "--item-init", "random"])
+    assert with_data_defaults(train_config(given), given, described_log(titled=10, texts=0)).item_init == "random"
+
+
 def test_a_bad_dropout_names_the_flag():
     result = cli("train", "--data", "synthetic", "--out", "/tmp/never-written", "--dropout", "high")
     assert result.returncode == 2
