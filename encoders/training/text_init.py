@@ -56,24 +56,23 @@ def item_text_rows(embeddings: torch.Tensor, pair_rows: np.ndarray, pair_items: 
     principal axes (fewer when the items span fewer; the rest are 0) and
     scaled to standard deviation ``std`` over all the rows' values.
     """
+    none = torch.zeros(0, dtype=torch.long), torch.zeros(0, d_model)
     items, inverse = np.unique(np.asarray(pair_items, np.int64), return_inverse=True)
     if len(items) < 2:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, d_model)
+        return none
+    owner = torch.from_numpy(inverse.reshape(-1))
     sums = torch.zeros(len(items), embeddings.shape[1]).index_add_(
-        0, torch.from_numpy(inverse.reshape(-1)), embeddings[torch.from_numpy(np.asarray(pair_rows, np.int64))].float())
-    counts = torch.from_numpy(np.bincount(inverse.reshape(-1), minlength=len(items))).float()
-    means = sums / counts[:, None]
+        0, owner, embeddings[torch.from_numpy(np.asarray(pair_rows, np.int64))].float())
+    means = sums / torch.bincount(owner, minlength=len(items)).float()[:, None]
     centred = means - means.mean(0)
     _, singular, axes = torch.linalg.svd(centred, full_matrices=False)
     k = min(d_model, int((singular > 1e-5 * singular[0]).sum()))  # axes the items actually spread along
     if k == 0:  # every item reads the same: nothing to tell them apart by
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, d_model)
+        return none
     rows = torch.zeros(len(items), d_model)
     rows[:, :k] = centred @ axes[:k].T
-    spread = rows.std()
-    if spread > 0:
-        rows = rows * (std / spread)
-    explained = float((singular[:k] ** 2).sum() / (singular ** 2).sum().clamp_min(1e-12))
+    rows *= std / rows.std()  # k > 0: the rows spread
+    explained = float((singular[:k] ** 2).sum() / (singular ** 2).sum())
     log.info("--item-init text: %d items start from their texts (%d principal axes keep %.0f%% of the variance)",
              len(items), k, 100 * explained)
     return torch.from_numpy(items), rows

@@ -61,11 +61,15 @@ def test_training_from_the_texts_records_it_and_learns(tmp_path: Path) -> None:
     from encoders.training.train import train
 
     data = synthetic(n_users=120, n_items=80, seed=3)  # every item has a title ("rock #17")
-    out = train(data, tmp_path / "text", epochs=2, item_init="text", seed=0, **TINY)
-    report = json.loads((out / "report.json").read_text())
-    assert report["train_args"]["item_init"] == "text"
-    losses = [e["loss"] for e in report["epochs"]]
+    reports = {}
+    for start in ("text", "random"):
+        out = train(data, tmp_path / start, epochs=2, item_init=start, seed=0, **TINY)
+        reports[start] = json.loads((out / "report.json").read_text())
+    assert reports["text"]["train_args"]["item_init"] == "text"
+    losses = [e["loss"] for e in reports["text"]["epochs"]]
     assert losses[1] < losses[0]
+    # The start reaches the model train() fits: the same seed from a random start learns otherwise.
+    assert losses[0] != reports["random"]["epochs"][0]["loss"]
 
 
 def test_a_text_start_without_texts_or_with_sessions_is_refused(tmp_path: Path) -> None:

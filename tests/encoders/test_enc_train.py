@@ -241,22 +241,31 @@ def test_the_weight_average_is_the_plain_mean_then_a_moving_one() -> None:
     assert all(torch.all(weight == 3.0) for weight in trained.parameters())  # the trained weights untouched
 
 
-def test_fit_keeps_the_averaged_weights_and_trains_the_same_path(data: Dataset) -> None:
+def _fit_inputs(data: Dataset, config):
+    """The split, the training windows and a fresh seeded model for calling `fit` directly."""
     import torch
 
     from encoders.protocols import make_split
-    from encoders.training.config import TrainConfig
-    from encoders.training.loop import fit, train_windows
+    from encoders.training.loop import train_windows
     from encoders.training.train import _new_model
     from encoders.vocab import ItemVocab
 
     vocab = ItemVocab.from_items(e.item_id for e in data.clicks)
     split = make_split(data, vocab)
-    config = TrainConfig(epochs=2, **TINY)
     windows = train_windows(split.train, config.max_len, config.all_windows)
+    return split, windows, _new_model(config.encoder_config(len(vocab)), 0, torch.device("cpu"))
+
+
+def test_fit_keeps_the_averaged_weights_and_trains_the_same_path(data: Dataset) -> None:
+    import torch
+
+    from encoders.training.config import TrainConfig
+    from encoders.training.loop import fit
+
+    config = TrainConfig(epochs=2, **TINY)
     runs = {}
     for ema_epochs in (0.0, 1.0):
-        model = _new_model(config.encoder_config(len(vocab)), 0, torch.device("cpu"))
+        _, windows, model = _fit_inputs(data, config)
         runs[ema_epochs] = model, fit(model, windows, None, config.replace(ema_epochs=ema_epochs))
     (plain_model, plain), (averaged_model, averaged) = runs[0.0], runs[1.0]
     # Averaging only follows training: the trained weights end the same either way.
@@ -267,22 +276,14 @@ def test_fit_keeps_the_averaged_weights_and_trains_the_same_path(data: Dataset) 
     assert any(not torch.equal(averaged.best_state[k], v) for k, v in averaged_model.state_dict().items())
 
 
-
 def test_validation_reads_the_averaged_weights(data: Dataset) -> None:
-    import torch
-
     from encoders.evaluation.evaluate import rank_metrics
-    from encoders.protocols import make_split
     from encoders.training.config import TrainConfig
-    from encoders.training.loop import fit, train_windows
-    from encoders.training.train import _new_model
-    from encoders.vocab import ItemVocab
+    from encoders.training.loop import fit
 
-    vocab = ItemVocab.from_items(e.item_id for e in data.clicks)
-    split = make_split(data, vocab)
     config = TrainConfig(epochs=1, ema_epochs=3.0, **TINY)  # one epoch: its weights are the best
-    model = _new_model(config.encoder_config(len(vocab)), 0, torch.device("cpu"))
-    result = fit(model, train_windows(split.train, config.max_len, config.all_windows), split, config)
+    split, windows, model = _fit_inputs(data, config)
+    result = fit(model, windows, split, config)
     logged = result.logs[0].valid["ndcg@10"]
     trained = rank_metrics(model, split.valid, exclude_history=split.exclude_history)["ndcg@10"]
     model.load_state_dict(result.best_state)
