@@ -2,9 +2,11 @@
 
 The worker's model ages: new items appear and tastes move. ``finetune`` loads
 a checkpoint, keeps the events at or after ``since`` (all of them without it),
-adds the slice's new items to the vocabulary (their embeddings start like a
-fresh model's; every known item keeps its row, so stored histories stay
-valid), and trains on with a lower learning rate, early-stopped on the slice's
+adds the slice's new items to the vocabulary (every known item keeps its
+row, so stored histories stay valid; a new item with a title starts from it
+through the parent's text projection, as the worker served it before, and
+one without, or under a parent without a projection, starts like a fresh
+model's), and trains on with a lower learning rate, early-stopped on the slice's
 own validation split.  The result is a complete checkpoint with
 ``train_args.finetuned_from`` naming its parent; writing it to the directory a
 worker watches (``--checkpoint``) swaps it in without a restart.
@@ -27,6 +29,7 @@ decay, action weight, protocol) with a fine-tune's own schedule on top
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,15 +37,19 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_categories, load_checkpoint, load_fusion
-from ..data.records import Dataset
+from ..data.records import Catalogue, Dataset
 from ..evaluation.evaluate import rank_metrics
+from ..nn.fusion import TextFusion
 from ..nn.model import SequenceEncoder
 from ..protocols import make_split
-from ..vocab import ItemVocab
+from ..vocab import FIRST_ITEM, ItemVocab, item_text
 from .config import TrainConfig
 from .loop import finish, fit, recorded_args, train_windows
+from .text_init import projected_rows
 
-__all__ = ["extend_vocab", "finetune", "finetune_config", "newer_slice"]
+__all__ = ["extend_vocab", "finetune", "finetune_config", "newer_slice", "start_new_items_from_text"]
+
+log = logging.getLogger("interest_updater.train")
 
 
 def newer_slice(dataset: Dataset, since_ms: int | None, context: int = 0) -> Dataset:
@@ -93,6 +100,29 @@ def extend_vocab(model: SequenceEncoder, vocab: ItemVocab, items: list[str],
     return grown, bigger
 
 
+def start_new_items_from_text(model: SequenceEncoder, known: int, vocab: ItemVocab, fusion: TextFusion | None,
+                               catalogue: Catalogue) -> int:
+    """Start the new items' rows (``known`` on) that have a title from their projected "title | categories".
+
+    The worker scores an item it has never seen by that projection (README,
+    "The items topic"), so the fine-tune begins from what serving knew of it
+    (in direction: `projected_rows` gives it a learned row's length).
+    Returns how many rows it set (0 without a projection).
+    """
+    titled = [row for row in range(known, len(vocab)) if catalogue.titles.get(vocab.item_id(row))]
+    if fusion is None or not titled:
+        return 0
+    from ..nn.text import TextEncoder  # loads MiniLM: only when there is something to embed
+
+    table = model.item_emb.weight
+    texts = [item_text(catalogue.titles[i], catalogue.categories.get(i)) for i in map(vocab.item_id, titled)]
+    embedded = torch.from_numpy(TextEncoder(device=str(table.device)).embed(texts)).to(table.device)
+    with torch.no_grad():
+        projected = fusion.to(table.device).project(embedded)
+        table[torch.tensor(titled, device=table.device)] = projected_rows(projected, table[FIRST_ITEM:known])
+    return len(titled)
+
+
 def finetune_config(parent: TrainConfig, *, epochs: int, lr: float, batch_size: int, patience: int, device: str,
                     seed: int, max_seconds: float | None, progress: bool) -> TrainConfig:
     """The options of a fine-tune of a model trained with ``parent``: its way of learning, a schedule of its own.
@@ -128,12 +158,15 @@ def finetune(
     seed: int = 0,
     max_seconds: float | None = None,
     progress: bool = True,
+    new_items_from_text: bool = True,
 ) -> Path:
     """Fine-tune ``checkpoint`` on ``dataset`` (from ``since_ms``) and write the result to ``out_dir``.
 
     ``context`` earlier events of each active user are kept (see the module
     docstring; None: the model's ``max_len``).  ``out_dir`` may be the
-    checkpoint itself: it is read first and replaced atomically.  The other
+    checkpoint itself: it is read first and replaced atomically.
+    ``new_items_from_text=False`` starts every new item at random (what
+    `bench/finetune_slice.py` compares the text start with).  The other
     keywords are the fine-tune's schedule (`finetune_config`); a bad value
     raises `encoders.errors.ConfigError` naming it.
 
@@ -148,7 +181,12 @@ def finetune(
     fusion, categories = load_fusion(checkpoint), load_categories(checkpoint)
     context = model.config.max_len if context is None else context
     part = newer_slice(dataset, since_ms, context)
+    known = len(vocab)
     model, vocab = extend_vocab(model, vocab, [e.item_id for e in part.clicks], seed)
+    from_text = start_new_items_from_text(model, known, vocab, fusion, part.catalogue) if new_items_from_text else 0
+    if len(vocab) > known:
+        log.info("finetune: %d new items, %d of them start from their titles' text projection",
+                 len(vocab) - known, from_text)
     split = make_split(part, vocab, config.protocol)
     before = rank_metrics(model, split.test, exclude_history=split.exclude_history)
     windows = train_windows(split.train, config.max_len, config.all_windows)
@@ -157,7 +195,8 @@ def finetune(
     categories.update({i: c for i, c in part.catalogue.categories.items() if i in vocab})
     # The parent's record (keys it has and this one lacks stay), this run's options, and where it came from.
     train_args = {**parent_args, **recorded_args(config, model), "finetuned_from": meta.model_version,
-                  "since_ms": since_ms, "context": context}
+                  "since_ms": since_ms, "context": context,
+                  "new_items": {"added": len(vocab) - known, "from_text": from_text}}
     return finish(part, out_dir, model, vocab, split, {"select": selected}, config, wall_start=wall_start,
                   earlier={"test_before_finetune": before}, train_args=train_args, fusion=fusion,
                   categories=categories)

@@ -14,6 +14,10 @@ Recommendation", RecSys 2023, with the text encoder the worker already
 ships).  It changes only the start: the checkpoint, the worker and the
 scoring are the same as with a random start.  Measured on Amazon Musical
 Instruments (README, "Default flags on other data").
+
+A fine-tune's new items start from their text too, through the parent's
+trained text projection (`projected_rows`): where the worker already served
+them from (README, "The items topic").
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from ..data.records import Dataset
 
-__all__ = ["TEXT_INIT_STD", "item_text_rows", "items_with_texts"]
+__all__ = ["TEXT_INIT_STD", "item_text_rows", "items_with_texts", "projected_rows"]
 
 # The rows' standard deviation after the PCA. The random start is 0.02; on Amazon Musical Instruments
 # (four seeds each) 0.01 / 0.02 / 0.05 / 0.1 gave validation NDCG@10 0.0832 / 0.0840 / 0.0857 / 0.0834.
@@ -76,3 +80,15 @@ def item_text_rows(embeddings: torch.Tensor, pair_rows: np.ndarray, pair_items: 
     log.info("--item-init text: %d items start from their texts (%d principal axes keep %.0f%% of the variance)",
              len(items), k, 100 * explained)
     return torch.from_numpy(items), rows
+
+
+def projected_rows(projected: torch.Tensor, known_rows: torch.Tensor) -> torch.Tensor:
+    """New items' starting rows: their projected texts [n, d], each scaled to the known rows' median norm.
+
+    The projection is trained to score an item's row highest, not to equal
+    it, and its vectors' lengths differ from the rows'; the row is the item's
+    input embedding too (the table is tied), so a new item keeps the
+    direction its text gives and the length a learned item has.
+    """
+    norms = projected.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return projected / norms * known_rows.norm(dim=1).median()

@@ -8,7 +8,7 @@ import torch
 
 from encoders.checkpoint import load_checkpoint, load_fusion, read_metadata
 from encoders.data import Event, synthetic
-from encoders.training.finetune import extend_vocab, finetune, newer_slice
+from encoders.training.finetune import extend_vocab, finetune, newer_slice, start_new_items_from_text
 
 
 def test_new_items_join_the_vocabulary_and_known_rows_keep_their_embeddings(synthetic_checkpoint):
@@ -18,6 +18,33 @@ def test_new_items_join_the_vocabulary_and_known_rows_keep_their_embeddings(synt
     assert bigger.item_ids[-2:] == ["another-new", "brand-new"]
     assert torch.equal(grown.item_table()[: len(vocab)], model.item_table())
     assert extend_vocab(model, vocab, ["i0"], seed=0) == (model, vocab)
+
+
+def test_a_new_item_with_a_title_starts_from_its_projected_text(synthetic_checkpoint):
+    from encoders.data.records import Catalogue
+    from encoders.nn.text import TextEncoder
+    from encoders.vocab import FIRST_ITEM, item_text
+
+    model, vocab, _ = load_checkpoint(synthetic_checkpoint, device="cpu")
+    fusion = load_fusion(synthetic_checkpoint)
+    grown, bigger = extend_vocab(model, vocab, ["titled-new", "untitled-new"], seed=0)
+    random_start = grown.item_emb.weight.detach().clone()
+    catalogue = Catalogue(titles={"titled-new": "late night jazz"}, categories={"titled-new": ("jazz",)})
+
+    assert start_new_items_from_text(grown, len(vocab), bigger, None, catalogue) == 0  # no projection: random
+    assert torch.equal(grown.item_emb.weight, random_start)
+    assert start_new_items_from_text(grown, len(vocab), bigger, fusion, catalogue) == 1
+
+    table = grown.item_emb.weight.detach()
+    titled, untitled = bigger.index("titled-new"), bigger.index("untitled-new")
+    with torch.no_grad():
+        projected = fusion.project(torch.from_numpy(TextEncoder(device="cpu").embed(
+            [item_text("late night jazz", ("jazz",))])))[0]
+    assert torch.cosine_similarity(table[titled], projected, dim=0) > 0.9999  # the direction the worker scored
+    known_norm = model.item_emb.weight[FIRST_ITEM:].detach().norm(dim=1).median()
+    assert torch.isclose(table[titled].norm(), known_norm)  # the length of a learned row
+    assert torch.equal(table[untitled], random_start[untitled])
+    assert torch.equal(table[: len(vocab)], random_start[: len(vocab)])
 
 
 def test_finetune_writes_a_new_checkpoint_from_the_newer_slice(synthetic_checkpoint, tmp_path):
@@ -39,6 +66,7 @@ def test_finetune_writes_a_new_checkpoint_from_the_newer_slice(synthetic_checkpo
     assert "new-3" in vocab and load_fusion(out) is not None
     assert len(newer_slice(dataset, since).clicks) < len(dataset.clicks)
     assert meta.extra["train_args"]["context"] == load_checkpoint(synthetic_checkpoint, device="cpu")[0].config.max_len
+    assert meta.extra["train_args"]["new_items"] == {"added": 7, "from_text": 0}  # untitled: they start at random
     # The fine-tune's own schedule over the parent's way of learning.
     args, parent_args = meta.extra["train_args"], parent.extra["train_args"]
     assert {k: args[k] for k in ("epochs", "lr", "batch_size", "patience", "eval_every", "refit")} == {
