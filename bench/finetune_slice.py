@@ -34,6 +34,7 @@ from encoders.checkpoint import load_checkpoint  # noqa: E402
 from encoders.data import load_dataset  # noqa: E402
 from encoders.evaluation.evaluate import model_scorer, rank_metrics  # noqa: E402
 from encoders.protocols import EvalCases, make_split  # noqa: E402
+from encoders.ranking import mask_scores  # noqa: E402
 from encoders.training.finetune import finetune, newer_slice  # noqa: E402
 from encoders.training.train import train  # noqa: E402
 from encoders.vocab import FIRST_ITEM  # noqa: E402
@@ -106,15 +107,12 @@ def _run_seed(dataset, whole, cut: int, out: Path, args, seed: int) -> dict[str,
 
 
 def _median_rank(model, cases: EvalCases) -> float:
-    """The targets' median rank among all items, the user's history excluded (1 is the top)."""
-    score, ranks = model_scorer(model.eval()), []
-    for inputs, target in zip(cases.inputs, cases.targets):
-        with torch.inference_mode():
-            scores = score([inputs])[0]
-            scores[:FIRST_ITEM] = -torch.inf
-            scores[torch.from_numpy(inputs.items)] = -torch.inf
-            ranks.append(int((scores > scores[int(target)]).sum()) + 1)
-    return float(np.median(ranks))
+    """The targets' median rank among all items, the user's history excluded (1 is the top; ties to the target)."""
+    with torch.inference_mode():
+        scores = mask_scores(model_scorer(model.eval())(cases.inputs), [x.items for x in cases.inputs])
+        targets = torch.from_numpy(cases.targets)
+        ranks = (scores > scores.gather(1, targets[:, None])).sum(1) + 1
+    return float(np.median(ranks.numpy()))
 
 
 def _subset(cases: EvalCases, keep: np.ndarray) -> EvalCases:
