@@ -74,8 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=10,
                        help="validations without improvement before stopping [default: 10]")
     train.add_argument("--eval-every", type=int, default=1, help="validate every N epochs [default: 1]")
-    train.add_argument("--d-model", type=int, default=64,
-                       help="width of item embeddings and Transformer states [default: 64]")
+    train.add_argument("--d-model", type=_number_or("auto", int, "a width"), default="auto",
+                       help="width of item embeddings and Transformer states: a number, or auto: 128 where the "
+                            "median item has at least 50 clicks (ML-1M 146), else 64, SASRec+'s (logged); a wider "
+                            "model takes longer per epoch (1.7x on ML-1M) and per encode [default: auto]")
     train.add_argument("--layers", type=int, default=2, help="Transformer blocks [default: 2]")
     train.add_argument("--heads", type=int, default=1, help="attention heads per block [default: 1]")
     train.add_argument("--max-len", type=_number_or("auto", int, "a number of events"), default="auto",

@@ -74,11 +74,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
     max_len = 200 if args.max_len == "auto" else args.max_len  # each auto is resolved once the data is read
     dropout = DENSE_DROPOUT if args.dropout == "auto" else args.dropout
-    input_scale = math.sqrt(args.d_model) if args.input_scale == "sqrt" else args.input_scale
+    d_model = NARROW_D_MODEL if args.d_model == "auto" else args.d_model
     item_init = "random" if args.item_init == "auto" else args.item_init
-    return TrainConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
+    return TrainConfig(d_model=d_model, n_layers=args.layers, n_heads=args.heads, max_len=max_len,
                        dropout=dropout, attention_dropout=args.attention_dropout,
-                       input_scale=input_scale, block=args.block, item_init=item_init,
+                       input_scale=_input_scale(args, d_model), block=args.block, item_init=item_init,
                        context=args.context_features, history=args.history, epochs=args.epochs,
                        batch_size=args.batch_size, batching=args.batching, lr=args.lr, lr_schedule=args.lr_schedule,
                        weight_decay=args.weight_decay, ema_epochs=args.ema_epochs, loss=args.loss,
@@ -91,8 +91,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def with_data_defaults(config: TrainConfig, args: argparse.Namespace, dataset) -> TrainConfig:
     """``config`` with the flags left at ``auto`` that depend on the data chosen from it.
 
-    --max-len, --dropout and --item-init.
+    --d-model, --max-len, --dropout and --item-init.
     """
+    if args.d_model == "auto":
+        d_model = auto_d_model(dataset)
+        config = config.replace(d_model=d_model, input_scale=_input_scale(args, d_model))
     if args.max_len == "auto":
         config = config.replace(max_len=auto_max_len(dataset))
     if args.dropout == "auto":
@@ -100,6 +103,37 @@ def with_data_defaults(config: TrainConfig, args: argparse.Namespace, dataset) -
     if args.item_init == "auto":
         config = config.replace(item_init=auto_item_init(dataset, config.protocol))
     return config
+
+
+def _input_scale(args: argparse.Namespace, d_model: int) -> float:
+    """--input-scale: a number, or sqrt(d_model) for "sqrt" (so it follows --d-model auto)."""
+    return math.sqrt(d_model) if args.input_scale == "sqrt" else args.input_scale
+
+
+# --d-model auto (README, "Default flags on other data"): twice SASRec+'s width where items have many clicks each.
+# On ML-1M (median item 146 clicks) d=128 learns 1.7x as much per epoch and ends +2.4% test NDCG@10 in the same
+# hour; on Amazon Musical Instruments and YOOCHOOSE (median item 8) it was -2.0% NDCG@10 and +0.2% MRR@20 (four and
+# three seeds): not worth a model that costs more to train and to serve.
+NARROW_D_MODEL, WIDE_D_MODEL, WIDE_FROM_CLICKS = 64, 128, 50
+
+
+def auto_d_model(dataset) -> int:
+    """--d-model auto: 128 where the median item has at least 50 clicks, else 64.
+
+    Each item's row of the table is learnt from that item's clicks: with
+    hundreds each a wider row has the data to fill it, with a handful it
+    only has more to overfit.
+    """
+    from collections import Counter
+
+    import numpy as np
+
+    clicks_per_item = Counter(event.item_id for event in dataset.clicks)
+    median = float(np.median(list(clicks_per_item.values()))) if clicks_per_item else 0.0
+    chosen = WIDE_D_MODEL if median >= WIDE_FROM_CLICKS else NARROW_D_MODEL
+    log.info("--d-model auto: %d (the median item has %g clicks; %d or more gets %d)", chosen, median,
+             WIDE_FROM_CLICKS, WIDE_D_MODEL)
+    return chosen
 
 
 def auto_max_len(dataset, cap: int = 200) -> int:
