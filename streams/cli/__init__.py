@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-every", type=int, default=1, help="validate every N epochs [default: 1]")
     train.add_argument("--d-model", type=_number_or("auto", int, "a width"), default="auto",
                        help="width of item embeddings and Transformer states: a number, or auto: 128 where the "
-                            "median item has at least 50 clicks (ML-1M 146), else 64, SASRec+'s (logged); a wider "
-                            "model takes longer per epoch (1.7x on ML-1M) and per encode [default: auto]")
+                            "median history has 20 events or more (ML-1M, MovieLens, check-ins), else 64, SASRec+'s, "
+                            "as for short reviews and sessions (logged); a wider model takes longer per epoch (1.7x "
+                            "on ML-1M) and per encode [default: auto]")
     train.add_argument("--layers", type=int, default=2, help="Transformer blocks [default: 2]")
     train.add_argument("--heads", type=int, default=1, help="attention heads per block [default: 1]")
     train.add_argument("--max-len", type=_number_or("auto", int, "a number of events"), default="auto",

@@ -157,24 +157,16 @@ def test_dropout_auto_is_half_where_the_median_history_is_short(caplog):
     assert auto_dropout(log_of([2] * 40 + [96] * 60)) == 0.1
 
 
-def log_of_items(clicks_per_item: list[int]):
-    """A log in which item n has ``clicks_per_item[n]`` clicks, each by a user of its own."""
-    from encoders.data.records import Catalogue, Dataset, Event
-
-    clicks = [Event(f"u{n}-{k}", f"i{n}", k) for n, count in enumerate(clicks_per_item) for k in range(count)]
-    return Dataset("d", clicks, [], Catalogue({}, {}))
-
-
-def test_d_model_auto_is_wider_where_the_median_item_has_many_clicks(caplog):
+def test_d_model_auto_is_wider_where_the_median_history_is_long(caplog):
     from streams.cli.offline import auto_d_model
 
     with caplog.at_level("INFO", logger="interest_updater.train"):
-        assert auto_d_model(log_of_items([146] * 3 + [2] * 2)) == 128  # ML-1M's median item: 146 clicks
-    assert "--d-model auto: 128 (the median item has 146 clicks; 50 or more gets 128)" in caplog.text
-    assert auto_d_model(log_of_items([50] * 3)) == 128
-    assert auto_d_model(log_of_items([49] * 3)) == 64
-    assert auto_d_model(log_of_items([8] * 60 + [5000] * 40)) == 64  # a few popular items do not set it (Amazon)
-    assert auto_d_model(log_of_items([])) == 64
+        assert auto_d_model(log_of([6] * 60 + [300] * 40)) == 64  # reviews: long outliers do not set it
+    assert "--d-model auto: 64 (the median history has 6 events; below 20 gets 64)" in caplog.text
+    assert auto_d_model(log_of([19] * 5)) == 64
+    assert auto_d_model(log_of([20] * 5)) == 128
+    assert auto_d_model(log_of([2] * 40 + [96] * 60)) == 128  # ML-1M's median is 96
+    assert auto_d_model(log_of([])) == 64
 
 
 def test_train_resolves_the_auto_flags_from_the_data_and_keeps_the_given_ones():
@@ -186,11 +178,11 @@ def test_train_resolves_the_auto_flags_from_the_data_and_keeps_the_given_ones():
     resolved = with_data_defaults(train_config(auto), auto, sessions)
     assert (resolved.dropout, resolved.max_len, resolved.d_model) == (0.5, 10, 64)
     assert resolved.input_scale == pytest.approx(64 ** 0.5)
-    dense = with_data_defaults(train_config(auto), auto, log_of_items([60] * 5))
+    dense = with_data_defaults(train_config(auto), auto, log_of([60] * 5))
     assert (dense.d_model, dense.input_scale) == (128, pytest.approx(128 ** 0.5))  # sqrt follows the width
     given = _parser().parse_args(["train", "--data", "d", "--out", "x", "--dropout", "0.2", "--max-len", "50",
                                   "--d-model", "32", "--input-scale", "2"])
-    resolved = with_data_defaults(train_config(given), given, log_of_items([60] * 5))
+    resolved = with_data_defaults(train_config(given), given, log_of([60] * 5))
     assert (resolved.dropout, resolved.max_len, resolved.d_model, resolved.input_scale) == (0.2, 50, 32, 2.0)
 
 
